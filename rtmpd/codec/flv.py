@@ -193,9 +193,7 @@ def encode_tag(tag_type: int, timestamp_ms: int, body: bytes) -> bytes:
             f"(types 8, 9, 18; at most {_MAX_DATA_SIZE} bytes)"
         )
     ts = timestamp_ms & 0xFFFFFFFF
-    header = _pack_tag_header(
-        (tag_type << 24) | size, ((ts & 0xFFFFFF) << 8) | (ts >> 24), 0, 0
-    )
+    header = _pack_tag_header((tag_type << 24) | size, ((ts & 0xFFFFFF) << 8) | (ts >> 24), 0, 0)
     return b"".join((header, body, _pack_ui32(size + TAG_HEADER_SIZE)))
 
 
@@ -346,9 +344,7 @@ class FlvReader:
 
     def __init__(self, *, max_tag_size: int = MAX_TAG_SIZE) -> None:
         if not 0 <= max_tag_size <= _MAX_DATA_SIZE:
-            raise LocalProtocolError(
-                f"max_tag_size {max_tag_size} is outside 0..{_MAX_DATA_SIZE}"
-            )
+            raise LocalProtocolError(f"max_tag_size {max_tag_size} is outside 0..{_MAX_DATA_SIZE}")
         self._buffer = ByteBuffer()
         self._max_tag_size = max_tag_size
         self._state = _ReaderState.HEADER
@@ -401,9 +397,7 @@ class FlvReader:
 
     def _need(self, what: str, have: int, need: int) -> NeedData:
         if self._eof:
-            raise RemoteProtocolError(
-                f"truncated FLV {what}: EOF after {have} of {need} bytes"
-            )
+            raise RemoteProtocolError(f"truncated FLV {what}: EOF after {have} of {need} bytes")
         return NEED_DATA
 
     def _next_event(self) -> FlvHeaderReceived | TagReceived | EndOfStream | NeedData:
