@@ -1,0 +1,1 @@
+"""RTMP: handshake, chunk stream, messages and a sans-IO connection."""

@@ -1,0 +1,1 @@
+"""Thin Twisted adapters between sockets and the pure core."""

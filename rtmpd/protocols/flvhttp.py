@@ -1,0 +1,196 @@
+"""HTTP-FLV on the ``--http`` port: ``GET /{app}/{stream}.flv`` plays a live
+stream as one endless FLV body (twisted.web)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from twisted.internet.interfaces import ITransport
+from twisted.logger import Logger
+from twisted.web import http, resource, server
+
+from rtmpd.codec import flv
+from rtmpd.errors import InvalidStreamName
+from rtmpd.fanout import ViewerOutput
+from rtmpd.media import Frame
+from rtmpd.registry import Stream, StreamRegistry, validate_name
+
+log = Logger()
+
+CORS_HEADERS = {
+    b"Access-Control-Allow-Origin": b"*",
+    b"Access-Control-Allow-Methods": b"GET, HEAD, POST, PUT, OPTIONS",
+    b"Access-Control-Allow-Headers": b"Content-Type, Range, Authorization",
+    b"Access-Control-Max-Age": b"86400",
+}
+
+
+def flv_preamble(stream: Stream) -> bytes:
+    """The FLV file header with flags that match what the stream carries.
+
+    Before any media has arrived both flags are set, since players (e.g.
+    mpegts.js) wait for every track the header announces.
+    """
+    known = stream.has_audio or stream.has_video
+    return flv.encode_header(
+        has_audio=stream.has_audio or not known, has_video=stream.has_video or not known
+    )
+
+
+class FlvChunkedFormat:
+    """FLV tags, each wrapped in its own HTTP/1.1 chunk, shared by all viewers."""
+
+    key: Hashable = ("http-flv", "chunked")
+
+    def encode(self, frame: Frame) -> bytes:
+        tag = flv.encode_tag(frame.kind, frame.timestamp_ms, frame.payload)
+        return b"%x\r\n%b\r\n" % (len(tag), tag)
+
+    def preamble(self, stream: Stream) -> list[bytes]:
+        header = flv_preamble(stream)
+        return [b"%x\r\n%b\r\n" % (len(header), header)]
+
+
+class FlvPlainFormat:
+    """FLV tags with no framing: HTTP/1.0 bodies, delimited by the close."""
+
+    key: Hashable = ("http-flv", "plain")
+
+    def encode(self, frame: Frame) -> bytes:
+        return flv.encode_tag(frame.kind, frame.timestamp_ms, frame.payload)
+
+    def preamble(self, stream: Stream) -> list[bytes]:
+        return [flv_preamble(stream)]
+
+
+CHUNKED = FlvChunkedFormat()
+PLAIN = FlvPlainFormat()
+
+
+class HttpFlvViewer(ViewerOutput):
+    """One HTTP-FLV response being streamed."""
+
+    __slots__ = ("request", "stream")
+
+    def __init__(self, request: server.Request, stream: Stream, transport: ITransport) -> None:
+        peer = request.getClientAddress()
+        host = getattr(peer, "host", "?")
+        port = getattr(peer, "port", 0)
+        super().__init__(transport, f"http-flv {host}:{port}")
+        self.request = request
+        self.stream = stream
+
+    def stream_ended(self, reason: str) -> None:
+        log.info(
+            "play {path} by {peer} ended: {reason}", path=self.stream.path, peer=self.description,
+            reason=reason,
+        )
+        if not self.request.finished and not self.request._disconnected:
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def drop(self, reason: str) -> None:
+        log.warn(
+            "play {path} by {peer} dropped: {reason}", path=self.stream.path,
+            peer=self.description, reason=reason,
+        )
+        self.request.unregisterProducer()
+        self.request.channel.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connection_lost(self, reason: object) -> None:
+        """The client went away."""
+        self.stream.remove_viewer(self)
+        log.info(
+            "play {path} by {peer} closed by the client ({bytes} bytes, {dropped} frames skipped)",
+            path=self.stream.path, peer=self.description, bytes=self.bytes_sent,
+            dropped=self.frames_dropped,
+        )
+
+
+def _text(request: server.Request, code: int, message: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-cache")
+    return (message + "\n").encode()
+
+
+def parse_flv_path(path_segments: list[bytes], suffix: str) -> tuple[str, str]:
+    """Split ``[app, stream + suffix]`` into validated names.
+
+    Raises InvalidStreamName for anything else, including dot segments and
+    percent-escapes (which twisted.web has already decoded).
+    """
+    if len(path_segments) != 2:
+        raise InvalidStreamName("the path must be /{app}/{stream}" + suffix)
+    try:
+        app = path_segments[0].decode("ascii")
+        name = path_segments[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidStreamName("names must be ASCII") from None
+    if suffix:
+        if not name.endswith(suffix):
+            raise InvalidStreamName(f"the path must end in {suffix}")
+        name = name[: -len(suffix)]
+    return validate_name(app, "app name"), validate_name(name)
+
+
+class FlvHttpResource(resource.Resource):
+    """The root of the ``--http`` site: HTTP-FLV play (and, later, publish)."""
+
+    isLeaf = True
+
+    def __init__(self, registry: StreamRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def _cors(self, request: server.Request) -> None:
+        for name, value in CORS_HEADERS.items():
+            request.setHeader(name, value)
+
+    def render_OPTIONS(self, request: server.Request) -> bytes:
+        """CORS preflight."""
+        self._cors(request)
+        request.setResponseCode(http.NO_CONTENT)
+        return b""
+
+    def render_HEAD(self, request: server.Request) -> bytes:
+        """Whether the stream is live, with the headers a GET would get."""
+        self._cors(request)
+        try:
+            app, name = parse_flv_path(request.postpath or [], ".flv")
+        except InvalidStreamName as e:
+            return _text(request, http.BAD_REQUEST, str(e))
+        if self.registry.get(app, name) is None:
+            return _text(request, http.NOT_FOUND, f"stream {app}/{name} is not live")
+        request.setHeader(b"Content-Type", b"video/x-flv")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return b""
+
+    def render_GET(self, request: server.Request) -> bytes | int:
+        """Play: an FLV header, metadata, sequence headers, the GOP, then live."""
+        self._cors(request)
+        try:
+            app, name = parse_flv_path(request.postpath or [], ".flv")
+        except InvalidStreamName as e:
+            log.info("http-flv play refused: {error}", error=str(e))
+            return _text(request, http.BAD_REQUEST, str(e))
+        stream = self.registry.get(app, name)
+        if stream is None:
+            log.info("http-flv play {app}/{name}: not found", app=app, name=name)
+            return _text(request, http.NOT_FOUND, f"stream {app}/{name} is not live")
+        request.setHeader(b"Content-Type", b"video/x-flv")
+        request.setHeader(b"Cache-Control", b"no-cache, no-store")
+        transport = request.channel.transport  # type: ignore[attr-defined]
+        # Start the response: status line and headers. Body bytes are then
+        # written pre-framed (one shared chunk per tag) straight to the socket.
+        request.write(b"")
+        output = CHUNKED if request.chunked else PLAIN
+        viewer = HttpFlvViewer(request, stream, transport)
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        request.registerProducer(viewer, True)
+        request.notifyFinish().addBoth(viewer.connection_lost)
+        log.info("play {path} by {peer} (http-flv)", path=stream.path, peer=viewer.description)
+        stream.add_viewer(output, viewer)
+        return server.NOT_DONE_YET

@@ -1,0 +1,410 @@
+"""StreamRegistry, Stream and the GOP cache: where publishers, viewers,
+recorders and gateways meet (``ARCHITECTURE.md`` section 4)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from rtmpd.errors import InvalidStreamName, StreamBusy
+from rtmpd.fanout import FanoutGroup, OutputFormat, ViewerOutput
+from rtmpd.interfaces import IMediaSink, IMediaSource, IStreamObserver
+from rtmpd.media import Frame, FrameKind
+
+log = Logger()
+
+#: App and stream names: the only strings from the network that ever become
+#: part of a file path, so they are kept to a small safe alphabet.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+#: A decode timestamp this far below the last one is a discontinuity (a
+#: restarted encoder), not audio/video interleaving skew.
+BACKWARD_JUMP_MS = 1000
+
+#: Below this many viewers on a stream frames are sent at once; above it the
+#: adaptive flush window grows by 1 ms per ``VIEWERS_PER_MERGE_MS`` viewers.
+IMMEDIATE_FLUSH_VIEWERS = 100
+VIEWERS_PER_MERGE_MS = 100
+#: The adaptive window never grows past this (latency cost stays bounded).
+MAX_ADAPTIVE_MERGE_MS = 100
+
+
+def validate_name(value: str, what: str = "stream name") -> str:
+    """Return ``value`` if it is a valid app or stream name, else raise."""
+    if not NAME_PATTERN.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidStreamName(
+            f"invalid {what} {shown!r}: use 1 to 128 of A-Z a-z 0-9 _ -"
+        )
+    return value
+
+
+def adaptive_merge_ms(viewers: int) -> int:
+    """The flush window for an audience of ``viewers``: none for a small one,
+    growing with it so that the number of sends per second stays bounded."""
+    if viewers < IMMEDIATE_FLUSH_VIEWERS:
+        return 0
+    return min(MAX_ADAPTIVE_MERGE_MS, viewers // VIEWERS_PER_MERGE_MS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamConfig:
+    """Limits and policies shared by every stream of a registry."""
+
+    gop_cache_frames: int = 3000
+    gop_cache_bytes: int = 16 * 1024 * 1024
+    gop_cache_ms: int = 15_000
+    viewer_queue_bytes: int = 1_500_000
+    #: ``None`` means adaptive (:func:`adaptive_merge_ms`).
+    merge_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GopChange:
+    """How the GOP cache changed for one frame, so mirrors can follow."""
+
+    reset: bool
+    trim: int
+    cached: bool
+
+
+_APPENDED = GopChange(False, 0, True)
+_SKIPPED = GopChange(False, 0, False)
+_RESTARTED = GopChange(True, 0, True)
+_OVERFLOWED = GopChange(True, 0, False)
+
+
+class GopCache:
+    """Frames since the last video keyframe, bounded by frames, bytes and ms.
+
+    A new viewer starts with these, so its first video frame is a keyframe.
+    For a stream without video, the last ``max_ms`` of audio is kept. When a
+    bound is passed the cache empties and waits for the next keyframe, so a
+    stream without keyframes cannot grow it.
+    """
+
+    def __init__(self, *, max_frames: int, max_bytes: int, max_ms: int) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.max_ms = max_ms
+        self.frames: list[Frame] = []
+        self.size = 0
+        self._audio_only = True
+
+    def add(self, frame: Frame) -> GopChange:
+        """Account for one media frame (not sequence headers or metadata)."""
+        frames = self.frames
+        if frame.kind is FrameKind.VIDEO:
+            self._audio_only = False
+            if frame.keyframe:
+                self.frames = [frame]
+                self.size = frame.size
+                return _RESTARTED
+            if not frames:
+                return _SKIPPED
+        elif not frames and not self._audio_only:
+            return _SKIPPED
+        frames.append(frame)
+        self.size += frame.size
+        if self._audio_only:
+            trim = 0
+            oldest_allowed = frame.timestamp_ms - self.max_ms
+            max_frames = self.max_frames
+            while frames[trim].timestamp_ms < oldest_allowed or len(frames) - trim > max_frames:
+                self.size -= frames[trim].size
+                trim += 1
+            if trim:
+                del frames[:trim]
+                return GopChange(False, trim, True)
+            return _APPENDED
+        if (
+            len(frames) > self.max_frames
+            or self.size > self.max_bytes
+            or frame.timestamp_ms - frames[0].timestamp_ms > self.max_ms
+        ):
+            self.frames = []
+            self.size = 0
+            return _OVERFLOWED
+        return _APPENDED
+
+
+class Stream:
+    """One live stream: its headers, GOP cache, viewers and sinks."""
+
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        app: str,
+        name: str,
+        source: IMediaSource,
+        clock: IReactorTime,
+        config: StreamConfig,
+    ) -> None:
+        self.registry = registry
+        self.app = app
+        self.name = name
+        self.source = source
+        self.clock = clock
+        self.config = config
+        self.started_at = clock.seconds()
+        self.live = True
+        self.metadata: Frame | None = None
+        self.audio_header: Frame | None = None
+        self.video_header: Frame | None = None
+        self.has_audio = False
+        self.has_video = False
+        self.gop = GopCache(
+            max_frames=config.gop_cache_frames,
+            max_bytes=config.gop_cache_bytes,
+            max_ms=config.gop_cache_ms,
+        )
+        self.groups: dict[Hashable, FanoutGroup] = {}
+        self.sinks: list[IMediaSink] = []
+        self.frames_in = 0
+        self.bytes_in = 0
+        self._flush_call: IDelayedCall | None = None
+        self._last_in_ms: int | None = None
+        self._offset_ms = 0
+        self._last_out_ms = {FrameKind.AUDIO: 0, FrameKind.VIDEO: 0, FrameKind.SCRIPT: 0}
+
+    @property
+    def path(self) -> str:
+        """``app/name``, for logs."""
+        return f"{self.app}/{self.name}"
+
+    def viewer_count(self) -> int:
+        """Viewers on every output format."""
+        return sum(len(group) for group in self.groups.values())
+
+    # -- ingest --------------------------------------------------------------
+
+    def _monotonic(self, frame: Frame) -> Frame:
+        """Keep output timestamps from going backwards, per track, shared by
+        every viewer (so the serialized bytes stay shareable)."""
+        ts = frame.timestamp_ms
+        last_in = self._last_in_ms
+        if last_in is not None and ts < last_in - BACKWARD_JUMP_MS:
+            # The publisher's clock restarted: continue from where we were.
+            self._offset_ms = max(self._last_out_ms.values()) - ts
+            log.info(
+                "stream {path} timestamps jumped back from {last} to {ts} ms; rebased",
+                path=self.path,
+                last=last_in,
+                ts=ts,
+            )
+        self._last_in_ms = ts
+        out = ts + self._offset_ms
+        last_out = self._last_out_ms[frame.kind]
+        if out < last_out:
+            out = last_out
+        self._last_out_ms[frame.kind] = out
+        if out != ts:
+            return replace(frame, timestamp_ms=out)
+        return frame
+
+    def push(self, frame: Frame) -> None:
+        """Take one frame from the publisher and pass it to everyone."""
+        if not self.live:
+            return
+        self.frames_in += 1
+        self.bytes_in += frame.size
+        frame = self._monotonic(frame)
+        kind = frame.kind
+        if kind is FrameKind.SCRIPT:
+            self.metadata = frame
+            change = _SKIPPED
+            sync_point = False
+        elif frame.sequence_header:
+            if kind is FrameKind.VIDEO:
+                self.video_header = frame
+                self.has_video = True
+            else:
+                self.audio_header = frame
+                self.has_audio = True
+            change = _SKIPPED
+            sync_point = False
+        else:
+            if kind is FrameKind.VIDEO:
+                self.has_video = True
+                sync_point = frame.keyframe
+            else:
+                self.has_audio = True
+                sync_point = not self.has_video
+            change = self.gop.add(frame)
+        for group in self.groups.values():
+            data = group.append(frame, sync_point)
+            gop = group.gop
+            if change.reset:
+                gop.clear()
+            if change.trim:
+                del gop[: change.trim]
+            if change.cached:
+                gop.append(data)
+        for sink in self.sinks:
+            sink.on_frame(frame)
+        if self.groups:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        merge_ms = self.config.merge_ms
+        if merge_ms is None:
+            merge_ms = adaptive_merge_ms(self.viewer_count())
+        if merge_ms <= 0:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(merge_ms / 1000.0, self.flush)
+
+    def flush(self) -> None:
+        """Send every group's pending frames now."""
+        call = self._flush_call
+        self._flush_call = None
+        if call is not None and call.active():
+            call.cancel()
+        for group in self.groups.values():
+            group.flush()
+
+    # -- viewers and sinks -----------------------------------------------------
+
+    def _initial_frames(self) -> Iterator[Frame]:
+        """Metadata and sequence headers, stamped with the first cached frame's
+        time so a new viewer's timestamps start there and only go forward."""
+        start = self.gop.frames[0].timestamp_ms if self.gop.frames else self._last_out_ms_max()
+        for frame in (self.metadata, self.video_header, self.audio_header):
+            if frame is not None:
+                yield frame if frame.timestamp_ms == start else replace(frame, timestamp_ms=start)
+
+    def _last_out_ms_max(self) -> int:
+        return max(self._last_out_ms.values())
+
+    def add_viewer(self, output: OutputFormat, viewer: ViewerOutput) -> None:
+        """Start a viewer: preamble, metadata, sequence headers and the GOP
+        cache now, live frames from the next flush on."""
+        group = self.groups.get(output.key)
+        if group is None:
+            group = FanoutGroup(output, queue_limit_bytes=self.config.viewer_queue_bytes)
+            group.gop = [output.encode(f) for f in self.gop.frames]
+            self.groups[output.key] = group
+        burst = output.preamble(self)
+        burst.extend(output.encode(f) for f in self._initial_frames())
+        burst.extend(group.gop)
+        group.add(viewer, burst)
+
+    def remove_viewer(self, viewer: ViewerOutput) -> None:
+        """Forget a viewer that went away (idempotent)."""
+        group = viewer.group
+        if group is not None:
+            group.remove(viewer)
+            if not len(group):
+                for key, value in list(self.groups.items()):
+                    if value is group:
+                        del self.groups[key]
+
+    def add_sink(self, sink: IMediaSink) -> None:
+        """Attach a sink that gets every frame (recorders, relays)."""
+        self.sinks.append(sink)
+
+    def remove_sink(self, sink: IMediaSink) -> None:
+        """Detach a sink (idempotent)."""
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
+    def end(self, reason: str) -> None:
+        """The stream is over: flush, tell every viewer and sink."""
+        if not self.live:
+            return
+        self.live = False
+        call = self._flush_call
+        self._flush_call = None
+        if call is not None and call.active():
+            call.cancel()
+        for group in list(self.groups.values()):
+            group.end(reason)
+        self.groups.clear()
+        for sink in list(self.sinks):
+            sink.on_stream_end(reason)
+        self.sinks.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the stats endpoints."""
+        return {
+            "app": self.app,
+            "name": self.name,
+            "publisher": self.source.description,
+            "uptime_s": round(self.clock.seconds() - self.started_at, 3),
+            "frames_in": self.frames_in,
+            "bytes_in": self.bytes_in,
+            "has_audio": self.has_audio,
+            "has_video": self.has_video,
+            "viewers": [
+                {
+                    "peer": v.description,
+                    "bytes_sent": v.bytes_sent,
+                    "frames_sent": v.frames_sent,
+                    "frames_dropped": v.frames_dropped,
+                    "state": v.state.value,
+                }
+                for group in self.groups.values()
+                for v in group.viewers()
+            ],
+        }
+
+
+class StreamRegistry:
+    """Maps ``(app, name)`` to the live :class:`Stream`."""
+
+    def __init__(self, clock: IReactorTime, config: StreamConfig | None = None) -> None:
+        self.clock = clock
+        self.config = config or StreamConfig()
+        self.streams: dict[tuple[str, str], Stream] = {}
+        self.observers: list[IStreamObserver] = []
+
+    def get(self, app: str, name: str) -> Stream | None:
+        """The live stream by that name, or None. Invalid names raise."""
+        validate_name(app, "app name")
+        validate_name(name)
+        return self.streams.get((app, name))
+
+    def publish(self, app: str, name: str, source: IMediaSource) -> Stream:
+        """Start a stream. Raises InvalidStreamName or StreamBusy."""
+        validate_name(app, "app name")
+        validate_name(name)
+        key = (app, name)
+        if key in self.streams:
+            raise StreamBusy(f"stream {app}/{name} already has a publisher")
+        stream = Stream(self, app, name, source, self.clock, self.config)
+        self.streams[key] = stream
+        log.info("publish {path} by {source}", path=stream.path, source=source.description)
+        for observer in list(self.observers):
+            observer.stream_published(stream)
+        return stream
+
+    def unpublish(self, stream: Stream, reason: str) -> None:
+        """End a stream; its name is free again at once."""
+        if self.streams.get((stream.app, stream.name)) is stream:
+            del self.streams[(stream.app, stream.name)]
+        if not stream.live:
+            return
+        log.info(
+            "unpublish {path}: {reason} ({frames} frames, {bytes} bytes in)",
+            path=stream.path,
+            reason=reason,
+            frames=stream.frames_in,
+            bytes=stream.bytes_in,
+        )
+        stream.end(reason)
+        for observer in list(self.observers):
+            observer.stream_unpublished(stream)
+
+    def add_observer(self, observer: IStreamObserver) -> None:
+        """Hear about streams coming and going."""
+        self.observers.append(observer)
+
+    def remove_observer(self, observer: IStreamObserver) -> None:
+        """Stop hearing about streams (idempotent)."""
+        if observer in self.observers:
+            self.observers.remove(observer)

@@ -1,0 +1,1 @@
+"""IService children: recorders, stats, metrics."""

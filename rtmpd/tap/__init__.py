@@ -1,0 +1,1 @@
+"""One module per twistd subcommand: Options and makeService."""

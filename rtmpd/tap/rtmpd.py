@@ -1,0 +1,229 @@
+"""``twistd rtmpd``: options and the service tree."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from rtmpd.registry import StreamConfig, StreamRegistry
+
+#: Options that may appear in the TOML file given by --config, with the
+#: function that converts the file's value.
+_CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
+    "rtmp": str,
+    "http": str,
+    "web": str,
+    "root": str,
+    "gop-cache-frames": int,
+    "gop-cache-bytes": int,
+    "gop-cache-seconds": float,
+    "viewer-queue-bytes": int,
+    "merge-ms": str,
+    "chunk-size": int,
+    "handshake-timeout": float,
+    "idle-timeout": float,
+}
+
+#: Outgoing RTMP chunk size bounds: RTMP allows 1..0x7FFFFFFF; below 128 is
+#: pointless overhead, and above 16 MiB no client has a use for it.
+MIN_CHUNK_SIZE = 128
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+
+
+def _positive_int(name: str) -> Callable[[str], int]:
+    def coerce(value: str) -> int:
+        number = int(value)
+        if number <= 0:
+            raise ValueError(f"{name} must be positive")
+        return number
+
+    coerce.coerceDoc = "A positive integer."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
+
+
+class Options(usage.Options):
+    """Command line of ``twistd rtmpd``. Every option can also be set in a
+    TOML file (``--config``); the command line wins."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "A live-streaming server: publish over RTMP, play over RTMP and "
+        "HTTP-FLV, with a GOP cache for instant start. Listeners are Twisted "
+        "endpoint strings, so ssl:1936:privateKey=key.pem:certKey=cert.pem "
+        "gives RTMPS / HTTPS."
+    )
+
+    optParameters: list[Sequence[Any]] = [
+        ["rtmp", None, "tcp:1935", "RTMP listener (publish and play rtmp://host/{app}/{stream})."],
+        [
+            "http", None, "tcp:8501",
+            "HTTP-FLV listener (play GET /{app}/{stream}.flv).",
+        ],
+        ["web", None, "tcp:8080", "Web listener: player pages and the --root tree, read-only."],
+        ["root", None, "./media", "Directory for recordings, served by --web."],
+        ["config", "c", None, "TOML file with any of these options (the command line wins)."],
+        [
+            "gop-cache-frames", None, 3000,
+            "Most frames kept in the GOP cache per stream.", _positive_int("gop-cache-frames"),
+        ],
+        [
+            "gop-cache-bytes", None, 16 * 1024 * 1024,
+            "Most bytes kept in the GOP cache per stream.", _positive_int("gop-cache-bytes"),
+        ],
+        [
+            "gop-cache-seconds", None, 15.0,
+            "Longest GOP kept in the cache, in seconds.", _positive_float,
+        ],
+        [
+            "viewer-queue-bytes", None, 1_500_000,
+            "A viewer this many bytes behind the live stream is disconnected.",
+            _positive_int("viewer-queue-bytes"),
+        ],
+        [
+            "merge-ms", None, "auto",
+            "Flush window in ms for sending to viewers: 'auto' (none for a small "
+            "audience, growing to 100 ms with it) or a number (0 = send at once).",
+        ],
+        [
+            "chunk-size", None, 4096, "Outgoing RTMP chunk size in bytes.",
+            _positive_int("chunk-size"),
+        ],
+        [
+            "handshake-timeout", None, 15.0,
+            "Seconds a connection may take to handshake and start publishing or playing.",
+            _positive_float,
+        ],
+        [
+            "idle-timeout", None, 30.0,
+            "Seconds a publisher may send nothing before it is disconnected.",
+            _positive_float,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._given: set[str] = set()
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        argv = list(sys.argv[1:] if options is None else options)
+        for token in argv:
+            if token.startswith("--"):
+                self._given.add(token[2:].split("=", 1)[0].replace("_", "-"))
+            elif token.startswith("-c"):
+                self._given.add("config")
+        super().parseOptions(argv)
+
+    def postOptions(self) -> None:
+        if self["config"]:
+            self._load_config(self["config"])
+        merge = str(self["merge-ms"]).strip().lower()
+        if merge == "auto":
+            self["merge-ms"] = None
+        else:
+            try:
+                value = int(merge)
+            except ValueError:
+                raise usage.UsageError(
+                    f"--merge-ms must be 'auto' or a number of ms, not {merge!r}"
+                ) from None
+            if not 0 <= value <= 10_000:
+                raise usage.UsageError(f"--merge-ms {value} is out of range 0..10000")
+            self["merge-ms"] = value
+        if not MIN_CHUNK_SIZE <= self["chunk-size"] <= MAX_CHUNK_SIZE:
+            raise usage.UsageError(
+                f"--chunk-size {self['chunk-size']} is out of range "
+                f"{MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}"
+            )
+
+    def _load_config(self, path: str) -> None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise usage.UsageError(f"cannot read --config {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise usage.UsageError(f"--config {path} is not valid TOML: {e}") from None
+        for raw_key, value in data.items():
+            key = raw_key.replace("_", "-")
+            convert = _CONFIG_KEYS.get(key)
+            if convert is None:
+                raise usage.UsageError(
+                    f"--config {path}: unknown option {raw_key!r} "
+                    f"(known: {', '.join(sorted(_CONFIG_KEYS))})"
+                )
+            if key in self._given:
+                continue
+            try:
+                self[key] = convert(value)
+            except (TypeError, ValueError):
+                raise usage.UsageError(
+                    f"--config {path}: bad value {value!r} for {raw_key!r}"
+                ) from None
+
+
+def makeService(
+    options: Options | dict[str, Any], reactor: Any = None
+) -> service.MultiService:
+    """The rtmpd service tree: listeners for RTMP, HTTP-FLV and the web port."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+
+    from twisted.web import server
+
+    from rtmpd.protocols.flvhttp import FlvHttpResource
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from rtmpd.protocols.web import make_web_site
+
+    config = StreamConfig(
+        gop_cache_frames=options["gop-cache-frames"],
+        gop_cache_bytes=options["gop-cache-bytes"],
+        gop_cache_ms=int(float(options["gop-cache-seconds"]) * 1000),
+        viewer_queue_bytes=options["viewer-queue-bytes"],
+        merge_ms=options["merge-ms"],
+    )
+    registry = StreamRegistry(reactor, config)
+    root = os.path.abspath(options["root"])
+    os.makedirs(root, exist_ok=True)
+
+    top = service.MultiService()
+    top.setName("rtmpd")
+
+    rtmp_factory = RtmpServerFactory(
+        registry,
+        clock=reactor,
+        chunk_size=options["chunk-size"],
+        handshake_timeout=float(options["handshake-timeout"]),
+        idle_timeout=float(options["idle-timeout"]),
+    )
+    http_site = server.Site(FlvHttpResource(registry), timeout=30)
+    http_site.displayTracebacks = False
+    web_site = make_web_site(root)
+
+    for name, description, factory in (
+        ("rtmp", options["rtmp"], rtmp_factory),
+        ("http", options["http"], http_site),
+        ("web", options["web"], web_site),
+    ):
+        endpoint = endpoints.serverFromString(reactor, description)
+        listener = internet.StreamServerEndpointService(endpoint, factory)
+        listener._raiseSynchronously = True
+        listener.setName(name)
+        listener.setServiceParent(top)
+    top.registry = registry  # type: ignore[attr-defined]
+    return top

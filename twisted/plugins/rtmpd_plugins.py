@@ -1,0 +1,11 @@
+"""twistd dropins for rtmpd. twistd imports this on every run, so it only
+names the tap modules; ServiceMaker imports them when one is used."""
+
+from twisted.application.service import ServiceMaker
+
+rtmpd = ServiceMaker(
+    "rtmpd",
+    "rtmpd.tap.rtmpd",
+    "Live-streaming server: RTMP and HTTP-FLV publish/play with GOP cache and recorders.",
+    "rtmpd",
+)
