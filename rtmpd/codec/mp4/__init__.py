@@ -21,10 +21,12 @@ from rtmpd.codec.errors import LocalProtocolError
 __all__ = [
     "AUDIO_CODECS",
     "VIDEO_CODECS",
+    "Codec",
     "EditListEntry",
     "Sample",
     "SampleTiming",
     "TrackConfig",
+    "TrackKind",
 ]
 
 #: Sample entry types for video: H.264 (``avc1``: parameter sets in ``avcC``; ``avc3``:
