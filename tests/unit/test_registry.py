@@ -1,0 +1,288 @@
+"""StreamRegistry, Stream, GOP cache and fan-out, driven with Twisted's fake
+transports and clock (no sockets, no reactor)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from rtmpd.codec import flv
+from rtmpd.errors import InvalidStreamName, StreamBusy
+from rtmpd.fanout import ViewerOutput, ViewerState
+from rtmpd.interfaces import IMediaSource
+from rtmpd.media import Frame, FrameKind
+from rtmpd.registry import (
+    GopCache,
+    Stream,
+    StreamConfig,
+    StreamRegistry,
+    adaptive_merge_ms,
+    validate_name,
+)
+
+BAD_NAMES = ["", "../x", "a/b", "..", "%2e%2e", "x" * 300, "a b", "a.flv", "é", "a\x00b"]
+
+
+def video(ts: int, *, key: bool = False, header: bool = False, size: int = 100) -> Frame:
+    first = 0x17 if key or header else 0x27
+    packet_type = 0 if header else 1
+    return Frame.from_tag(9, ts, bytes([first, packet_type, 0, 0, 0]) + b"v" * size)
+
+
+def audio(ts: int, *, header: bool = False, size: int = 20) -> Frame:
+    return Frame.from_tag(8, ts, bytes([0xAF, 0 if header else 1]) + b"a" * size)
+
+
+def metadata() -> Frame:
+    return Frame.from_tag(18, 0, b"\x02\x00\x0aonMetaData\x05")
+
+
+@implementer(IMediaSource)
+class FakeSource:
+    description = "test source"
+
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def stop_publishing(self, reason: str) -> None:
+        self.stopped.append(reason)
+
+
+class CountingFormat:
+    """Plain FLV tags, counting how many times a frame is serialized."""
+
+    def __init__(self, key: Hashable = "count") -> None:
+        self.key = key
+        self.encoded: list[Frame] = []
+
+    def encode(self, frame: Frame) -> bytes:
+        self.encoded.append(frame)
+        return flv.encode_tag(frame.kind, frame.timestamp_ms, frame.payload)
+
+    def preamble(self, stream: Stream) -> list[bytes]:
+        return [flv.encode_header(has_audio=stream.has_audio, has_video=stream.has_video)]
+
+
+class RecordingViewer(ViewerOutput):
+    __slots__ = ("dropped", "ended")
+
+    def __init__(self) -> None:
+        super().__init__(StringTransport(), "test viewer")
+        self.ended: list[str] = []
+        self.dropped: list[str] = []
+
+    def stream_ended(self, reason: str) -> None:
+        self.ended.append(reason)
+
+    def drop(self, reason: str) -> None:
+        self.dropped.append(reason)
+
+    def tags(self) -> list[tuple[int, int, bytes]]:
+        """The FLV tags this viewer received, as (type, timestamp, body)."""
+        reader = flv.FlvReader()
+        reader.receive_data(self.transport.value())  # type: ignore[attr-defined]
+        out = []
+        while True:
+            event = reader.next_event()
+            if event is flv.NEED_DATA:
+                return out
+            if isinstance(event, flv.TagReceived):
+                out.append((event.tag_type, event.timestamp_ms, event.body))
+
+
+def make_registry(**config: int | None) -> tuple[StreamRegistry, Clock]:
+    clock = Clock()
+    return StreamRegistry(clock, StreamConfig(**config)), clock  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_invalid_names_are_refused_everywhere(name: str) -> None:
+    registry, _ = make_registry()
+    with pytest.raises(InvalidStreamName):
+        validate_name(name)
+    with pytest.raises(InvalidStreamName):
+        registry.publish("live", name, FakeSource())
+    with pytest.raises(InvalidStreamName):
+        registry.publish(name, "cam", FakeSource())
+    with pytest.raises(InvalidStreamName):
+        registry.get("live", name)
+    assert registry.streams == {}
+
+
+def test_valid_names_pass() -> None:
+    for name in ["a", "cam1", "A-b_C", "x" * 128]:
+        assert validate_name(name) == name
+
+
+def test_second_publisher_is_refused_and_name_is_free_after_unpublish() -> None:
+    registry, _ = make_registry()
+    stream = registry.publish("live", "cam", FakeSource())
+    with pytest.raises(StreamBusy):
+        registry.publish("live", "cam", FakeSource())
+    registry.unpublish(stream, "done")
+    again = registry.publish("live", "cam", FakeSource())
+    assert again is not stream
+    assert registry.get("live", "cam") is again
+
+
+def test_late_joiner_starts_with_metadata_headers_then_keyframe() -> None:
+    registry, _ = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(metadata())
+    stream.push(video(0, header=True))
+    stream.push(audio(0, header=True))
+    for ts in range(0, 3000, 40):
+        stream.push(video(ts, key=ts % 1000 == 0))
+        stream.push(audio(ts))
+    viewer = RecordingViewer()
+    stream.add_viewer(CountingFormat(), viewer)
+    tags = viewer.tags()
+    kinds = [t[0] for t in tags[:3]]
+    assert kinds == [18, 9, 8]
+    first_video = next(t for t in tags[3:] if t[0] == 9)
+    assert first_video[2][0] == 0x17  # a keyframe
+    assert first_video[1] == 2000  # the last GOP, not the first
+    # Metadata and headers carry the GOP start time, so time never goes back.
+    times = [t[1] for t in tags]
+    assert times == sorted(times)
+
+
+def test_each_frame_is_encoded_once_for_all_viewers() -> None:
+    registry, _ = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    fmt = CountingFormat()
+    viewers = [RecordingViewer() for _ in range(50)]
+    for v in viewers:
+        stream.add_viewer(fmt, v)
+    fmt.encoded.clear()
+    for ts in range(0, 400, 40):
+        stream.push(video(ts, key=ts == 0))
+    assert len(fmt.encoded) == 10
+    assert all(len(v.tags()) == 10 for v in viewers)
+
+
+def test_merge_window_batches_sends_until_the_clock_moves() -> None:
+    registry, clock = make_registry(merge_ms=50)
+    stream = registry.publish("live", "cam", FakeSource())
+    viewer = RecordingViewer()
+    stream.add_viewer(CountingFormat(), viewer)
+    base = len(viewer.transport.value())  # type: ignore[attr-defined]
+    for ts in (0, 40, 80):
+        stream.push(video(ts, key=ts == 0))
+    assert len(viewer.transport.value()) == base  # type: ignore[attr-defined]
+    clock.advance(0.05)
+    assert [t[1] for t in viewer.tags()] == [0, 40, 80]
+
+
+def test_adaptive_merge_window_grows_with_the_audience() -> None:
+    assert adaptive_merge_ms(1) == 0
+    assert adaptive_merge_ms(99) == 0
+    assert adaptive_merge_ms(1000) == 10
+    assert adaptive_merge_ms(10_000) == 100
+    assert adaptive_merge_ms(100_000) == 100
+
+
+def test_paused_viewer_skips_to_next_keyframe_and_others_keep_everything() -> None:
+    registry, _ = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    fast, slow = RecordingViewer(), RecordingViewer()
+    fmt = CountingFormat()
+    stream.add_viewer(fmt, fast)
+    stream.add_viewer(fmt, slow)
+    stream.push(video(0, key=True))
+    slow.pauseProducing()
+    slow.pauseProducing()  # idempotent
+    stream.push(video(40))
+    slow.resumeProducing()
+    stream.push(video(80))  # not a keyframe: slow still waits
+    stream.push(video(120, key=True))
+    stream.push(video(160))
+    assert [t[1] for t in fast.tags()] == [0, 40, 80, 120, 160]
+    assert [t[1] for t in slow.tags()] == [0, 120, 160]
+    assert slow.frames_dropped == 2
+    assert slow.state is ViewerState.SYNCED
+
+
+def test_viewer_stalled_past_the_queue_limit_is_disconnected() -> None:
+    registry, _ = make_registry(merge_ms=0, viewer_queue_bytes=10_000)
+    stream = registry.publish("live", "cam", FakeSource())
+    fast, slow = RecordingViewer(), RecordingViewer()
+    stream.add_viewer(CountingFormat(), fast)
+    stream.add_viewer(CountingFormat(), slow)
+    stream.push(video(0, key=True))
+    slow.pauseProducing()
+    for ts in range(40, 4000, 40):
+        stream.push(video(ts, size=1000))
+    assert slow.dropped and "queue limit of 10000 bytes" in slow.dropped[0]
+    assert not fast.dropped
+    assert len(fast.tags()) == 100
+    assert stream.viewer_count() == 1
+
+
+def test_unpublish_ends_every_viewer() -> None:
+    registry, _ = make_registry(merge_ms=20)
+    stream = registry.publish("live", "cam", FakeSource())
+    viewer = RecordingViewer()
+    stream.add_viewer(CountingFormat(), viewer)
+    stream.push(video(0, key=True))
+    registry.unpublish(stream, "publisher left")
+    assert viewer.ended == ["publisher left"]
+    assert [t[1] for t in viewer.tags()] == [0]  # pending frames flushed first
+    assert registry.get("live", "cam") is None
+
+
+def test_timestamps_never_go_backwards_after_a_publisher_clock_reset() -> None:
+    registry, _ = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    viewer = RecordingViewer()
+    stream.add_viewer(CountingFormat(), viewer)
+    for ts in (0, 40, 5000, 5040, 10, 50, 90):
+        stream.push(video(ts, key=ts in (0, 10)))
+    times = [t[1] for t in viewer.tags()]
+    assert times == sorted(times)
+    assert times[-1] - times[-2] == 40  # spacing kept after the rebase
+
+
+def test_gop_cache_without_keyframes_stays_empty() -> None:
+    cache = GopCache(max_frames=10, max_bytes=10_000, max_ms=1000)
+    for ts in range(0, 10_000, 40):
+        cache.add(video(ts))
+    assert cache.frames == []
+
+
+def test_gop_cache_overflow_empties_until_next_keyframe() -> None:
+    cache = GopCache(max_frames=5, max_bytes=1_000_000, max_ms=100_000)
+    cache.add(video(0, key=True))
+    for ts in range(40, 400, 40):
+        cache.add(video(ts))
+    assert cache.frames == []
+    cache.add(video(400, key=True))
+    assert len(cache.frames) == 1
+
+
+def test_gop_cache_for_audio_only_keeps_a_time_window() -> None:
+    cache = GopCache(max_frames=1000, max_bytes=1_000_000, max_ms=500)
+    for ts in range(0, 2000, 20):
+        cache.add(audio(ts))
+    assert cache.frames[0].timestamp_ms >= 1980 - 500
+    assert all(f.kind is FrameKind.AUDIO for f in cache.frames)
+
+
+def test_viewer_joining_mid_window_gets_no_duplicates() -> None:
+    registry, clock = make_registry(merge_ms=100)
+    stream = registry.publish("live", "cam", FakeSource())
+    first = RecordingViewer()
+    fmt = CountingFormat()
+    stream.add_viewer(fmt, first)
+    stream.push(video(0, key=True))
+    stream.push(video(40))
+    late = RecordingViewer()
+    stream.add_viewer(fmt, late)  # gets 0, 40 from the GOP cache now
+    stream.push(video(80))
+    clock.advance(0.1)
+    assert [t[1] for t in first.tags()] == [0, 40, 80]
+    assert [t[1] for t in late.tags()] == [0, 40, 80]
