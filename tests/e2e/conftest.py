@@ -1,0 +1,190 @@
+"""End-to-end fixtures: the real server (``twistd -n rtmpd``) on loopback
+ports, a generated clip, and real clients (ffmpeg, ffprobe, rtmpdump)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+TOOLS = ("ffmpeg", "ffprobe", "rtmpdump")
+VENV_BIN = Path(sys.executable).parent
+#: Generous bound for anything that waits on a real process; tests never
+#: assert on speed, this only keeps a broken run from hanging.
+WAIT_S = 30.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tools() -> None:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"end-to-end tests need {', '.join(missing)}: `make test` installs them")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, deadline_s: float = WAIT_S) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6 s clip: H.264 with B-frames and a 1 s GOP (25 fps) + AAC, ~1 Mbit/s."""
+    out = tmp_path_factory.mktemp("clip") / "clip.flv"
+    subprocess.run(
+        [
+            "ffmpeg", "-v", "error", "-y",
+            "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+            "-t", "6", "-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", "25",
+            "-keyint_min", "25", "-sc_threshold", "0", "-b:v", "900k", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-b:a", "96k", "-f", "flv", str(out),
+        ],
+        check=True,
+        timeout=120,
+    )
+    return out
+
+
+@dataclass
+class Server:
+    """A running ``twistd -n rtmpd`` and where to reach it."""
+
+    rtmp_port: int
+    http_port: int
+    web_port: int
+    root: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def rtmp_url(self, name: str, app: str = "live") -> str:
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/{app}/{name}"
+
+    def flv_url(self, name: str, app: str = "live") -> str:
+        return f"http://127.0.0.1:{self.http_port}/{app}/{name}.flv"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def publish(self, clip: Path, name: str, *, loops: int = -1, app: str = "live",
+                extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+        """ffmpeg publishing ``clip`` in real time over RTMP (looped)."""
+        proc = subprocess.Popen(
+            ["ffmpeg", "-v", "error", "-re", "-stream_loop", str(loops), "-i", str(clip),
+             "-c", "copy", *(extra or []), "-f", "flv", self.rtmp_url(name, app)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        self.children.append(proc)
+        return proc
+
+    def wait_live(self, name: str, app: str = "live", deadline_s: float = WAIT_S) -> None:
+        """Poll HEAD on the HTTP-FLV URL until the stream is live."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if self.is_live(name, app):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"stream {app}/{name} never went live; log:\n{self.log()[-3000:]}")
+
+    def is_live(self, name: str, app: str = "live") -> bool:
+        request = urllib.request.Request(self.flv_url(name, app), method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+def start_server(tmp: Path, *extra: str) -> Server:
+    rtmp_port, http_port, web_port = free_port(), free_port(), free_port()
+    root = tmp / "media"
+    log_path = tmp / "rtmpd.log"
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [
+            str(VENV_BIN / "twistd"), "--nodaemon", "--pidfile=", "--logfile=-", "rtmpd",
+            "--rtmp", f"tcp:{rtmp_port}:interface=127.0.0.1",
+            "--http", f"tcp:{http_port}:interface=127.0.0.1",
+            "--web", f"tcp:{web_port}:interface=127.0.0.1",
+            "--root", str(root), *extra,
+        ],
+        stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp,
+    )
+    log_file.close()
+    server = Server(rtmp_port, http_port, web_port, root, log_path, process)
+    try:
+        for port in (rtmp_port, http_port, web_port):
+            wait_for_port(port)
+    except TimeoutError:
+        process.kill()
+        raise RuntimeError("rtmpd did not start:\n" + server.log()) from None
+    return server
+
+
+def stop_server(server: Server) -> None:
+    for child in server.children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=WAIT_S)
+        if child.stderr is not None:
+            child.stderr.close()
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        raise AssertionError("rtmpd did not stop on SIGTERM") from None
+    log = server.log()
+    assert "Traceback" not in log, f"the server logged a traceback:\n{log[-5000:]}"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """A fresh server with all defaults but loopback ports."""
+    srv = start_server(tmp_path)
+    yield srv
+    stop_server(srv)
+
+
+def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a client to completion, capturing its output as text."""
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        env={**os.environ, "AV_LOG_FORCE_NOCOLOR": "1"},
+    )
