@@ -261,13 +261,14 @@ class Mp4Demuxer:
     def samples(self) -> Iterator[DemuxedSample]:
         """All samples in decode order, tracks interleaved by decode time in seconds
         (ties go to the track listed first)."""
-        order = {tid: n for n, tid in enumerate(self._states)}
-        streams = [
-            ((s.dts / st.track.timescale, order[tid], s) for s in self.track_samples(tid))
-            for tid, st in self._states.items()
-        ]
-        for _, _, sample in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
+        streams = [self._keyed(n, tid) for n, tid in enumerate(self._states)]
+        for _, _, sample in heapq.merge(*streams):
             yield sample
+
+    def _keyed(self, rank: int, track_id: int) -> Iterator[tuple[float, int, DemuxedSample]]:
+        timescale = self._states[track_id].track.timescale
+        for sample in self.track_samples(track_id):
+            yield sample.dts / timescale, rank, sample
 
     def read_sample(self, sample: DemuxedSample) -> bytes:
         """The sample's bytes, through ``read_at``."""
