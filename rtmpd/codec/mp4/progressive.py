@@ -58,6 +58,9 @@ DEFAULT_CHUNK_DURATION_MS = 500
 DEFAULT_MOVIE_TIMESCALE = 1000
 
 _U32_MAX = 0xFFFFFFFF
+#: Largest offset or box size a 32-bit field holds; past it ``co64`` and a 64-bit ``mdat``
+#: size are used (a separate name so tests can lower it).
+_OFFSET_LIMIT_32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,7 +192,7 @@ class ProgressiveMp4Writer:
             raise LocalProtocolError("no samples were added to any track")
         order = self._chunk_order(tracks)
         data_size = sum(sum(t.size[first : first + n]) for t, first, n in order)
-        mdat_header_size = 8 if data_size + 8 <= _U32_MAX else 16
+        mdat_header_size = 8 if data_size + 8 <= _OFFSET_LIMIT_32 else 16
         ftyp = self._ftyp(tracks)
 
         def moov_for(base: int, use_co64: bool) -> bytes:
@@ -204,7 +207,7 @@ class ProgressiveMp4Writer:
         use_co64 = False
         moov_size = len(moov_for(0, use_co64))
         base = len(ftyp) + moov_size + mdat_header_size
-        if base + data_size > _U32_MAX:
+        if base + data_size > _OFFSET_LIMIT_32:
             # Some chunk may start past 4 GiB: co64 everywhere (a larger moov only moves
             # the data further, so the choice cannot flip back).
             use_co64 = True
@@ -372,7 +375,7 @@ def _write_sample_tables(w: BoxWriter, track: _Track, use_co64: bool) -> None:
             w.u32(count)
             w.u32(1)  # sample_description_index
     with w.full_box(b"stsz", version=0, flags=0):
-        if min(track.size) == max(track.size):
+        if track.size[0] and min(track.size) == max(track.size):
             w.u32(track.size[0])
             w.u32(len(track.size))
         else:
