@@ -531,6 +531,7 @@ class TsReader:
         self._eof = False
         self._max_pes_size = max_pes_size
         self._events: deque[PesPacket] = deque()
+        self._error: RemoteProtocolError | None = None
         self._pmt_pids: set[int] = set()
         self._sections: dict[int, bytearray] = {}
         self._last_cc: dict[int, int] = {}
@@ -556,7 +557,20 @@ class TsReader:
             self._eof = True
 
     def next_event(self) -> PesPacket | NeedData:
-        """The next complete PES packet, or :data:`NEED_DATA`."""
+        """The next complete PES packet, or :data:`NEED_DATA`.
+
+        Once this raised :class:`RemoteProtocolError`, every later call
+        raises it again.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_event(self) -> PesPacket | NeedData:
         while not self._events:
             if len(self._buffer) - self._pos >= TS_PACKET_SIZE:
                 packet = bytes(self._buffer[self._pos : self._pos + TS_PACKET_SIZE])
@@ -637,28 +651,28 @@ class TsReader:
     # -- PSI
 
     def _read_psi(self, pid: int, pusi: bool, payload: bytes) -> None:
+        tail = self._sections.pop(pid, None)
         if pusi:
             pointer = payload[0]
             if 1 + pointer > len(payload):
                 raise RemoteProtocolError(f"pointer_field {pointer} runs past the TS packet")
-            pending = self._sections.pop(pid, None)
-            if pending is not None:
-                pending += payload[1 : 1 + pointer]
-                self._sections[pid] = pending
-                self._drain_sections(pid)
-                self._sections.pop(pid, None)  # a section cut short by a new start
-            self._sections[pid] = bytearray(payload[1 + pointer :])
-        elif pid in self._sections:
-            self._sections[pid] += payload
+            if tail is not None:
+                # Bytes before the pointed-to start end the previous section; if
+                # that is still incomplete, it was cut short and is dropped.
+                self._read_sections(pid, tail + payload[1 : 1 + pointer])
+            rest = self._read_sections(pid, bytearray(payload[1 + pointer :]))
+        elif tail is not None:
+            rest = self._read_sections(pid, tail + payload)
         else:
-            return
-        self._drain_sections(pid)
+            return  # joined in the middle of a section
+        if rest:
+            self._sections[pid] = rest
 
-    def _drain_sections(self, pid: int) -> None:
-        buf = self._sections[pid]
+    def _read_sections(self, pid: int, buf: bytearray) -> bytearray:
+        """Read the complete sections in ``buf``; return an incomplete last one."""
         while buf and buf[0] != 0xFF:  # 0xFF: stuffing after the last section
             if len(buf) < 3:
-                return
+                return buf
             section_length = (buf[1] & 0x0F) << 8 | buf[2]
             if section_length > MAX_SECTION_LENGTH:
                 raise RemoteProtocolError(
@@ -666,11 +680,11 @@ class TsReader:
                     f"({MAX_SECTION_LENGTH})"
                 )
             if len(buf) < 3 + section_length:
-                return
+                return buf
             section = bytes(buf[: 3 + section_length])
             del buf[: 3 + section_length]
             self._read_section(pid, section)
-        del self._sections[pid]
+        return bytearray()
 
     def _read_section(self, pid: int, section: bytes) -> None:
         if len(section) < 12:

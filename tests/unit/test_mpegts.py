@@ -585,6 +585,32 @@ def test_reader_pes_size_limit(short_ts: bytes) -> None:
         _drain(reader)
 
 
+def test_reader_pmt_spanning_packets_is_reassembled() -> None:
+    streams = [(0x0F, 0x200 + i) for i in range(60)]  # 9 + 300 + 4 bytes: two packets
+    pmt = b"\x00" + mpegts.encode_pmt(pcr_pid=0x200, streams=streams)
+    counters: dict[int, int] = {}
+    pat = b"\x00" + mpegts.encode_pat(pmt_pid=0x1000)
+    ts = mpegts.packetize(0, pat, counters) + mpegts.packetize(0x1000, pmt, counters)
+    assert len(ts) == 3 * TS_PACKET_SIZE
+    pes = mpegts.encode_pes_header(stream_id=0xC0, pts_90k=7, dts_90k=None, payload_size=2)
+    ts += mpegts.packetize(0x23B, pes + b"ok", counters)
+    reader = TsReader()
+    reader.receive_data(ts)
+    events = _drain(reader)
+    assert reader.stream_types == dict((pid, t) for t, pid in streams)
+    assert [(e.pid, e.pts, e.payload) for e in events] == [(0x23B, 7, b"ok")]
+
+
+def test_reader_error_is_sticky(short_ts: bytes) -> None:
+    reader = TsReader()
+    reader.receive_data(b"\x00" * TS_PACKET_SIZE)
+    with pytest.raises(RemoteProtocolError, match="lost TS sync"):
+        reader.next_event()
+    reader.receive_data(short_ts)
+    with pytest.raises(RemoteProtocolError, match="lost TS sync"):
+        reader.next_event()
+
+
 def test_reader_data_after_eof_is_misuse() -> None:
     reader = TsReader()
     reader.receive_data(b"")
