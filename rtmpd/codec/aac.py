@@ -76,8 +76,8 @@ class AudioSpecificConfig:
     trailing_bit_count: int = 3
 
     def __post_init__(self) -> None:
-        if not 1 <= self.object_type <= 31 + 63:
-            raise LocalProtocolError(f"audioObjectType {self.object_type} outside 1..94")
+        if not 1 <= self.object_type <= 32 + 63:
+            raise LocalProtocolError(f"audioObjectType {self.object_type} outside 1..95")
         index = self.sampling_frequency_index
         if index == FREQUENCY_INDEX_EXPLICIT:
             if self.sampling_frequency is None or not 0 < self.sampling_frequency < 1 << 24:

@@ -75,6 +75,16 @@ ASC_CASES = [
         ),
         b"\x11\x94",
     ),
+    # Largest escaped object type: 32 + 63 = 95; 96 kHz, channelConfiguration 0 (PCE).
+    (
+        ASC(
+            object_type=95,
+            sampling_frequency_index=0,
+            channel_configuration=0,
+            trailing_bit_count=5,
+        ),
+        b"\xff\xe0\x00",
+    ),
 ]
 
 
@@ -111,9 +121,9 @@ def test_audio_specific_config_prefixes_raise_only_remote_errors(
 
 def test_audio_specific_config_properties() -> None:
     rates = [ASC.parse(data).sample_rate for _, data in ASC_CASES]
-    assert rates == [44100, 48000, 44100, 44100, 48000, 24000, 48000]
+    assert rates == [44100, 48000, 44100, 44100, 48000, 24000, 48000, 96000]
     frames = [ASC.parse(data).samples_per_frame for _, data in ASC_CASES]
-    assert frames == [1024] * 6 + [960]
+    assert frames == [1024] * 6 + [960, 1024]
     assert ASC.parse(b"\x12\x10").codec_string == "mp4a.40.2"
 
 
