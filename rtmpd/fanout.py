@@ -20,7 +20,10 @@ Nothing here logs per frame.
 from __future__ import annotations
 
 import enum
+import fcntl
 import os
+import struct
+import termios
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -114,11 +117,19 @@ class ViewerOutput:
     # -- writes ------------------------------------------------------------
 
     def buffered_bytes(self) -> int:
-        """Bytes the transport still holds for this viewer (0 when unknown)."""
+        """Bytes queued for this viewer and not yet sent: in the transport's
+        buffer and in the kernel's socket send queue (0 when unknown)."""
         t = self.transport
-        if isinstance(t, tcp.Connection):
-            return len(t.dataBuffer) - t.offset + t._tempDataLen
-        return 0
+        if not isinstance(t, tcp.Connection):
+            return 0
+        queued = len(t.dataBuffer) - t.offset + t._tempDataLen
+        if self._fd >= 0:
+            try:
+                raw = fcntl.ioctl(self._fd, termios.TIOCOUTQ, b"\0\0\0\0")
+                queued += struct.unpack("i", raw)[0]
+            except OSError:
+                pass
+        return queued
 
     def send(self, chunks: Sequence[bytes], size: int) -> None:
         """Send ``chunks`` (``size`` bytes in all) with as few syscalls as can be.

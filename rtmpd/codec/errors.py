@@ -18,7 +18,7 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.hint = hint
 
-    def __new__(cls, *args: object, **kwargs: object) -> "ProtocolError":
+    def __new__(cls, *args: object, **kwargs: object) -> ProtocolError:
         if cls is ProtocolError:
             raise TypeError("ProtocolError is abstract; raise Local/RemoteProtocolError")
         return super().__new__(cls)
