@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtmpd.codec import flv
+from rtmpd.codec.buffer import ByteBuffer
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -539,3 +540,49 @@ def test_codec_module_imports_no_io(name: str) -> None:
 def test_tag_header_struct_layout() -> None:
     """The hot-path packer lays out type/size, timestamp/extended, stream id in 11 bytes."""
     assert struct.calcsize(">IIHB") == flv.TAG_HEADER_SIZE
+
+
+# --------------------------------------------------------------------------- ByteBuffer
+
+
+def test_byte_buffer_rollback_returns_to_last_commit() -> None:
+    buf = ByteBuffer()
+    buf.append(b"\x00\x01abc")
+    assert buf.unpack(struct.Struct(">H")) == (1,)
+    assert buf.read(5) is None  # not enough: nothing consumed
+    assert buf.uncommitted == 2
+    buf.rollback()
+    assert buf.peek(2) == b"\x00\x01"
+    assert buf.skip(2)
+    buf.commit()
+    assert buf.read(3) == b"abc"
+    buf.rollback()
+    assert len(buf) == 3
+    assert not buf.skip(4)
+    assert buf.peek(-1) is None
+
+
+def test_byte_buffer_compacts_consumed_bytes_and_keeps_the_rest() -> None:
+    buf = ByteBuffer()
+    data = bytes(range(256)) * 1024  # 256 KiB
+    buf.append(data)
+    pieces = []
+    while (piece := buf.read(1000)) is not None:
+        buf.commit()
+        pieces.append(piece)
+        buf.append(b"")
+    pieces.append(buf.read(len(buf)) or b"")
+    assert b"".join(pieces) == data
+
+
+def test_byte_buffer_limit_counts_uncommitted_bytes() -> None:
+    buf = ByteBuffer(max_size=4)
+    buf.append(b"abc")
+    buf.read(2)
+    with pytest.raises(RemoteProtocolError, match="exceed the buffer limit \\(4\\)"):
+        buf.append(b"de")  # the 2 read bytes are not committed yet
+    buf.commit()
+    buf.append(b"de")
+    assert buf.read(3) == b"cde"
+    with pytest.raises(LocalProtocolError):
+        ByteBuffer(max_size=-1)
