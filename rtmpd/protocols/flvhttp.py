@@ -1,18 +1,29 @@
-"""HTTP-FLV on the ``--http`` port: ``GET /{app}/{stream}.flv`` plays a live
-stream as one endless FLV body (twisted.web)."""
+"""HTTP-FLV on the ``--http`` port (twisted.web).
+
+``GET /{app}/{stream}.flv`` plays a live stream as one endless FLV body.
+``POST`` (or ``PUT``) ``/{app}/{stream}`` publishes one: the body, chunked,
+``Content-Length`` or close-delimited, is an FLV stream parsed as it arrives
+(twisted.web would otherwise buffer the whole body before rendering).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Hashable
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from rtmpd.codec import flv
-from rtmpd.errors import InvalidStreamName
-from rtmpd.fanout import ViewerOutput
+from rtmpd.codec.errors import ProtocolError
+from rtmpd.errors import InvalidStreamName, StreamBusy
+from rtmpd.fanout import ViewerOutput, ViewerState
 from rtmpd.media import Frame
+from rtmpd.protocols.flvingest import FlvIngest
 from rtmpd.registry import Stream, StreamRegistry, validate_name
 
 log = Logger()
@@ -98,7 +109,9 @@ class HttpFlvViewer(ViewerOutput):
         self.request.channel.transport.abortConnection()  # type: ignore[union-attr]
 
     def connection_lost(self, reason: object) -> None:
-        """The client went away."""
+        """The response ended: the client went away, or we finished it."""
+        if self.state is ViewerState.CLOSED:
+            return
         self.stream.remove_viewer(self)
         log.info(
             "play {path} by {peer} closed by the client ({bytes} bytes, {dropped} frames skipped)",
@@ -180,7 +193,8 @@ class FlvHttpResource(resource.Resource):
             return _text(request, http.NOT_FOUND, f"stream {app}/{name} is not live")
         request.setHeader(b"Content-Type", b"video/x-flv")
         request.setHeader(b"Cache-Control", b"no-cache, no-store")
-        transport = request.channel.transport  # type: ignore[attr-defined]
+        transport = request.channel.transport
+        assert transport is not None
         # Start the response: status line and headers. Body bytes are then
         # written pre-framed (one shared chunk per tag) straight to the socket.
         request.write(b"")
@@ -194,3 +208,121 @@ class FlvHttpResource(resource.Resource):
         log.info("play {path} by {peer} (http-flv)", path=stream.path, peer=viewer.description)
         stream.add_viewer(output, viewer)
         return server.NOT_DONE_YET
+
+
+_STATUS_TEXT = {400: b"Bad Request", 403: b"Forbidden", 409: b"Conflict"}
+
+
+class FlvRequest(server.Request):
+    """A Request that streams a publish body into the registry instead of
+    buffering it, and refuses a bad publish before reading its body."""
+
+    ingest: FlvIngest | None = None
+    refused = False
+
+    def _peer(self) -> str:
+        peer = self.getClientAddress()
+        return f"http {getattr(peer, 'host', '?')}:{getattr(peer, 'port', 0)}"
+
+    def gotLength(self, length: int | None) -> None:
+        channel: Any = self.channel
+        command = getattr(channel, "_command", b"")
+        if command in (b"POST", b"PUT"):
+            self.content = io.BytesIO()
+            self._start_publish(channel, length)
+            return
+        super().gotLength(length)
+
+    def _start_publish(self, channel: Any, length: int | None) -> None:
+        raw_path = bytes(getattr(channel, "_path", b"/")).split(b"?", 1)[0]
+        segments = [unquote_to_bytes(part) for part in raw_path.split(b"/")[1:]]
+        site: Any = channel.site
+        registry: StreamRegistry = site.resource.registry
+        try:
+            app, name = parse_flv_path(segments, "")
+            self.ingest = FlvIngest(registry, app, name, self._peer(), self._stop)
+        except InvalidStreamName as e:
+            self._refuse(400, str(e))
+            return
+        except StreamBusy as e:
+            self._refuse(409, str(e))
+            return
+        transport = channel.transport
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        if length == 0 and not self.requestHeaders.hasHeader(b"Content-Length"):
+            # No Content-Length and not chunked: the body runs until the
+            # client closes. twisted.web would read it as no body at all.
+            from twisted.web.http import _IdentityTransferDecoder
+
+            channel.length = None
+            channel._transferDecoder = _IdentityTransferDecoder(
+                None, self.handleContentChunk, channel._finishRequestBody
+            )
+
+    def _refuse(self, code: int, message: str) -> None:
+        """Answer at once, before the body, and close the connection."""
+        self.refused = True
+        log.info("http publish refused for {peer}: {code} {message}", peer=self._peer(),
+                 code=code, message=message)
+        body = (message + "\n").encode()
+        channel: Any = self.channel
+        channel.persistent = False
+        transport = channel.transport
+        transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Access-Control-Allow-Origin: *\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s"
+            % (code, _STATUS_TEXT.get(code, b"Error"), len(body), body)
+        )
+        transport.loseConnection()
+
+    def _stop(self, reason: str) -> None:
+        channel: Any = self.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.loseConnection()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        ingest = self.ingest
+        if ingest is None:
+            if not self.refused:
+                super().handleContentChunk(data)
+            return
+        try:
+            ingest.feed(data)
+        except ProtocolError as e:
+            self.ingest = None
+            if ingest.tags_in == 0:
+                self._refuse(400, f"the body is not an FLV stream: {e}")
+            else:
+                log.warn("http publish by {peer}: bad FLV, closing: {error}",
+                         peer=ingest.description, error=str(e))
+                channel: Any = self.channel
+                channel.transport.abortConnection()
+            ingest.finish(f"sent bad FLV ({e})")
+
+    def end_of_body(self) -> tuple[int, str]:
+        """The body ended: end the stream; the status and text to answer."""
+        ingest = self.ingest
+        if ingest is None:
+            return 400, "nothing was published"
+        self.ingest = None
+        try:
+            ingest.feed(b"")
+        except ProtocolError as e:
+            ingest.finish(f"ended with a damaged body ({e})")
+            return 200, f"published {ingest.tags_in} tags; the body ended early: {e}"
+        ingest.finish("finished")
+        return 200, f"published {ingest.tags_in} tags, {ingest.bytes_in} bytes"
+
+    def connectionLost(self, reason: Any) -> None:
+        ingest = self.ingest
+        if ingest is not None:
+            self.ingest = None
+            if self.channel is not None and getattr(self.channel, "length", 0) is None:
+                # A close-delimited body: the close is its end.
+                with contextlib.suppress(ProtocolError):
+                    ingest.feed(b"")
+            ingest.finish("disconnected")
+        super().connectionLost(reason)

@@ -40,7 +40,7 @@ class RootedFile(static.File):
         return f
 
     def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
-        child = super().getChild(path, request)
+        child: resource.IResource = super().getChild(path, request)
         if isinstance(child, static.File):
             real = os.path.realpath(child.path)
             if real != self.root and not real.startswith(self.root + os.sep):

@@ -186,7 +186,7 @@ def makeService(
 
     from twisted.web import server
 
-    from rtmpd.protocols.flvhttp import FlvHttpResource
+    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvRequest
     from rtmpd.protocols.rtmp import RtmpServerFactory
     from rtmpd.protocols.web import make_web_site
 
@@ -211,7 +211,7 @@ def makeService(
         handshake_timeout=float(options["handshake-timeout"]),
         idle_timeout=float(options["idle-timeout"]),
     )
-    http_site = server.Site(FlvHttpResource(registry), timeout=30)
+    http_site = server.Site(FlvHttpResource(registry), requestFactory=FlvRequest, timeout=30)
     http_site.displayTracebacks = False
     web_site = make_web_site(root)
 
