@@ -152,9 +152,20 @@ class FlvHttpResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, registry: StreamRegistry) -> None:
+    def __init__(
+        self, registry: StreamRegistry, websocket: resource.IResource | None = None
+    ) -> None:
         super().__init__()
         self.registry = registry
+        self.websocket = websocket
+
+    def render(self, request: server.Request) -> bytes | int:
+        """Upgrade requests go to the WebSocket resource, the rest by method."""
+        upgrade = request.getHeader(b"upgrade")
+        if self.websocket is not None and upgrade is not None and upgrade.lower() == b"websocket":
+            result: bytes | int = self.websocket.render(request)
+            return result
+        return super().render(request)  # type: ignore[no-any-return]
 
     def _cors(self, request: server.Request) -> None:
         for name, value in CORS_HEADERS.items():

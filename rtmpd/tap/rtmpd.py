@@ -187,6 +187,7 @@ def makeService(
     from twisted.web import server
 
     from rtmpd.protocols.flvhttp import FlvHttpResource, FlvRequest
+    from rtmpd.protocols.flvws import make_ws_resource
     from rtmpd.protocols.rtmp import RtmpServerFactory
     from rtmpd.protocols.web import make_web_site
 
@@ -211,7 +212,8 @@ def makeService(
         handshake_timeout=float(options["handshake-timeout"]),
         idle_timeout=float(options["idle-timeout"]),
     )
-    http_site = server.Site(FlvHttpResource(registry), requestFactory=FlvRequest, timeout=30)
+    http_root = FlvHttpResource(registry, websocket=make_ws_resource(registry))
+    http_site = server.Site(http_root, requestFactory=FlvRequest, timeout=30)
     http_site.displayTracebacks = False
     web_site = make_web_site(root)
 
