@@ -1,0 +1,291 @@
+"""RTMP message bodies: protocol control, user control, commands, aggregates.
+
+Each ``encode_*`` returns a message payload (put it in a chunk stream with the
+type id named here); each ``decode_*`` parses one and raises only
+:class:`RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from rtmpd.codec import amf0
+from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "ABORT",
+    "ACK",
+    "AGGREGATE",
+    "AUDIO",
+    "COMMAND_AMF0",
+    "COMMAND_AMF3",
+    "DATA_AMF0",
+    "DATA_AMF3",
+    "LIMIT_DYNAMIC",
+    "LIMIT_HARD",
+    "LIMIT_SOFT",
+    "PING_REQUEST",
+    "PING_RESPONSE",
+    "SET_BUFFER_LENGTH",
+    "SET_CHUNK_SIZE",
+    "SET_PEER_BANDWIDTH",
+    "SHARED_OBJECT_AMF0",
+    "SHARED_OBJECT_AMF3",
+    "STREAM_BEGIN",
+    "STREAM_DRY",
+    "STREAM_EOF",
+    "STREAM_IS_RECORDED",
+    "USER_CONTROL",
+    "VIDEO",
+    "WINDOW_ACK_SIZE",
+    "Command",
+    "UserControl",
+    "decode_command",
+    "decode_set_peer_bandwidth",
+    "decode_u32",
+    "decode_user_control",
+    "encode_abort",
+    "encode_ack",
+    "encode_aggregate",
+    "encode_command",
+    "encode_set_chunk_size",
+    "encode_set_peer_bandwidth",
+    "encode_user_control",
+    "encode_window_ack_size",
+    "split_aggregate",
+]
+
+# --- message type ids (RTMP spec 5.4, 7.1) ---------------------------------------
+SET_CHUNK_SIZE: Final = 1
+ABORT: Final = 2
+ACK: Final = 3
+USER_CONTROL: Final = 4
+WINDOW_ACK_SIZE: Final = 5
+SET_PEER_BANDWIDTH: Final = 6
+AUDIO: Final = 8
+VIDEO: Final = 9
+DATA_AMF3: Final = 15
+SHARED_OBJECT_AMF3: Final = 16
+COMMAND_AMF3: Final = 17
+DATA_AMF0: Final = 18
+SHARED_OBJECT_AMF0: Final = 19
+COMMAND_AMF0: Final = 20
+AGGREGATE: Final = 22
+
+# --- user control event types (RTMP spec 7.1.7) ----------------------------------
+STREAM_BEGIN: Final = 0
+STREAM_EOF: Final = 1
+STREAM_DRY: Final = 2
+SET_BUFFER_LENGTH: Final = 3
+STREAM_IS_RECORDED: Final = 4
+PING_REQUEST: Final = 6
+PING_RESPONSE: Final = 7
+
+# --- Set Peer Bandwidth limit types -------------------------------------------------
+LIMIT_HARD: Final = 0
+LIMIT_SOFT: Final = 1
+LIMIT_DYNAMIC: Final = 2
+
+_U32_MAX: Final = 0xFFFFFFFF
+
+
+def _u32(value: int, what: str) -> bytes:
+    if not 0 <= value <= _U32_MAX:
+        raise LocalProtocolError(f"{what} {value} outside 0..2**32-1")
+    return value.to_bytes(4, "big")
+
+
+def decode_u32(payload: bytes, what: str) -> int:
+    """The leading 4-byte big-endian value of a control message body."""
+    if len(payload) < 4:
+        raise RemoteProtocolError(f"{what} body of {len(payload)} bytes (needs 4)")
+    return int.from_bytes(payload[:4], "big")
+
+
+def encode_set_chunk_size(chunk_size: int) -> bytes:
+    """Set Chunk Size body (1..2**31-1 bytes)."""
+    if not 1 <= chunk_size <= 0x7FFFFFFF:
+        raise LocalProtocolError(f"chunk size {chunk_size} outside 1..{0x7FFFFFFF}")
+    return chunk_size.to_bytes(4, "big")
+
+
+def encode_abort(chunk_stream_id: int) -> bytes:
+    """Abort body: the chunk stream whose partial message to drop."""
+    return _u32(chunk_stream_id, "chunk stream id")
+
+
+def encode_ack(sequence_number: int) -> bytes:
+    """Acknowledgement body: bytes received so far, modulo 2**32."""
+    return (sequence_number & _U32_MAX).to_bytes(4, "big")
+
+
+def encode_window_ack_size(size: int) -> bytes:
+    """Window Acknowledgement Size body, in bytes."""
+    return _u32(size, "window acknowledgement size")
+
+
+def encode_set_peer_bandwidth(size: int, limit_type: int = LIMIT_DYNAMIC) -> bytes:
+    """Set Peer Bandwidth body: window size in bytes and limit type (0, 1, 2)."""
+    if limit_type not in (LIMIT_HARD, LIMIT_SOFT, LIMIT_DYNAMIC):
+        raise LocalProtocolError(f"peer bandwidth limit type {limit_type} not 0, 1 or 2")
+    return _u32(size, "peer bandwidth") + bytes((limit_type,))
+
+
+def decode_set_peer_bandwidth(payload: bytes) -> tuple[int, int]:
+    """``(window size in bytes, limit type)`` from a Set Peer Bandwidth body."""
+    if len(payload) < 5:
+        raise RemoteProtocolError(f"Set Peer Bandwidth body of {len(payload)} bytes (needs 5)")
+    return int.from_bytes(payload[:4], "big"), payload[4]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserControl:
+    """A User Control message.
+
+    ``value`` is the stream id for the stream events, the timestamp for the
+    ping events and the raw first 4 bytes otherwise; ``buffer_length_ms`` is
+    set for Set Buffer Length only.
+    """
+
+    event_type: int
+    value: int
+    buffer_length_ms: int | None = None
+
+
+def encode_user_control(event_type: int, value: int, buffer_length_ms: int | None = None) -> bytes:
+    """User Control body: event type (2 bytes) and its data."""
+    if not 0 <= event_type <= 0xFFFF:
+        raise LocalProtocolError(f"user control event type {event_type} outside 0..65535")
+    body = event_type.to_bytes(2, "big") + (value & _U32_MAX).to_bytes(4, "big")
+    if event_type == SET_BUFFER_LENGTH:
+        if buffer_length_ms is None:
+            raise LocalProtocolError("Set Buffer Length needs buffer_length_ms")
+        body += _u32(buffer_length_ms, "buffer length")
+    return body
+
+
+def decode_user_control(payload: bytes) -> UserControl:
+    """Parse a User Control body."""
+    if len(payload) < 6:
+        raise RemoteProtocolError(f"User Control body of {len(payload)} bytes (needs 6)")
+    event_type = int.from_bytes(payload[:2], "big")
+    value = int.from_bytes(payload[2:6], "big")
+    if event_type == SET_BUFFER_LENGTH:
+        if len(payload) < 10:
+            raise RemoteProtocolError(f"Set Buffer Length body of {len(payload)} bytes (needs 10)")
+        return UserControl(
+            event_type=event_type,
+            value=value,
+            buffer_length_ms=int.from_bytes(payload[6:10], "big"),
+        )
+    return UserControl(event_type=event_type, value=value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    """An RTMP command: ``name(transaction_id, command_object, *args)``."""
+
+    name: str
+    transaction_id: float
+    command_object: object = None
+    args: tuple[object, ...] = ()
+
+
+def encode_command(
+    name: str, transaction_id: float, command_object: object = None, *args: object
+) -> bytes:
+    """AMF0 command body (message type 20)."""
+    return amf0.encode_all(name, float(transaction_id), command_object, *args)
+
+
+def decode_command(payload: bytes, *, amf3: bool = False) -> Command:
+    """Parse a command body; ``amf3=True`` for type 17 (leading format byte).
+
+    Type 17 bodies start with one 0x00 byte, then AMF0 values that may switch
+    to AMF3 per value (marker 0x11).
+    """
+    if amf3 and payload[:1] == b"\x00":
+        payload = payload[1:]
+    values = amf0.decode_all(payload)
+    if not values or not isinstance(values[0], str):
+        raise RemoteProtocolError("command body does not start with a command name string")
+    name = values[0]
+    transaction_id = 0.0
+    if len(values) > 1:
+        tid = values[1]
+        if isinstance(tid, bool) or not isinstance(tid, int | float):
+            raise RemoteProtocolError(f"command {name!r}: transaction id is not a number")
+        transaction_id = float(tid)
+    command_object = values[2] if len(values) > 2 else None
+    return Command(
+        name=name,
+        transaction_id=transaction_id,
+        command_object=command_object,
+        args=tuple(values[3:]),
+    )
+
+
+# Aggregate sub-message: type (1) size (3) timestamp (3) timestamp extension
+# (1) stream id (3) body (size) back pointer (4, = size + 11): an FLV tag.
+_AGG_HEADER: Final = 11
+_AGG_TRAILER: Final = 4
+
+
+def split_aggregate(payload: bytes, message_timestamp_ms: int) -> list[tuple[int, int, bytes]]:
+    """Split an Aggregate message into ``(type_id, timestamp_ms, body)``.
+
+    Sub-message timestamps are re-based: the first sub-message gets the
+    aggregate message's own timestamp and the others keep their offsets from
+    it (modulo 2**32). Back pointers must equal body size + 11.
+    """
+    out: list[tuple[int, int, bytes]] = []
+    pos = 0
+    end = len(payload)
+    first_ts: int | None = None
+    view = memoryview(payload)
+    while pos < end:
+        if end - pos < _AGG_HEADER:
+            raise RemoteProtocolError(
+                f"aggregate sub-message header truncated at offset {pos} ({end - pos} bytes left)"
+            )
+        type_id = payload[pos]
+        size = int.from_bytes(payload[pos + 1 : pos + 4], "big")
+        ts = int.from_bytes(payload[pos + 4 : pos + 7], "big") | (payload[pos + 7] << 24)
+        body_end = pos + _AGG_HEADER + size
+        if body_end + _AGG_TRAILER > end:
+            raise RemoteProtocolError(
+                f"aggregate sub-message of {size} bytes at offset {pos} overruns the "
+                f"{end}-byte aggregate"
+            )
+        back = int.from_bytes(payload[body_end : body_end + _AGG_TRAILER], "big")
+        if back != size + _AGG_HEADER:
+            raise RemoteProtocolError(
+                f"aggregate back pointer {back} at offset {body_end} does not match "
+                f"sub-message size {size} + 11"
+            )
+        if first_ts is None:
+            first_ts = ts
+        rebased = (message_timestamp_ms + ts - first_ts) & _U32_MAX
+        out.append((type_id, rebased, bytes(view[pos + _AGG_HEADER : body_end])))
+        pos = body_end + _AGG_TRAILER
+    return out
+
+
+def encode_aggregate(messages: list[tuple[int, int, bytes]]) -> bytes:
+    """Build an Aggregate body from ``(type_id, timestamp_ms, body)`` (for tests and tools)."""
+    parts: list[bytes] = []
+    for type_id, ts, body in messages:
+        if len(body) > 0xFFFFFF:
+            raise LocalProtocolError(f"aggregate sub-message of {len(body)} bytes is too large")
+        ts &= _U32_MAX
+        parts.append(
+            bytes((type_id,))
+            + len(body).to_bytes(3, "big")
+            + (ts & 0xFFFFFF).to_bytes(3, "big")
+            + bytes((ts >> 24,))
+            + b"\x00\x00\x00"
+        )
+        parts.append(body)
+        parts.append((len(body) + _AGG_HEADER).to_bytes(4, "big"))
+    return b"".join(parts)
