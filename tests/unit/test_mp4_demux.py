@@ -23,7 +23,8 @@ from rtmpd.codec.mp4.fmp4 import fragment, init_segment
 from rtmpd.codec.mp4.progressive import write_progressive
 
 DATA = Path(__file__).parent.parent / "data" / "mp4"
-GOLDENS = ["tiny_bframes.mp4", "tiny_fragmented.mp4"]
+AVC_GOLDENS = ["tiny_bframes.mp4", "tiny_fragmented.mp4", "tiny_fragmented_implicit_base.mp4"]
+GOLDENS = [*AVC_GOLDENS, "tiny_hevc.mp4"]
 MP4_PACKAGE = Path(__file__).parent.parent.parent / "rtmpd" / "codec" / "mp4"
 
 AVCC = bytes.fromhex("01640015ffe1000a6764001583b49c0a00000001000468ee3cb0")
@@ -58,7 +59,7 @@ def _samples(count: int, step: int, key_every: int) -> list[Sample]:
             cts_offset=step if i % 3 == 1 else 0,
             duration=step,
             keyframe=i % key_every == 0,
-            data=bytes([i]) * 5,
+            data=bytes([i]) * (5 + i % 4),
         )
         for i in range(count)
     ]
@@ -88,7 +89,7 @@ def _try_demux(data: bytes) -> list[tuple[int, int, int, bool, bytes]] | None:
 # -- goldens -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", GOLDENS)
+@pytest.mark.parametrize("name", AVC_GOLDENS)
 def test_golden_tracks_and_codec_configs(name: str) -> None:
     demuxer = _demux((DATA / name).read_bytes())
     video, audio = demuxer.tracks
@@ -106,6 +107,14 @@ def test_golden_tracks_and_codec_configs(name: str) -> None:
     assert audio.decoder_config[:2] == bytes.fromhex("1208")  # AAC-LC, 44.1 kHz, mono
     assert demuxer.sample_count(1) == 13
     assert demuxer.sample_count(2) == 23
+
+
+def test_golden_hevc_track() -> None:
+    demuxer = _demux((DATA / "tiny_hevc.mp4").read_bytes())
+    (video,) = demuxer.tracks
+    assert (video.codec, video.width, video.height) == ("hvc1", 64, 64)
+    assert video.decoder_config[0] == 1  # configurationVersion of the hvcC record
+    assert demuxer.sample_count(1) == 5
 
 
 def test_golden_progressive_edit_lists_are_exposed() -> None:
@@ -219,6 +228,43 @@ def test_corrupted_files_give_samples_or_remote_protocol_error(
     for pos, value in flips:
         data[pos % len(data)] = value
     _try_demux(bytes(data))
+
+
+@pytest.mark.parametrize("field_size", [4, 8, 16])
+def test_compact_sample_sizes_stz2_read_like_stsz(field_size: int) -> None:
+    """Swap each stsz for an stz2 of the same sizes, padded with a free box to the same
+    length so chunk offsets stay right."""
+    data = _small_files()["progressive"]
+    expected = _try_demux(data)
+    out = bytearray(data)
+    pos = 0
+    while (pos := out.find(b"stsz", pos)) != -1:
+        start = pos - 4
+        size = int.from_bytes(out[start : start + 4], "big")
+        count = int.from_bytes(out[start + 16 : start + 20], "big")
+        if int.from_bytes(out[start + 12 : start + 16], "big"):
+            sizes = [int.from_bytes(out[start + 12 : start + 16], "big")] * count
+        else:
+            sizes = [
+                int.from_bytes(out[start + 20 + 4 * i : start + 24 + 4 * i], "big")
+                for i in range(count)
+            ]
+        if field_size == 4:
+            packed = bytes(
+                ((sizes[i] << 4) | (sizes[i + 1] if i + 1 < count else 0))
+                for i in range(0, count, 2)
+            )
+        else:
+            packed = b"".join(v.to_bytes(field_size // 8, "big") for v in sizes)
+        body = b"\x00" * 4 + b"\x00\x00\x00" + bytes([field_size]) + count.to_bytes(4, "big")
+        stz2 = (8 + len(body) + len(packed)).to_bytes(4, "big") + b"stz2" + body + packed
+        pad = size - len(stz2)
+        assert pad >= 8
+        replacement = stz2 + pad.to_bytes(4, "big") + b"free" + bytes(pad - 8)
+        out[start : start + size] = replacement
+        pos = start + size
+    assert b"stsz" not in out
+    assert _try_demux(bytes(out)) == expected
 
 
 def test_short_read_is_remote_protocol_error() -> None:

@@ -176,3 +176,32 @@ def test_progressive_keeps_a_late_audio_start(tmp_path: Path) -> None:
     assert isinstance(streams, list)
     assert float(streams[0]["start_time"]) == pytest.approx(0.0, abs=0.001)
     assert float(streams[1]["start_time"]) == pytest.approx(0.42, abs=0.001)
+
+
+def test_hevc_fmp4_and_progressive_decode_cleanly(tmp_path: Path) -> None:
+    data = (GOLDEN.parent / "tiny_hevc.mp4").read_bytes()
+    demuxer = _demux(data)
+    tracks = [t.track_config() for t in demuxer.tracks]
+    samples = {
+        1: [
+            Sample(
+                dts=s.dts,
+                cts_offset=s.cts_offset,
+                duration=s.duration,
+                keyframe=s.keyframe,
+                data=demuxer.read_sample(s),
+            )
+            for s in demuxer.track_samples(1)
+        ]
+    }
+    fragmented = tmp_path / "hevc_frag.mp4"
+    fragmented.write_bytes(_fragments(tracks, samples))
+    progressive = tmp_path / "hevc.mp4"
+    progressive.write_bytes(_progressive(tracks, samples))
+    for path in (fragmented, progressive):
+        assert _decode_errors(path) == ""
+        probe = _probe(path)
+        streams, packets = probe["streams"], probe["packets"]
+        assert isinstance(streams, list) and isinstance(packets, list)
+        assert (streams[0]["codec_name"], streams[0]["codec_tag_string"]) == ("hevc", "hvc1")
+        assert len(packets) == 5

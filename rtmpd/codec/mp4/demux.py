@@ -757,12 +757,16 @@ def _parse_sample_sizes(data: bytes, stbl: dict[bytes, BoxHeader], track_id: int
         count = r.u32()
         if field_size not in (4, 8, 16):
             raise RemoteProtocolError(f"track {track_id}: stz2 field_size {field_size}")
+        if count > MAX_SAMPLES:
+            raise RemoteProtocolError(
+                f"track {track_id}: {count} samples exceed MAX_SAMPLES ({MAX_SAMPLES})"
+            )
         r.need((count * field_size + 7) // 8)
         raw = r.bytes((count * field_size + 7) // 8)
         if field_size == 16:
-            return array("q", (int.from_bytes(raw[2 * i : 2 * i + 2], "big") for i in range(count)))
+            return array("q", struct.unpack(f">{count}H", raw))
         if field_size == 8:
-            return array("q", raw)
+            return array("q", list(raw))
         return array("q", ((raw[i // 2] >> (4 if i % 2 == 0 else 0)) & 0xF for i in range(count)))
     raise RemoteProtocolError(f"track {track_id}: stbl has neither stsz nor stz2")
 
