@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 #: on Linux); longer lists are sent in several calls.
 IOV_MAX = 1024
 
+#: Bytes a viewer's transport may hold before Twisted pauses it (Twisted's
+#: default is 64 KiB). A new viewer's first burst (headers and a whole GOP)
+#: is often bigger than that; pausing on it would make a perfectly healthy
+#: viewer skip to the next keyframe right after joining. A healthy viewer
+#: holds nothing, so this costs memory only for slow ones, which the queue
+#: limit bounds anyway.
+VIEWER_BUFFER_BYTES = 256 * 1024
+
 
 class OutputFormat(Protocol):
     """How one output format serializes frames. One instance per format key."""
@@ -103,6 +111,13 @@ class ViewerOutput:
         # The direct writev path is only for plain TCP; TLS must go through
         # its transport.
         self._fd = transport.fileno() if isinstance(transport, tcp.Connection) else -1
+        self.allow_buffered(VIEWER_BUFFER_BYTES)
+
+    def allow_buffered(self, size: int) -> None:
+        """Let the transport hold at least ``size`` bytes before pausing us."""
+        t = self.transport
+        if hasattr(t, "bufferSize") and t.bufferSize < size:
+            t.bufferSize = size
 
     # -- what adapters implement ------------------------------------------
 
@@ -229,7 +244,9 @@ class FanoutGroup:
         """Add a viewer, sending ``burst`` (preamble, headers, GOP) now."""
         viewer.group = self
         viewer.state = ViewerState.SYNCED
-        viewer.send(burst, sum(map(len, burst)))
+        size = sum(map(len, burst))
+        viewer.allow_buffered(size + VIEWER_BUFFER_BYTES)
+        viewer.send(burst, size)
         if viewer.state is ViewerState.SYNCED:
             self._joined[viewer] = len(self.pending)
 

@@ -58,7 +58,10 @@ class FlvIngest:
                 return
             if isinstance(event, flv.TagReceived):
                 self.tags_in += 1
-                stream.push(Frame.from_tag(event.tag_type, event.timestamp_ms, event.body))
+                if event.body:  # an empty tag carries nothing to play
+                    stream.push(
+                        Frame.from_tag(event.tag_type, event.timestamp_ms, event.body)
+                    )
             elif isinstance(event, flv.FlvHeaderReceived):
                 self.saw_header = True
             else:
