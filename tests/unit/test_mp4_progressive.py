@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from rtmpd.codec.errors import LocalProtocolError
 from rtmpd.codec.mp4 import EditListEntry, Sample, TrackConfig
 from rtmpd.codec.mp4.boxes import iter_boxes
-from rtmpd.codec.mp4.demux import Mp4Demuxer
+from rtmpd.codec.mp4.demux import DemuxedSample, Mp4Demuxer
+from rtmpd.codec.mp4.fmp4 import fragment, init_segment
 from rtmpd.codec.mp4.progressive import ProgressiveMp4Writer, write_progressive
 
 AVCC = bytes.fromhex("01640015ffe1000a6764001583b49c0a00000001000468ee3cb0")
@@ -245,3 +246,32 @@ def test_any_samples_survive_progressive_write_and_demux(
         dts += duration
     data = write_progressive([track], {1: samples}, chunk_duration_ms=chunk_ms)
     assert _read_back(_demux(data), 1, start) == samples
+
+
+def test_fmp4_recording_merges_into_progressive_without_loading_sample_data() -> None:
+    """The recorder's flow: demux init + fragments (metadata only), feed the writer the
+    demuxed samples, then copy each sample's byte range in sample_order()."""
+    video, audio = _video(90000, 60), _audio(44100, 100)
+    recording = init_segment([VIDEO, AUDIO])
+    for seq, (v, a) in enumerate(((video[:30], audio[:50]), (video[30:], audio[50:])), start=1):
+        recording += fragment(seq, {1: v, 2: a})
+    reads: list[tuple[int, int]] = []
+
+    def read_at(offset: int, size: int) -> bytes:
+        reads.append((offset, size))
+        return recording[offset : offset + size]
+
+    demuxer = Mp4Demuxer(read_at, len(recording))
+    metadata_reads = len(reads)
+    writer = ProgressiveMp4Writer([t.track_config() for t in demuxer.tracks])
+    by_track: dict[int, list[DemuxedSample]] = {1: [], 2: []}
+    for sample in demuxer.samples():
+        writer.add_sample(sample.track_id, sample)  # timing and size only
+        by_track[sample.track_id].append(sample)  # a recorder would keep (offset, size)
+    merged = writer.header_bytes() + b"".join(
+        read_at(by_track[tid][i].offset, by_track[tid][i].size) for tid, i in writer.sample_order()
+    )
+    # Parsing read box headers (24 bytes at most), the moov and each moof, and no more.
+    metadata = {(b.start, b.size) for b in iter_boxes(recording) if b.type in (b"moov", b"moof")}
+    assert all(size <= 24 or (offset, size) in metadata for offset, size in reads[:metadata_reads])
+    assert merged == write_progressive([VIDEO, AUDIO], {1: video, 2: audio})

@@ -50,8 +50,8 @@ __all__ = [
 ]
 
 #: Samples per file, all tracks together. Ten million is over 24 hours of 60 fps video
-#: plus 48 kHz AAC; each sample costs ~45 bytes of index here, so this bounds memory to
-#: about 450 MB on a hostile file.
+#: plus 48 kHz AAC; each sample costs ~41 bytes of index here, so this bounds memory to
+#: about 410 MB on a hostile file.
 MAX_SAMPLES = 10_000_000
 #: Tracks per file. A recording has two; 64 leaves room for multi-language files.
 MAX_TRACKS = 64
@@ -181,7 +181,7 @@ def _codec_literal(codec: str) -> Codec:
 
 @dataclass(slots=True)
 class _SampleColumns:
-    """Per-track sample index, column-wise to keep memory near 45 bytes a sample."""
+    """Per-track sample index, column-wise to keep memory near 41 bytes a sample."""
 
     dts: array[int] = field(default_factory=lambda: array("q"))
     cts: array[int] = field(default_factory=lambda: array("q"))

@@ -1,6 +1,6 @@
 """Progressive MP4 writer with ``moov`` before ``mdat`` ("faststart").
 
-The writer keeps only each sample's timing and size (about 33 bytes a sample), never its
+The writer keeps only each sample's timing and size (41 bytes a sample), never its
 data, so a recorder can turn hours of fMP4 fragments on disk into one progressive file
 without loading the media::
 
