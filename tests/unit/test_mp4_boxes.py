@@ -50,6 +50,12 @@ def _two_top_level(w: BoxWriter) -> None:
         w.u16(0xBEEF)
 
 
+def _arrays(w: BoxWriter) -> None:
+    with w.full_box(b"stco", version=0, flags=0):
+        w.u32_array([1, 0xFFFFFFFF])
+        w.u64_array([2**40])
+
+
 # (name, build, exact bytes, expected top-level headers)
 CASES: list[tuple[str, Callable[[BoxWriter], None], bytes, list[BoxHeader]]] = [
     ("empty box", _empty_free, b"\x00\x00\x00\x08free", [BoxHeader(b"free", 0, 8, 8)]),
@@ -72,6 +78,14 @@ CASES: list[tuple[str, Callable[[BoxWriter], None], bytes, list[BoxHeader]]] = [
         _large,
         b"\x00\x00\x00\x01mdat" + struct.pack(">Q", 19) + b"xyz",
         [BoxHeader(b"mdat", 0, 16, 19)],
+    ),
+    (
+        "field arrays",
+        _arrays,
+        b"\x00\x00\x00\x1cstco\x00\x00\x00\x00"
+        + b"\x00\x00\x00\x01\xff\xff\xff\xff"
+        + b"\x00\x00\x01\x00\x00\x00\x00\x00",
+        [BoxHeader(b"stco", 0, 8, 28)],
     ),
     (
         "boxes end to end",
@@ -166,6 +180,8 @@ def test_writer_rejects_misuse() -> None:
         w.u16(70000)
     with pytest.raises(LocalProtocolError):
         w.u24(-1)
+    with pytest.raises(LocalProtocolError):
+        w.u32_array([1, -1])
     with pytest.raises(LocalProtocolError), w.full_box(b"tkhd", version=256, flags=0):
         pass
     w2 = BoxWriter()

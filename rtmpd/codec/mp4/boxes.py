@@ -12,7 +12,7 @@ child fits its parent and never reads past the range it is given.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -144,6 +144,19 @@ class BoxWriter:
 
     def i64(self, value: int) -> None:
         self._pack(">q", value)
+
+    def u32_array(self, values: Sequence[int]) -> None:
+        """Append many u32 fields at once (sample tables)."""
+        self._pack_many("I", values)
+
+    def u64_array(self, values: Sequence[int]) -> None:
+        self._pack_many("Q", values)
+
+    def _pack_many(self, code: str, values: Sequence[int]) -> None:
+        try:
+            self._buf += struct.pack(f">{len(values)}{code}", *values)
+        except struct.error as exc:
+            raise LocalProtocolError(f"a value does not fit field {code!r}: {exc}") from exc
 
     def fourcc(self, value: bytes) -> None:
         self._buf += _fourcc(value)

@@ -36,6 +36,7 @@ from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import groupby
 
 from rtmpd.codec.errors import LocalProtocolError
 from rtmpd.codec.mp4 import EditListEntry, Sample, SampleTiming, TrackConfig
@@ -86,6 +87,10 @@ class _Track:
     # chunks as (first sample, sample count); filled by the layout
     chunks: list[tuple[int, int]] = field(default_factory=list)
     chunk_offsets: list[int] = field(default_factory=list)
+    # computed once by the layout
+    edits: tuple[EditListEntry, ...] = ()
+    track_duration: int = 0  # movie timescale
+    tables: bytes = b""  # stts .. stsz, everything in stbl but the chunk offsets
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +196,7 @@ class ProgressiveMp4Writer:
         if not tracks:
             raise LocalProtocolError("no samples were added to any track")
         order = self._chunk_order(tracks)
+        self._prepare(tracks)
         data_size = sum(sum(t.size[first : first + n]) for t, first, n in order)
         mdat_header_size = 8 if data_size + 8 <= _OFFSET_LIMIT_32 else 16
         ftyp = self._ftyp(tracks)
@@ -279,74 +285,69 @@ class ProgressiveMp4Writer:
     #       stsz                sizes (one constant size if all are equal)
     #       stco | co64         chunk offsets (co64 once an offset passes 4 GiB)
     def _moov(self, tracks: list[_Track], use_co64: bool) -> bytes:
-        movie_ts = self._movie_timescale
-        starts = {
-            t.config.track_id: Fraction(
-                min(d + c for d, c in zip(t.dts, t.cts, strict=True)), t.config.timescale
-            )
-            for t in tracks
-        }
-        movie_start = min(starts.values())
         w = BoxWriter()
         with w.box(b"moov"):
-            trak_w = BoxWriter()
-            movie_duration = 0
-            for track in tracks:
-                config = track.config
-                timescale = config.timescale
-                first_pts = min(d + c for d, c in zip(track.dts, track.cts, strict=True))
-                end_pts = max(
-                    d + c + n for d, c, n in zip(track.dts, track.cts, track.duration, strict=True)
-                )
-                delay = round((starts[config.track_id] - movie_start) * movie_ts)
-                segment = round(Fraction(end_pts - first_pts, timescale) * movie_ts)
-                edits = []
-                if delay > 0:
-                    edits.append(EditListEntry(segment_duration=delay, media_time=-1))
-                edits.append(
-                    EditListEntry(segment_duration=segment, media_time=first_pts - track.dts[0])
-                )
-                movie_duration = max(movie_duration, delay + segment)
-
-                def tables(tw: BoxWriter, track: _Track = track) -> None:
-                    _write_sample_tables(tw, track, use_co64)
-
-                write_trak(
-                    trak_w,
-                    config,
-                    track_duration=delay + segment,
-                    media_duration=sum(track.duration),
-                    edits=edits,
-                    write_sample_tables=tables,
-                )
             write_mvhd(
                 w,
-                timescale=movie_ts,
-                duration=movie_duration,
+                timescale=self._movie_timescale,
+                duration=max(t.track_duration for t in tracks),
                 next_track_id=max(t.config.track_id for t in tracks) + 1,
             )
-            w.write(trak_w.getvalue())
+            for track in tracks:
+
+                def tables(tw: BoxWriter, track: _Track = track) -> None:
+                    tw.write(track.tables)
+                    with tw.full_box(b"co64" if use_co64 else b"stco", version=0, flags=0):
+                        tw.u32(len(track.chunk_offsets))
+                        if use_co64:
+                            tw.u64_array(track.chunk_offsets)
+                        else:
+                            tw.u32_array(track.chunk_offsets)
+
+                write_trak(
+                    w,
+                    track.config,
+                    track_duration=track.track_duration,
+                    media_duration=sum(track.duration),
+                    edits=track.edits,
+                    write_sample_tables=tables,
+                )
         return w.getvalue()
+
+    def _prepare(self, tracks: list[_Track]) -> None:
+        """Edit lists, durations and the offset-independent sample tables, once."""
+        movie_ts = self._movie_timescale
+        first_pts = {id(t): min(d + c for d, c in zip(t.dts, t.cts, strict=True)) for t in tracks}
+        movie_start = min(Fraction(first_pts[id(t)], t.config.timescale) for t in tracks)
+        for track in tracks:
+            timescale = track.config.timescale
+            start = first_pts[id(track)]
+            end = max(
+                d + c + n for d, c, n in zip(track.dts, track.cts, track.duration, strict=True)
+            )
+            delay = round((Fraction(start, timescale) - movie_start) * movie_ts)
+            segment = round(Fraction(end - start, timescale) * movie_ts)
+            edits = []
+            if delay > 0:
+                edits.append(EditListEntry(segment_duration=delay, media_time=-1))
+            edits.append(EditListEntry(segment_duration=segment, media_time=start - track.dts[0]))
+            track.edits = tuple(edits)
+            track.track_duration = delay + segment
+            tw = BoxWriter()
+            _write_sample_tables(tw, track)
+            track.tables = tw.getvalue()
 
 
 def _runs(values: array[int]) -> list[tuple[int, int]]:
     """Run-length encode: [(count, value), ...]."""
-    out: list[tuple[int, int]] = []
-    for value in values:
-        if out and out[-1][1] == value:
-            out[-1] = (out[-1][0] + 1, value)
-        else:
-            out.append((1, value))
-    return out
+    return [(sum(1 for _ in group), value) for value, group in groupby(values)]
 
 
-def _write_sample_tables(w: BoxWriter, track: _Track, use_co64: bool) -> None:
+def _write_sample_tables(w: BoxWriter, track: _Track) -> None:
     with w.full_box(b"stts", version=0, flags=0):
         runs = _runs(track.duration)
         w.u32(len(runs))
-        for count, delta in runs:
-            w.u32(count)
-            w.u32(delta)
+        w.u32_array([field for run in runs for field in run])
     if any(track.cts):
         signed = min(track.cts) < 0
         with w.full_box(b"ctts", version=1 if signed else 0, flags=0):
@@ -362,8 +363,7 @@ def _write_sample_tables(w: BoxWriter, track: _Track, use_co64: bool) -> None:
         with w.full_box(b"stss", version=0, flags=0):
             numbers = [i + 1 for i, key in enumerate(track.keyframe) if key]
             w.u32(len(numbers))
-            for number in numbers:
-                w.u32(number)
+            w.u32_array(numbers)
     with w.full_box(b"stsc", version=0, flags=0):
         entries: list[tuple[int, int]] = []  # (first_chunk, samples_per_chunk)
         for chunk_number, (_, count) in enumerate(track.chunks, start=1):
@@ -381,15 +381,7 @@ def _write_sample_tables(w: BoxWriter, track: _Track, use_co64: bool) -> None:
         else:
             w.u32(0)
             w.u32(len(track.size))
-            for size in track.size:
-                w.u32(size)
-    with w.full_box(b"co64" if use_co64 else b"stco", version=0, flags=0):
-        w.u32(len(track.chunk_offsets))
-        for offset in track.chunk_offsets:
-            if use_co64:
-                w.u64(offset)
-            else:
-                w.u32(offset)
+            w.u32_array(track.size)
 
 
 def write_progressive(
