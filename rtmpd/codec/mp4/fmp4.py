@@ -390,6 +390,10 @@ def fragment(sequence_number: int, track_samples: Mapping[int, Sequence[Sample]]
 
     ``track_samples`` maps a track id to its samples in decode order (tracks without samples
     are left out). ``sequence_number`` starts at 1 and increases by one per fragment.
+    Audio samples should all be ``keyframe=True``: each one is marked sync or non-sync as
+    given. Each track's ``tfdt`` is its first sample's ``dts``, so consecutive fragments need
+    no state here, and the published timestamps are kept as they are (there is no edit
+    list: a player presents video from its first frame's ``dts + cts_offset``).
     """
     trafs = [(tid, samples) for tid, samples in track_samples.items() if samples]
     if not trafs:
