@@ -271,10 +271,18 @@ class Stream:
     # -- viewers and sinks -----------------------------------------------------
 
     def _initial_frames(self) -> Iterator[Frame]:
-        """Metadata and sequence headers, stamped with the first cached frame's
-        time so a new viewer's timestamps start there and only go forward."""
+        """Metadata, then the sequence headers stamped with the first cached
+        frame's time, so a new viewer's timestamps only go forward.
+
+        Metadata goes out at time 0: players (ffmpeg's FLV demuxer among
+        them) only read ``onMetaData`` as stream header data at time 0 and
+        turn it into a spurious data stream otherwise.
+        """
         start = self.gop.frames[0].timestamp_ms if self.gop.frames else self._last_out_ms_max()
-        for frame in (self.metadata, self.video_header, self.audio_header):
+        if self.metadata is not None:
+            meta = self.metadata
+            yield meta if meta.timestamp_ms == 0 else replace(meta, timestamp_ms=0)
+        for frame in (self.video_header, self.audio_header):
             if frame is not None:
                 yield frame if frame.timestamp_ms == start else replace(frame, timestamp_ms=start)
 

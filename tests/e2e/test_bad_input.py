@@ -76,12 +76,12 @@ def test_chunk_size_of_2_31_is_refused(server: Server) -> None:
 
 def test_message_of_16_mb_is_refused_before_buffering(server: Server) -> None:
     with rtmp_handshaken(server) as sock:
-        # A type-0 chunk header on csid 3 announcing a 16 MiB command message.
-        header = bytes([0x03]) + b"\x00\x00\x00" + (16 * 1024 * 1024).to_bytes(3, "big")
+        # A type-0 chunk header on csid 3 announcing a 16 MB (0xFFFFFF bytes) command message.
+        header = bytes([0x03]) + b"\x00\x00\x00" + (0xFFFFFF).to_bytes(3, "big")
         sock.sendall(header + bytes([20]) + b"\x00\x00\x00\x00" + b"\x00" * 100)
         wait_closed(sock)
     log = wait_for_log(server, "protocol error")
-    assert "16777216" in log
+    assert "16777215" in log
 
 
 def test_one_megabyte_header_line_is_refused(server: Server) -> None:

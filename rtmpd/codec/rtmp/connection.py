@@ -783,9 +783,12 @@ class ServerConnection(_Connection):
         )
 
     def play_start(self, stream_id: int, name: str) -> None:
-        """Accept ``play``: Stream Begin, Play.Reset, Play.Start, |RtmpSampleAccess, Data.Start.
+        """Accept ``play``: Stream Begin, Play.Reset, Play.Start, |RtmpSampleAccess.
 
-        Media for this player may be written after this output.
+        Media for this player may be written after this output. (FMS also
+        sends an ``onStatus NetStream.Data.Start`` data message; ffmpeg turns
+        any such unknown script message into a spurious data stream, so it is
+        left out.)
         """
         self._answer(stream_id, _Role.PLAYING)
         self._send_control(msg.USER_CONTROL, msg.encode_user_control(msg.STREAM_BEGIN, stream_id))
@@ -800,7 +803,6 @@ class ServerConnection(_Connection):
             stream_id, "status", "NetStream.Play.Start", f"Started playing {name}.", details=name
         )
         self.send_data(stream_id, 0, amf0.encode_all("|RtmpSampleAccess", True, True))
-        self.send_data(stream_id, 0, amf0.encode_all("onStatus", {"code": "NetStream.Data.Start"}))
 
     def play_not_found(self, stream_id: int, name: str) -> None:
         """Refuse ``play``: onStatus error NetStream.Play.StreamNotFound."""
