@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from twisted.python.filepath import FilePath
-from twisted.web import resource, server, static
+from twisted.web import pages, resource, server, static
 
 #: MIME types the stock table lacks or gets wrong for streaming files.
 MEDIA_TYPES = {
@@ -48,7 +48,7 @@ class RootedFile(static.File):
         return child
 
     def directoryListing(self) -> resource.IResource:
-        return resource.NoResource("directory listing is off")
+        return pages.notFound("Not Found", "Directory listings are off.")
 
 
 def make_web_site(root: str) -> server.Site:

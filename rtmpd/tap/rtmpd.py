@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from rtmpd.registry import StreamConfig, StreamRegistry
@@ -143,6 +144,16 @@ class Options(usage.Options):
             if not 0 <= value <= 10_000:
                 raise usage.UsageError(f"--merge-ms {value} is out of range 0..10000")
             self["merge-ms"] = value
+        for name in ("rtmp", "http", "web"):
+            description = str(self[name])
+            try:
+                # Only parsed here (the reactor is used when listening);
+                # ssl: also loads its key and certificate now.
+                endpoints.serverFromString(None, description)
+            except Exception as e:
+                raise usage.UsageError(
+                    f"--{name} {description!r} is not a usable endpoint: {e}"
+                ) from None
         if not MIN_CHUNK_SIZE <= self["chunk-size"] <= MAX_CHUNK_SIZE:
             raise usage.UsageError(
                 f"--chunk-size {self['chunk-size']} is out of range "
@@ -173,6 +184,26 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--config {path}: bad value {value!r} for {raw_key!r}"
                 ) from None
+
+
+class ListenerService(internet.StreamServerEndpointService):
+    """A listener that stops twistd with one clear line when its port is
+    taken (rather than a traceback)."""
+
+    def __init__(self, option: str, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.option = option
+        self.description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise SystemExit(
+                f"rtmpd: cannot listen on --{self.option} {self.description}: {reason}"
+            ) from None
 
 
 def makeService(
@@ -222,9 +253,11 @@ def makeService(
         ("http", options["http"], http_site),
         ("web", options["web"], web_site),
     ):
-        endpoint = endpoints.serverFromString(reactor, description)
-        listener = internet.StreamServerEndpointService(endpoint, factory)
-        listener._raiseSynchronously = True
+        try:
+            endpoint = endpoints.serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--{name} {description!r} is not an endpoint: {e}") from None
+        listener = ListenerService(name, description, endpoint, factory)
         listener.setName(name)
         listener.setServiceParent(top)
     top.registry = registry  # type: ignore[attr-defined]
