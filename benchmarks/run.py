@@ -1,0 +1,570 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark runner: one server, one publisher, a ladder of viewer counts.
+
+For each server and protocol it starts the server pinned to core 0, the publisher
+(publish.py, 1 Mbit/s clip with send-time SEI stamps), then for each viewer count N runs
+bin/loadgen pinned to core 1 and samples, over loadgen's measurement window, the server
+process's CPU (/proc/PID/stat) and RSS (/proc/PID/status VmRSS; the baseline is taken with
+the publisher on and no viewer, so RSS/viewer = (RSS_N - RSS_0) / N). It stops climbing a
+server/protocol once fewer than 95 % of the viewers are healthy.
+
+Writes <out>/results.json, results.md (table) and results.png (healthy viewers and CPU vs N).
+
+  benchmarks/run.py --all                      # rtmpd + nginx-rtmp + nms, every protocol each serves
+  benchmarks/run.py --server nms --proto ws-flv --viewers 1000,8000
+  benchmarks/run.py --server nginx-rtmp --viewers 1000 --window 8
+
+Everything runs on 127.0.0.1, every child has a timeout, and all children are killed on exit.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "out")
+LOADGEN = os.path.join(HERE, "bin", "loadgen")
+NMS_DIR = os.path.join(OUT, "nms")
+NMS_VERSION = "2.7.4"
+TWISTD = os.path.join(ROOT, ".venv", "bin", "twistd")
+VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
+
+SERVERS = {
+    "rtmpd": ["rtmp", "http-flv", "ws-flv"],
+    "nginx-rtmp": ["rtmp"],
+    "nms": ["rtmp", "http-flv", "ws-flv"],
+}
+LADDER = [1000, 2000, 4000, 8000, 12000, 16000]
+HEALTHY_STOP = 95.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+_children: list[subprocess.Popen] = []
+
+
+def log(msg: str) -> None:
+    print(f"[run {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def kill_children() -> None:
+    for p in _children:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except OSError:
+                pass
+    deadline = time.monotonic() + 5
+    for p in _children:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+    _children.clear()
+
+
+atexit.register(kill_children)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def spawn(cmd: list[str], *, cpu: int | None, nice: int, log_path: str, cwd: str | None = None,
+          stdout=None) -> subprocess.Popen:  # fmt: skip
+    def pre() -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+        if nice:
+            try:
+                os.nice(nice)
+            except OSError:
+                pass
+
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    logf = open(log_path, "ab")
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=stdout or logf, stderr=logf, stdin=subprocess.DEVNULL,
+                         preexec_fn=pre, start_new_session=True)  # fmt: skip
+    _children.append(p)
+    return p
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    if p in _children:
+        _children.remove(p)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def proc_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_times() -> dict[str, list[int]]:
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3:4].isdigit():
+                parts = line.split()
+                out[parts[0]] = [int(x) for x in parts[1:]]
+    return out
+
+
+def core_usage(a: dict, b: dict) -> dict:
+    """Per core: busy %, softirq %, steal % between two /proc/stat samples."""
+    res = {}
+    for k in a:
+        d = [y - x for x, y in zip(a[k], b[k])]
+        total = sum(d[:8]) or 1  # user nice system idle iowait irq softirq steal
+        res[k] = {
+            "busy_pct": round(100 * (total - d[3] - d[4] - d[7]) / total, 1),
+            "softirq_pct": round(100 * d[6] / total, 1),
+            "steal_pct": round(100 * d[7] / total, 1),
+        }
+    return res
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class Server:
+    name = ""
+
+    def __init__(self, workdir: str, nice: int) -> None:
+        self.dir = workdir
+        self.nice = nice
+        self.rtmp_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        """The process whose CPU and memory are measured."""
+        assert self.proc
+        return self.proc.pid
+
+    def publish_url(self) -> str:
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/live/bench"
+
+    def port_for(self, proto: str) -> int:
+        return self.rtmp_port if proto == "rtmp" else self.http_port
+
+    def stop(self) -> None:
+        if self.proc:
+            stop(self.proc)
+
+
+class Nginx(Server):
+    name = "nginx-rtmp"
+
+    def start(self) -> bool:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        module = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
+        if not os.path.exists(nginx) or not os.path.exists(module):
+            log("nginx-rtmp missing: apt-get install -y nginx libnginx-mod-rtmp")
+            return False
+        os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        conf = f"""load_module {module};
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+error_log {self.dir}/logs/error.log warn;
+pid {self.dir}/nginx.pid;
+events {{ worker_connections {max(1024, nofile - 100)}; multi_accept on; }}
+rtmp {{
+  server {{
+    listen 127.0.0.1:{self.rtmp_port};
+    chunk_size 4096;
+    ping 30s;
+    application live {{ live on; }}
+  }}
+}}
+"""
+        path = os.path.join(self.dir, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        self.proc = spawn([nginx, "-p", self.dir, "-c", path, "-e", f"{self.dir}/logs/error.log"], cpu=0,
+                          nice=self.nice, log_path=os.path.join(self.dir, "server.log"))  # fmt: skip
+        # `taskset` execs nginx, so proc.pid is nginx's pid (master_process off: one process)
+        return wait_port(self.rtmp_port, 15, self.proc)
+
+
+class Nms(Server):
+    name = "nms"
+
+    def start(self) -> bool:
+        if not shutil.which("node"):
+            log("node missing")
+            return False
+        mod = os.path.join(NMS_DIR, "node_modules", "node-media-server")
+        if not os.path.exists(mod):
+            os.makedirs(NMS_DIR, exist_ok=True)
+            if not os.path.exists(os.path.join(NMS_DIR, "package.json")):
+                with open(os.path.join(NMS_DIR, "package.json"), "w") as f:
+                    json.dump({"name": "nms-bench", "private": True}, f)
+            log(f"npm install node-media-server@{NMS_VERSION}")
+            r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", f"node-media-server@{NMS_VERSION}"],
+                               cwd=NMS_DIR, timeout=600)  # fmt: skip
+            if r.returncode:
+                return False
+        app = os.path.join(self.dir, "app.js")
+        with open(app, "w") as f:
+            f.write(f"""const NodeMediaServer = require({json.dumps(mod)});
+new NodeMediaServer({{
+  logType: 1,
+  rtmp: {{ port: {self.rtmp_port}, chunk_size: 60000, gop_cache: true, ping: 30, ping_timeout: 60 }},
+  http: {{ port: {self.http_port}, allow_origin: '*', mediaroot: {json.dumps(os.path.join(self.dir, 'media'))} }},
+}}).run();
+""")
+        self.proc = spawn(["node", app], cpu=0, nice=self.nice, log_path=os.path.join(self.dir, "server.log"),
+                          cwd=self.dir)  # fmt: skip
+        return wait_port(self.rtmp_port, 20, self.proc) and wait_port(self.http_port, 10, self.proc)
+
+
+class Rtmpd(Server):
+    name = "rtmpd"
+
+    def __init__(self, workdir: str, nice: int) -> None:
+        super().__init__(workdir, nice)
+        self.web_port = free_port()
+
+    def start(self) -> bool:
+        if not os.path.exists(TWISTD):
+            log(f"{TWISTD} missing")
+            return False
+        root = os.path.join(self.dir, "media")
+        os.makedirs(root, exist_ok=True)
+        cmd = [TWISTD, "-n", "--pidfile", os.path.join(self.dir, "twistd.pid"), "rtmpd",
+               "--rtmp", f"tcp:{self.rtmp_port}:interface=127.0.0.1",
+               "--http", f"tcp:{self.http_port}:interface=127.0.0.1",
+               "--web", f"tcp:{self.web_port}:interface=127.0.0.1", "--root", root]  # fmt: skip
+        self.proc = spawn(cmd, cpu=0, nice=self.nice, log_path=os.path.join(self.dir, "server.log"), cwd=self.dir)
+        return wait_port(self.rtmp_port, 30, self.proc) and wait_port(self.http_port, 10, self.proc)
+
+
+SERVER_CLASSES = {"rtmpd": Rtmpd, "nginx-rtmp": Nginx, "nms": Nms}
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def run_loadgen(server: Server, proto: str, n: int, a, manifest_path: str, tag: str) -> dict:
+    duration = n / a.rate + a.settle + a.window
+    jpath = os.path.join(a.out, "runs", f"{tag}.json")
+    cmd = [LOADGEN, "--proto", proto, "--port", str(server.port_for(proto)), "--app", "live", "--stream", "bench",
+           "--viewers", str(n), "--rate", str(a.rate), "--duration", f"{duration:.1f}", "--window", str(a.window),
+           "--manifest", manifest_path, "--json", jpath, "--cpu", "1"]  # fmt: skip
+    if a.batch_ms is not None:
+        cmd += ["--batch-ms", str(a.batch_ms)]
+    p = spawn(cmd, cpu=None, nice=a.nice, log_path=os.path.join(a.out, "runs", f"{tag}.log"), stdout=subprocess.PIPE)
+    pid = server.pid
+    sample = {}
+    deadline = time.monotonic() + duration + 60
+    assert p.stdout
+    for raw in p.stdout:
+        line = raw.decode().strip()
+        try:
+            if line.startswith("WINDOW_START"):
+                sample["t0"], sample["cpu0"], sample["stat0"] = time.monotonic(), proc_cpu_ticks(pid), cpu_times()
+            elif line.startswith("WINDOW_END"):
+                sample["t1"], sample["cpu1"], sample["stat1"] = time.monotonic(), proc_cpu_ticks(pid), cpu_times()
+                sample["rss"] = proc_rss_kb(pid)
+        except OSError:
+            sample["server_died"] = True
+        if time.monotonic() > deadline:
+            break
+    try:
+        p.wait(max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    stop(p)
+    try:
+        res = json.load(open(jpath))
+    except (OSError, ValueError):
+        res = {"error": "loadgen produced no JSON", "healthy": 0, "healthy_pct": 0.0}
+    if "t1" in sample and "t0" in sample:
+        secs = sample["t1"] - sample["t0"]
+        res["server_cpu_pct"] = round(100 * (sample["cpu1"] - sample["cpu0"]) / CLK_TCK / secs, 1)
+        res["server_rss_kb"] = sample["rss"]
+        res["cores"] = core_usage(sample["stat0"], sample["stat1"])
+    else:
+        res["server_died"] = True
+    return res
+
+
+def probe_stream(server: Server, proto: str, manifest_path: str, a) -> bool:
+    """Wait until one viewer gets media (the publisher is on)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = subprocess.run([LOADGEN, "--proto", proto, "--port", str(server.port_for(proto)), "--viewers", "1",
+                            "--duration", "3", "--window", "2", "--manifest", manifest_path, "--json", "-",
+                            "--quiet"], capture_output=True, timeout=20)  # fmt: skip
+        try:
+            if json.loads(r.stdout)["healthy"] == 1:
+                return True
+        except (ValueError, KeyError):
+            pass
+        time.sleep(1)
+    return False
+
+
+def bench_server(name: str, protos: list[str], ladder: list[int], a, manifest_path: str, manifest: dict,
+                 results: list) -> None:  # fmt: skip
+    workdir = tempfile.mkdtemp(prefix=f"bench-{name}-", dir=os.path.join(a.out, "tmp"))
+    for proto in protos:
+        # a fresh server per protocol, so one protocol's aftermath does not weigh on the next
+        server = SERVER_CLASSES[name](workdir, a.nice)
+        log(f"{name}: starting (rtmp :{server.rtmp_port}, http :{server.http_port}) for {proto}")
+        if not server.start():
+            log(f"{name}: did not start; see {workdir}/server.log")
+            results.append({"server": name, "proto": proto, "viewers": 0, "error": "server did not start"})
+            server.stop()
+            return
+        pub_cmd = [VENV_PY if os.path.exists(VENV_PY) else sys.executable, os.path.join(HERE, "publish.py"),
+                   "--url", server.publish_url(), "--bitrate", a.bitrate, "--retry", "20",
+                   "--duration", str(a.max_minutes * 60)]  # fmt: skip
+        pub = spawn(pub_cmd, cpu=1, nice=a.nice, log_path=os.path.join(workdir, f"publish-{proto}.log"))
+        try:
+            if not probe_stream(server, proto, manifest_path, a):
+                log(f"{name}/{proto}: no media reaches a viewer; skipping (see {workdir})")
+                results.append({"server": name, "proto": proto, "viewers": 0, "error": "no media"})
+                continue
+            time.sleep(2)
+            rss0 = proc_rss_kb(server.pid)
+            for n in ladder:
+                tag = f"{name}-{proto}-{n}"
+                log(f"{tag}: {n} viewers ...")
+                res = run_loadgen(server, proto, n, a, manifest_path, tag)
+                res.update({"server": name, "proto": proto, "rss0_kb": rss0, "bitrate": a.bitrate,
+                            "publisher_alive": pub.poll() is None})  # fmt: skip
+                if res.get("server_rss_kb"):
+                    res["rss_per_viewer_kb"] = round((res["server_rss_kb"] - rss0) / n, 2)
+                cpu = res.get("server_cpu_pct")
+                if cpu:
+                    res["healthy_per_core"] = round(res.get("healthy", 0) / (cpu / 100))
+                results.append(res)
+                write_outputs(results, a, manifest)
+                lat = res.get("latency_ms", {})
+                log(f"{tag}: healthy {res.get('healthy_pct', 0):.1f}%, server CPU {cpu} %, "
+                    f"RSS/viewer {res.get('rss_per_viewer_kb')} KiB, latency p50 {lat.get('p50')} ms, "
+                    f"loadgen CPU {res.get('loadgen', {}).get('cpu_pct_window')} %")  # fmt: skip
+                if res.get("server_died") or server.proc.poll() is not None:
+                    log(f"{name}: server gone")
+                    break
+                if res.get("healthy_pct", 0) < HEALTHY_STOP:
+                    break
+                time.sleep(a.pause)
+        finally:
+            stop(pub)
+            server.stop()
+            time.sleep(1)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def fmt(x, nd=0):
+    if x is None:
+        return "–"
+    return f"{x:.{nd}f}" if isinstance(x, (int, float)) else str(x)
+
+
+def write_outputs(results: list, a, manifest: dict) -> None:
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": machine_info(),
+        "bitrate": a.bitrate,
+        "media_bps": manifest.get("media_bps"),
+        "rate": a.rate,
+        "window_s": a.window,
+        "nice": a.nice,
+    }
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+    lines = [
+        f"Clip {a.bitrate} ({(manifest.get('media_bps') or 0) / 1e6:.2f} Mbit/s media), joins {a.rate:.0f}/s, "
+        f"window {a.window:.0f} s; server on core 0, loadgen on core 1. {meta['when']}",
+        "",
+        "| server | proto | viewers | healthy % | server CPU % | healthy/core | RSS MiB | RSS/viewer KiB "
+        "| 1st keyframe p50 ms | latency p50 / p99 ms | stalls | loadgen CPU % | core0 busy / steal % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.get("error") and not r.get("viewers"):
+            lines.append(f"| {r['server']} | {r['proto']} | – | {r['error']} | | | | | | | | | |")
+            continue
+        lat = r.get("latency_ms", {})
+        core0 = r.get("cores", {}).get("cpu0", {})
+        lines.append(
+            f"| {r['server']} | {r['proto']} | {r['viewers']} | {fmt(r.get('healthy_pct'), 1)} "
+            f"| {fmt(r.get('server_cpu_pct'))} | {fmt(r.get('healthy_per_core'))} "
+            f"| {fmt((r.get('server_rss_kb') or 0) / 1024, 1)} | {fmt(r.get('rss_per_viewer_kb'), 1)} "
+            f"| {fmt(r.get('first_keyframe_ms', {}).get('p50'))} | {fmt(lat.get('p50'), 1)} / {fmt(lat.get('p99'), 1)} "
+            f"| {r.get('stalls_total', '–')} | {fmt(r.get('loadgen', {}).get('cpu_pct_window'))} "
+            f"| {fmt(core0.get('busy_pct'))} / {fmt(core0.get('steal_pct'))} |"
+        )
+    with open(os.path.join(a.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(results, os.path.join(a.out, "results.png"))
+
+
+def plot(results: list, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no plot (.venv/bin/pip install matplotlib)")
+        return
+    series: dict[str, list] = {}
+    for r in results:
+        if r.get("viewers") and "healthy" in r:
+            series.setdefault(f"{r['server']} {r['proto']}", []).append(r)
+    if not series:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for label, rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r["viewers"])
+        xs = [r["viewers"] for r in rs]
+        ax1.plot(xs, [r.get("healthy", 0) for r in rs], marker="o", label=label)
+        ax2.plot(xs, [r.get("server_cpu_pct") or 0 for r in rs], marker="o", label=label)
+    top = max(r["viewers"] for rs in series.values() for r in rs)
+    ax1.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1, label="all healthy")
+    ax1.set(xlabel="viewers offered", ylabel="healthy viewers (≥ 90 % of the stream)", title="Healthy viewers")
+    ax2.set(xlabel="viewers offered", ylabel="server CPU % (one core = 100)", title="Server CPU")
+    ax2.axhline(100, color="grey", linestyle=":", linewidth=1)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine_info() -> dict:
+    info = {"cores": os.cpu_count(), "kernel": os.uname().release}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        info["os"] = dict(l.strip().split("=", 1) for l in open("/etc/os-release") if "=" in l).get("PRETTY_NAME", "").strip('"')
+    except OSError:
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--all", action="store_true", help="rtmpd, nginx-rtmp and nms, every protocol each serves")
+    ap.add_argument("--server", choices=sorted(SERVERS), action="append", help="server(s) to bench")
+    ap.add_argument("--proto", choices=["rtmp", "http-flv", "ws-flv"], action="append", help="protocol(s)")
+    ap.add_argument("--viewers", default=",".join(map(str, LADDER)), help="comma-separated viewer counts")
+    ap.add_argument("--rate", type=float, default=2000, help="joins per second")
+    ap.add_argument("--window", type=float, default=12, help="measurement window, s")
+    ap.add_argument("--settle", type=float, default=5, help="seconds between the last join and the window")
+    ap.add_argument("--pause", type=float, default=3, help="seconds between steps")
+    ap.add_argument("--bitrate", default="1M", help="clip bitrate: 1M or 4M")
+    ap.add_argument("--batch-ms", type=float, default=None, help="passed to loadgen (default: its automatic choice)")
+    ap.add_argument("--nice", type=int, default=-10, help="nice value for server, publisher and loadgen")
+    ap.add_argument("--max-minutes", type=float, default=60, help="hard limit for the whole run")
+    ap.add_argument("--out", default=None, help="output directory (default benchmarks/out/results-<time>)")
+    a = ap.parse_args(argv)
+
+    names = sorted(SERVERS) if a.all or not a.server else a.server
+    if a.all:
+        names = ["rtmpd", "nginx-rtmp", "nms"]
+    ladder = [int(x) for x in a.viewers.split(",") if x.strip()]
+    a.out = a.out or os.path.join(OUT, "results-" + time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(os.path.join(a.out, "runs"), exist_ok=True)
+    os.makedirs(os.path.join(a.out, "tmp"), exist_ok=True)
+    if (os.cpu_count() or 1) < 2:
+        log("needs 2 cores (server on 0, loadgen on 1)")
+        return 2
+    if not os.path.exists(LOADGEN) or os.path.getmtime(LOADGEN) < os.path.getmtime(os.path.join(HERE, "loadgen.c")):
+        subprocess.run(["sh", os.path.join(HERE, "build.sh")], check=True, timeout=120)
+    sys.path.insert(0, HERE)
+    import publish
+
+    s = a.bitrate.upper()
+    bps = int(float(s[:-1]) * 1_000_000) if s.endswith("M") else int(float(s[:-1]) * 1000)
+    _clip, manifest = publish.make_clip(bps)
+    manifest_path = os.path.join(OUT, f"clip_{publish.rate_name(bps)}.json")
+
+    signal.signal(signal.SIGALRM, lambda *_: (log("time limit reached"), sys.exit(124)))
+    signal.alarm(int(a.max_minutes * 60))
+    results: list = []
+    for name in names:
+        protos = [p for p in SERVERS[name] if not a.proto or p in a.proto]
+        if protos:
+            bench_server(name, protos, ladder, a, manifest_path, manifest, results)
+    write_outputs(results, a, manifest)
+    log(f"results in {a.out}/results.md, results.json, results.png")
+    print(open(os.path.join(a.out, "results.md")).read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
