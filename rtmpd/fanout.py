@@ -25,7 +25,7 @@ import os
 import struct
 import termios
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, ITransport
@@ -150,45 +150,47 @@ class ViewerOutput:
         """Send ``chunks`` (``size`` bytes in all) with as few syscalls as can be.
 
         When the transport holds nothing, the shared bytes go straight to the
-        socket with ``writev``; whatever the kernel does not take is handed to
-        the transport, which keeps the order and applies backpressure.
+        socket with one ``writev``; whatever the kernel does not take is
+        handed to the transport, which keeps the order and applies
+        backpressure. The common case (the kernel takes everything) does no
+        per-chunk Python work.
         """
         if not chunks:
             return
         self.bytes_sent += size
         self.frames_sent += len(chunks)
-        t = self.transport
+        t: Any = self.transport
         fd = self._fd
-        if fd >= 0 and not t._tempDataLen and len(t.dataBuffer) == t.offset:  # type: ignore[attr-defined]
-            index = 0
-            count = len(chunks)
-            while index < count:
-                batch = chunks[index : index + IOV_MAX]
-                try:
-                    written = os.writev(fd, batch)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    # The peer is gone; the reactor will notice and call
-                    # connectionLost. Nothing more to send.
-                    return
-                for chunk in batch:
-                    n = len(chunk)
-                    if written >= n:
-                        written -= n
-                        index += 1
-                    else:
-                        if written:
-                            t.write(chunk[written:])
-                            index += 1
-                        break
-                else:
-                    continue
-                break
-            if index < count:
-                t.writeSequence(chunks[index:])
+        if fd < 0 or t._tempDataLen or len(t.dataBuffer) != t.offset:
+            t.writeSequence(chunks)
             return
-        t.writeSequence(chunks)
+        if len(chunks) > IOV_MAX:
+            self._send_in_batches(fd, chunks)
+            return
+        try:
+            written = os.writev(fd, chunks)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            # The peer is gone; the reactor will notice and call
+            # connectionLost. Nothing more to send.
+            return
+        if written != size:
+            _write_rest(t, chunks, 0, written)
+
+    def _send_in_batches(self, fd: int, chunks: Sequence[bytes]) -> None:
+        t: Any = self.transport
+        for start in range(0, len(chunks), IOV_MAX):
+            batch = chunks[start : start + IOV_MAX]
+            try:
+                written = os.writev(fd, batch)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                return
+            if written != sum(map(len, batch)):
+                _write_rest(t, chunks, start, written)
+                return
 
     # -- IPushProducer -------------------------------------------------------
 
@@ -206,6 +208,23 @@ class ViewerOutput:
         """The consumer is going away."""
         if self.group is not None:
             self.group.remove(self)
+
+
+def _write_rest(transport: Any, chunks: Sequence[bytes], start: int, written: int) -> None:
+    """Hand the transport what a partial ``writev`` starting at ``chunks[start]``
+    left unsent (``written`` bytes were taken)."""
+    index = start
+    for chunk in chunks[start:]:
+        n = len(chunk)
+        if written < n:
+            break
+        written -= n
+        index += 1
+    if index < len(chunks):
+        if written:
+            transport.write(chunks[index][written:])
+            index += 1
+        transport.writeSequence(chunks[index:])
 
 
 class FanoutGroup:
