@@ -190,6 +190,19 @@ class FlvHttpResource(resource.Resource):
         request.setHeader(b"Cache-Control", b"no-cache")
         return b""
 
+    def render_POST(self, request: server.Request) -> bytes | int:
+        """Publish: the FLV body was streamed into the registry as it arrived
+        (see :class:`FlvRequest`); now it has ended."""
+        self._cors(request)
+        if isinstance(request, FlvRequest) and request.refused:
+            return server.NOT_DONE_YET  # answered already; the connection closes
+        if not isinstance(request, FlvRequest):
+            return _text(request, http.BAD_REQUEST, "publishing needs rtmpd's request factory")
+        code, message = request.end_of_body()
+        return _text(request, code, message)
+
+    render_PUT = render_POST
+
     def render_GET(self, request: server.Request) -> bytes | int:
         """Play: an FLV header, metadata, sequence headers, the GOP, then live."""
         self._cors(request)

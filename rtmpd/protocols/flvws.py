@@ -221,6 +221,9 @@ class WsFlvFactory(WebSocketServerFactory):
             openHandshakeTimeout=15,
             closeHandshakeTimeout=5,
             autoPingInterval=None,
+            # Send the close code (1009, 1002...) before dropping a peer that
+            # broke the protocol, so it learns why.
+            failByDrop=False,
         )
 
 
