@@ -1,0 +1,367 @@
+"""fMP4 recorders, and the merge into one progressive MP4 at stream end.
+
+Mixed (``--record fmp4``), in ``mp4/{app}/{stream}/output_merge/``::
+
+    init.mp4            ftyp + moov (video track 1, audio track 2) + mvex
+    000001.m4s ...      moof + mdat, both tracks, one per fragment
+    stream_full.mp4     at stream end: ftyp + moov + mdat, merged from the above
+
+Separate (``--record fmp4-separate``), in ``mp4/{app}/{stream}/output_separate/``::
+
+    video_init.mp4, audio_init.mp4         one track each
+    video_000001.m4s, audio_000001.m4s ... one track each, same fragment numbers
+
+Fragments are cut like HLS segments: before a video keyframe once
+``--hls-fragment`` has passed (audio-only: any frame). A sample's duration
+is the next sample's decode time minus its own, so a sample waits for its
+successor; an audio sample still waiting at a cut goes in the next fragment.
+Timescale is 1000 (FLV milliseconds, exact) for both tracks. Each fragment
+file is written as ``.tmp`` and renamed, so a crash never leaves half a
+fragment under its real name.
+
+The merge (:func:`merge_fragments`, in the writer thread) reads only
+metadata: it demuxes ``init.mp4`` + the fragments as one virtual file
+(:class:`ConcatReader`), feeds the samples' timing to
+:class:`rtmpd.codec.mp4.progressive.ProgressiveMp4Writer`, writes its header
+(``moov`` before ``mdat``), then copies the sample bytes range by range in
+the writer's order. It writes ``stream_full.mp4.tmp`` and renames it.
+
+A new publish of a name moves the previous recording's directory aside to
+``output_merge-<UTC time>`` (``output_separate-...``) rather than mixing two
+recordings in one directory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+from array import array
+from typing import Any, BinaryIO
+
+from twisted.internet import defer
+
+from rtmpd.codec import aac, avc
+from rtmpd.codec.errors import ProtocolError
+from rtmpd.codec.mp4 import Sample, TrackConfig
+from rtmpd.codec.mp4.demux import Mp4Demuxer
+from rtmpd.codec.mp4.fmp4 import fragment, init_segment
+from rtmpd.codec.mp4.progressive import ProgressiveMp4Writer
+from rtmpd.media import Frame, FrameKind
+from rtmpd.services.recorder import (
+    DiskFiles,
+    Recorder,
+    Recording,
+    move_aside,
+    remove_marker,
+    write_atomically,
+    write_marker,
+)
+
+VIDEO_TRACK = 1
+AUDIO_TRACK = 2
+TIMESCALE = 1000
+MERGED_NAME = "stream_full.mp4"
+INIT_NAME = "init.mp4"
+
+#: Bytes copied per read when merging (contiguous sample ranges are joined).
+COPY_BLOCK = 1024 * 1024
+
+_MIXED_FRAGMENT = re.compile(r"(\d{1,12})\.m4s")
+
+
+def fragment_name(track: str | None, sequence: int) -> str:
+    """``000001.m4s`` (mixed) or ``video_000001.m4s`` / ``audio_...`` (separate)."""
+    return f"{sequence:06d}.m4s" if track is None else f"{track}_{sequence:06d}.m4s"
+
+
+class FragmentBuilder:
+    """Groups samples into fragments; pure (no I/O)."""
+
+    def __init__(self, *, has_video: bool, fragment_ms: int) -> None:
+        self.has_video = has_video
+        self.fragment_ms = fragment_ms
+        self._start_ms: int | None = None
+        self._waiting: dict[int, tuple[int, int, bool, bytes]] = {}
+        self._last_duration: dict[int, int] = {}
+        self._done: dict[int, list[Sample]] = {VIDEO_TRACK: [], AUDIO_TRACK: []}
+
+    def push(
+        self, track_id: int, dts: int, cts_offset: int, keyframe: bool, data: bytes
+    ) -> dict[int, list[Sample]] | None:
+        """Add one sample; returns the finished fragment's samples per track
+        when this sample starts a new fragment."""
+        previous = self._waiting.get(track_id)
+        if previous is not None:
+            p_dts, p_cts, p_key, p_data = previous
+            duration = dts - p_dts
+            if duration < 0:
+                duration = 0
+                dts = p_dts
+            self._last_duration[track_id] = duration
+            self._done[track_id].append(
+                Sample(dts=p_dts, cts_offset=p_cts, duration=duration, keyframe=p_key, data=p_data)
+            )
+        out = None
+        start = self._start_ms
+        if start is None:
+            self._start_ms = dts
+        elif dts - start >= self.fragment_ms and (
+            (track_id == VIDEO_TRACK and keyframe) if self.has_video else True
+        ):
+            out = self._take()
+            self._start_ms = dts
+        self._waiting[track_id] = (dts, cts_offset, keyframe, data)
+        return out
+
+    def _take(self) -> dict[int, list[Sample]] | None:
+        done = {tid: samples for tid, samples in self._done.items() if samples}
+        self._done = {VIDEO_TRACK: [], AUDIO_TRACK: []}
+        return done or None
+
+    def finish(self) -> dict[int, list[Sample]] | None:
+        """The last fragment: waiting samples last as long as the one before."""
+        for track_id, (dts, cts, key, data) in self._waiting.items():
+            duration = self._last_duration.get(track_id, 0)
+            self._done[track_id].append(
+                Sample(dts=dts, cts_offset=cts, duration=duration, keyframe=key, data=data)
+            )
+        self._waiting.clear()
+        return self._take()
+
+
+class ConcatReader:
+    """``read_at(offset, size)`` over several files as if they were one."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self.starts: list[int] = []
+        total = 0
+        for path in paths:
+            self.starts.append(total)
+            total += os.path.getsize(path)
+        self.size = total
+        self._files: dict[int, BinaryIO] = {}
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        parts = []
+        while size > 0 and offset < self.size:
+            index = bisect.bisect_right(self.starts, offset) - 1
+            f = self._files.get(index)
+            if f is None:
+                f = self._files[index] = open(self.paths[index], "rb")  # noqa: SIM115
+            f.seek(offset - self.starts[index])
+            end = self.starts[index + 1] if index + 1 < len(self.starts) else self.size
+            data = f.read(min(size, end - offset))
+            if not data:
+                break
+            parts.append(data)
+            offset += len(data)
+            size -= len(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def mixed_fragments(directory: str) -> list[str]:
+    """The mixed recording's fragment files in order."""
+    numbered = []
+    for name in os.listdir(directory):
+        match = _MIXED_FRAGMENT.fullmatch(name)
+        if match:
+            numbered.append((int(match.group(1)), name))
+    return [os.path.join(directory, name) for _, name in sorted(numbered)]
+
+
+def merge_fragments(directory: str) -> str:
+    """Write ``stream_full.mp4`` from ``init.mp4`` and the ``.m4s`` fragments
+    in ``directory``; returns a summary. Reads only metadata into memory."""
+    fragments = mixed_fragments(directory)
+    paths = [os.path.join(directory, INIT_NAME), *fragments]
+    while True:
+        reader = ConcatReader(paths)
+        try:
+            demuxer = Mp4Demuxer(reader.read_at, reader.size)
+            break
+        except ProtocolError:
+            reader.close()
+            if len(paths) <= 1:
+                raise
+            paths.pop()  # a damaged last fragment: merge what came before
+    try:
+        tracks = [t.track_config() for t in demuxer.tracks]
+        writer = ProgressiveMp4Writer(tracks)
+        offsets: dict[int, array[int]] = {t.track_id: array("q") for t in tracks}
+        sizes: dict[int, array[int]] = {t.track_id: array("q") for t in tracks}
+        count = 0
+        for sample in demuxer.samples():
+            writer.add_sample(sample.track_id, sample)
+            offsets[sample.track_id].append(sample.offset)
+            sizes[sample.track_id].append(sample.size)
+            count += 1
+        if not count:
+            return "no samples to merge"
+        target = os.path.join(directory, MERGED_NAME)
+        tmp = target + ".tmp"
+        with open(tmp, "wb") as out:
+            out.write(writer.header_bytes())
+            run_start = run_end = -1
+            for track_id, index in writer.sample_order():
+                offset = offsets[track_id][index]
+                size = sizes[track_id][index]
+                if offset == run_end and run_end - run_start + size <= COPY_BLOCK:
+                    run_end += size
+                    continue
+                if run_end > run_start:
+                    out.write(reader.read_at(run_start, run_end - run_start))
+                run_start, run_end = offset, offset + size
+            if run_end > run_start:
+                out.write(reader.read_at(run_start, run_end - run_start))
+        os.replace(tmp, target)
+    finally:
+        reader.close()
+    return f"{MERGED_NAME}: {count} samples from {len(paths) - 1} fragments"
+
+
+def _delete_tmp_files(directory: str) -> None:
+    for name in os.listdir(directory):
+        if name.endswith(".tmp"):
+            os.unlink(os.path.join(directory, name))
+
+
+def finish_directory(directory: str, *, merge: bool) -> str:
+    """Finalise a recording directory (also crash recovery): drop ``.tmp``
+    leftovers, merge if mixed, remove the marker."""
+    _delete_tmp_files(directory)
+    summary = merge_fragments(directory) if merge else "fragments complete"
+    remove_marker(directory)
+    return summary
+
+
+class Fmp4Files(DiskFiles):
+    """The disk half: init segment(s) and fragment files. Writer thread only."""
+
+    def __init__(self, directory: str, *, separate: bool) -> None:
+        super().__init__(directory)
+        self.separate = separate
+
+    def open(self, inits: dict[str, bytes]) -> None:
+        if os.path.isdir(self.directory) and os.listdir(self.directory):
+            move_aside(self.directory, os.path.basename(self.directory), "")
+        os.makedirs(self.directory, exist_ok=True)
+        write_marker(self.directory, "fmp4-separate" if self.separate else "fmp4")
+        for name, data in inits.items():
+            write_atomically(os.path.join(self.directory, name), data)
+
+    def write(self, files: list[tuple[str, bytes]]) -> None:
+        for name, data in files:
+            write_atomically(os.path.join(self.directory, name), data)
+
+    def finish(self) -> str:
+        return finish_directory(self.directory, merge=not self.separate)
+
+
+class Fmp4Recording(Recording):
+    """The reactor half of ``--record fmp4``: mixed fragments, merged at the end."""
+
+    fmt = "fmp4"
+    separate = False
+
+    def open(self) -> None:
+        tracks: dict[int, TrackConfig] = {}
+        try:
+            if self.video_header is not None:
+                record = self.video_header.payload[5:]
+                config = avc.AVCDecoderConfigurationRecord.parse(record)
+                width = height = 0
+                if config.sps:
+                    info = avc.parse_sps(config.sps[0])
+                    width, height = info.width, info.height
+                tracks[VIDEO_TRACK] = TrackConfig(
+                    track_id=VIDEO_TRACK, kind="video", codec="avc1", timescale=TIMESCALE,
+                    decoder_config=record, width=width, height=height,
+                )
+            if self.audio_header is not None:
+                record = self.audio_header.payload[2:]
+                asc = aac.AudioSpecificConfig.parse(record)
+                tracks[AUDIO_TRACK] = TrackConfig(
+                    track_id=AUDIO_TRACK, kind="audio", codec="mp4a", timescale=TIMESCALE,
+                    decoder_config=record, sample_rate=asc.sample_rate,
+                    channel_count=asc.channel_configuration or 2,
+                )
+        except ProtocolError as e:
+            self.fail(f"bad sequence header: {e}")
+            return
+        self.tracks = tracks
+        if self.separate:
+            names = {VIDEO_TRACK: "video", AUDIO_TRACK: "audio"}
+            inits = {f"{names[t]}_init.mp4": init_segment([c]) for t, c in tracks.items()}
+        else:
+            inits = {INIT_NAME: init_segment(list(tracks.values()))}
+        self.builder = FragmentBuilder(
+            has_video=VIDEO_TRACK in tracks, fragment_ms=self.settings.fragment_ms
+        )
+        self.sequence = 0
+        self.disk = self.files = Fmp4Files(self.directory, separate=self.separate)
+        self.submit(lambda: self.files.open(inits))
+
+    def write_media(self, frame: Frame, ts_ms: int) -> None:
+        if frame.kind is FrameKind.VIDEO:
+            track, data = VIDEO_TRACK, frame.payload[5:]
+        else:
+            track, data = AUDIO_TRACK, frame.payload[2:]
+        if track not in self.tracks:
+            return
+        done = self.builder.push(
+            track, ts_ms, frame.composition_ms, frame.keyframe or track == AUDIO_TRACK, data
+        )
+        self.frames_written += 1
+        if done is not None:
+            self._write_fragment(done)
+
+    def _write_fragment(self, samples: dict[int, list[Sample]]) -> None:
+        self.sequence += 1
+        seq = self.sequence
+        try:
+            if self.separate:
+                names = {VIDEO_TRACK: "video", AUDIO_TRACK: "audio"}
+                files = [
+                    (fragment_name(names[tid], seq), fragment(seq, {tid: ss}))
+                    for tid, ss in samples.items()
+                ]
+            else:
+                files = [(fragment_name(None, seq), fragment(seq, samples))]
+        except ProtocolError as e:
+            self.fail(f"cannot build fragment {seq}: {e}")
+            return
+        size = sum(len(data) for _, data in files)
+        fmp4 = self.files
+        self.submit(lambda: fmp4.write(files), size=size)
+
+    def close(self) -> defer.Deferred[Any] | None:
+        last = self.builder.finish()
+        if last is not None:
+            self._write_fragment(last)
+        return self.submit(self.files.finish)
+
+
+class Fmp4SeparateRecording(Fmp4Recording):
+    """``--record fmp4-separate``: one track per init segment and fragment."""
+
+    fmt = "fmp4-separate"
+    separate = True
+
+
+class Fmp4Recorder(Recorder):
+    """``--record fmp4``."""
+
+    recording_class = Fmp4Recording
+
+
+class Fmp4SeparateRecorder(Recorder):
+    """``--record fmp4-separate``."""
+
+    recording_class = Fmp4SeparateRecording

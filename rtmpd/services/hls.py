@@ -1,0 +1,215 @@
+"""HLS recorder: ``hls/{app}/{stream}/index.m3u8`` and ``{n}.ts`` segments.
+
+Reactor half: frames go through :class:`rtmpd.codec.mpegts.TsMuxer`; the
+:class:`rtmpd.codec.hls.SegmentCutter` says where a segment ends (at a video
+keyframe once ``--hls-fragment`` has passed; at once, with a discontinuity,
+on a timestamp jump). A finished segment's bytes go to the writer in one job.
+
+Disk half (:class:`HlsFiles`): writes the segment file, then lists it in the
+playlist (so a listed segment is always complete), replaces ``index.m3u8``
+atomically (write ``index.m3u8.tmp``, rename), and deletes segments that
+left the window. RFC 8216 section 6.2.2 wants a segment that left the
+playlist to stay available for a while (its duration plus the playlist's),
+so files are deleted once ``window + 1`` further segments have left
+(at most ``2 * window + 1`` segments on disk). At the end of the stream the
+playlist gets ``#EXT-X-ENDLIST``.
+
+Republish of the same name: if the old playlist is there, the new
+recording continues it: the media sequence goes on from the old one (no
+segment name is reused, so a player with the old playlist never gets the
+wrong file), the first new segment has ``#EXT-X-DISCONTINUITY``, and the
+old ENDLIST is dropped. Segment files not in the playlist (left by a crash)
+are deleted when a recording opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer
+
+from rtmpd.codec import aac, avc, hls, mpegts
+from rtmpd.codec.errors import ProtocolError
+from rtmpd.media import Frame, FrameKind
+from rtmpd.services.recorder import (
+    DiskFiles,
+    Recorder,
+    Recording,
+    remove_marker,
+    write_atomically,
+    write_marker,
+)
+
+PLAYLIST_NAME = "index.m3u8"
+_SEGMENT_NAME = re.compile(r"(\d{1,18})\.ts")
+
+
+def _read_playlist(path: str, window: int) -> hls.MediaPlaylist | None:
+    """The playlist at ``path`` reopened for more segments, or None if
+    there is none or it is not one of ours."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(hls.MAX_PLAYLIST_CHARS + 1)
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    # Continuing an ended playlist: drop its ENDLIST before reading it.
+    text = "\n".join(line for line in text.splitlines() if line.strip() != "#EXT-X-ENDLIST")
+    try:
+        return hls.MediaPlaylist.parse(text, window=window)
+    except ProtocolError:
+        return None
+
+
+def _delete_unlisted_segments(directory: str, playlist: hls.MediaPlaylist | None) -> None:
+    listed = {s.uri for s in playlist.segments} if playlist is not None else set()
+    for name in os.listdir(directory):
+        if (_SEGMENT_NAME.fullmatch(name) and name not in listed) or name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+
+
+def close_playlist(directory: str) -> str:
+    """Recovery: add ``#EXT-X-ENDLIST`` to an unfinished playlist, delete
+    unlisted segments, remove the marker. Returns what was done."""
+    path = os.path.join(directory, PLAYLIST_NAME)
+    playlist = _read_playlist(path, window=1 << 30)
+    _delete_unlisted_segments(directory, playlist)
+    if playlist is None:
+        remove_marker(directory)
+        return "no playlist to close"
+    playlist.end()
+    write_atomically(path, playlist.render().encode())
+    remove_marker(directory)
+    return f"playlist closed with {len(playlist.segments)} segments"
+
+
+class HlsFiles(DiskFiles):
+    """The disk half: segment files and the playlist. Writer thread only."""
+
+    def __init__(self, directory: str, *, target_duration_s: int, window: int) -> None:
+        super().__init__(directory)
+        self.window = window
+        self.target_duration_s = target_duration_s
+        self.playlist = hls.MediaPlaylist(target_duration_s, window)
+        self.playlist_path = os.path.join(directory, PLAYLIST_NAME)
+        self.resumed = False
+        self._leaving: deque[str] = deque()
+
+    def open(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        write_marker(self.directory, "hls")
+        old = _read_playlist(self.playlist_path, self.window)
+        _delete_unlisted_segments(self.directory, old)
+        if old is not None and (old.segments or old.media_sequence):
+            self.playlist = old
+            self.resumed = True
+
+    def add_segment(self, chunks: list[bytes], duration_ms: int, discontinuity: bool) -> None:
+        """Write one finished segment and list it."""
+        if self.resumed:
+            discontinuity = True
+            self.resumed = False
+        uri = f"{self.playlist.next_sequence}.ts"
+        with open(os.path.join(self.directory, uri), "wb") as f:
+            f.write(b"".join(chunks))
+        left = self.playlist.add_segment(uri, duration_ms / 1000, discontinuity)
+        write_atomically(self.playlist_path, self.playlist.render().encode())
+        self._leaving.extend(left)
+        while len(self._leaving) > self.window + 1:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, self._leaving.popleft()))
+
+    def end(self) -> None:
+        self.playlist.end()
+        write_atomically(self.playlist_path, self.playlist.render().encode())
+        remove_marker(self.directory)
+
+
+class HlsRecording(Recording):
+    """The reactor half: mux TS, cut segments, hand each one to the writer."""
+
+    fmt = "hls"
+
+    def open(self) -> None:
+        settings = self.settings
+        self.muxer = mpegts.TsMuxer(has_audio=self.has_audio, has_video=self.has_video)
+        self.cutter = hls.SegmentCutter(has_video=self.has_video, fragment_ms=settings.fragment_ms)
+        self._avc: avc.AVCDecoderConfigurationRecord | None = None
+        self._asc: aac.AudioSpecificConfig | None = None
+        self._parse_headers()
+        self._segment: list[bytes] = [self.muxer.start_segment()]
+        self._segment_size = 0
+        self._discontinuity = False
+        self.disk = self.files = HlsFiles(
+            self.directory,
+            target_duration_s=max(1, (settings.fragment_ms + 999) // 1000),
+            window=settings.window,
+        )
+        self.submit(self.files.open)
+
+    def _parse_headers(self) -> None:
+        try:
+            if self.video_header is not None:
+                self._avc = avc.AVCDecoderConfigurationRecord.parse(self.video_header.payload[5:])
+            if self.audio_header is not None:
+                self._asc = aac.AudioSpecificConfig.parse(self.audio_header.payload[2:])
+        except ProtocolError as e:
+            self.fail(f"bad sequence header: {e}")
+
+    def write_header(self, frame: Frame) -> None:
+        self._parse_headers()
+
+    def write_media(self, frame: Frame, ts_ms: int) -> None:
+        is_video = frame.kind is FrameKind.VIDEO
+        cut = self.cutter.push(dts_ms=ts_ms, keyframe=frame.keyframe, is_video=is_video)
+        if cut is not None:
+            self._close_segment(cut.duration_ms)
+            self._discontinuity = cut.discontinuity
+        try:
+            if is_video:
+                if self._avc is None:
+                    return
+                data = self.muxer.write_video(
+                    dts_ms=ts_ms,
+                    cts_ms=frame.composition_ms,
+                    keyframe=frame.keyframe,
+                    avcc_payload=frame.payload[5:],
+                    config=self._avc,
+                )
+            else:
+                if self._asc is None:
+                    return
+                data = self.muxer.write_audio(
+                    dts_ms=ts_ms, aac_raw=frame.payload[2:], asc=self._asc
+                )
+        except ProtocolError:
+            return  # one bad frame from the publisher: skip it, keep recording
+        if data:
+            self._segment.append(data)
+            self._segment_size += len(data)
+        self.frames_written += 1
+
+    def _close_segment(self, duration_ms: int) -> None:
+        self._segment.append(self.muxer.flush())
+        chunks, size = self._segment, self._segment_size
+        discontinuity = self._discontinuity
+        self._segment = [self.muxer.start_segment()]
+        self._segment_size = 0
+        files = self.files
+        self.submit(lambda: files.add_segment(chunks, duration_ms, discontinuity), size=size)
+
+    def close(self) -> defer.Deferred[Any] | None:
+        duration = self.cutter.finish()
+        if duration is not None:
+            self._close_segment(duration)
+        return self.submit(self.files.end)
+
+
+class HlsRecorder(Recorder):
+    """``--record hls``."""
+
+    recording_class = HlsRecording
