@@ -94,6 +94,7 @@ typedef struct {
 typedef struct viewer {
     int fd;
     uint8_t state, ever_media, got_key, closed_by_peer;
+    uint8_t probe, bulk; /* probe: always read promptly, latency sampled; bulk: read in batched passes */
     const char *fail;
     double t_join, t_first_byte, t_first_media, t_first_key, t_last_media;
     uint64_t bytes, bytes_win, media_bytes, media_bytes_win;
@@ -126,11 +127,17 @@ static int opt_cpu = -1;
 static int opt_progress = 0;
 static double opt_health = 0.9;
 static int opt_quiet = 0;
-static double opt_batch_ms = -1; /* <0: automatic */
+static double opt_batch_ms = -1; /* <0: adaptive */
+static int opt_probes = 100;
+static double opt_cpu_target = 60; /* adaptive batching keeps loadgen CPU under this % */
 
 /* ---- globals ---- */
 static viewer_t *V;
-static int epfd;
+static int ep_main, ep_bulk; /* prompt sockets (setup, probes) / batched sockets */
+static int bulk_in_main;
+static char bulk_marker;
+static double batch_ms;                      /* current batch period */
+static double batch_ms_win_sum, batch_ms_max; /* time-weighted in the window */
 static struct sockaddr_in srv_addr;
 static double T0;           /* monotonic start */
 static double now_s;        /* monotonic seconds since T0 (updated per event batch) */
@@ -147,6 +154,7 @@ static uint64_t lat_count, lat_neg;
 static uint64_t sei_missing;
 static uint64_t n_recv, n_recv_win, n_wait, n_wait_win;
 
+#define TVS(t) ((t).tv_sec + (t).tv_usec * 1e-6)
 static double mono(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -226,7 +234,7 @@ static void viewer_close(viewer_t *v, const char *why) {
     if (v->state == V_DONE || v->state == V_IDLE) return;
     if (why && !v->fail) v->fail = why;
     if (v->fd >= 0) {
-        epoll_ctl(epfd, EPOLL_CTL_DEL, v->fd, NULL);
+        epoll_ctl(v->bulk ? ep_bulk : ep_main, EPOLL_CTL_DEL, v->fd, NULL);
         struct linger lg = {1, 0}; /* RST: leaves no TIME_WAIT behind */
         setsockopt(v->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         close(v->fd);
@@ -253,7 +261,7 @@ static void send_bytes(viewer_t *v, const void *buf, size_t len) {
         v->outq_len = len - n;
         v->outq_off = 0;
         struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = v};
-        epoll_ctl(epfd, EPOLL_CTL_MOD, v->fd, &ev);
+        epoll_ctl(v->bulk ? ep_bulk : ep_main, EPOLL_CTL_MOD, v->fd, &ev);
     } else {
         uint32_t pending = v->outq_len - v->outq_off;
         uint8_t *q = malloc(pending + len);
@@ -275,7 +283,7 @@ static void flush_out(viewer_t *v) {
     if (v->outq_off == v->outq_len) {
         free(v->outq); v->outq = NULL;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = v};
-        epoll_ctl(epfd, EPOLL_CTL_MOD, v->fd, &ev);
+        epoll_ctl(v->bulk ? ep_bulk : ep_main, EPOLL_CTL_MOD, v->fd, &ev);
     }
 }
 
@@ -331,7 +339,7 @@ static void on_media(viewer_t *v, int type, const uint8_t *cap, uint32_t caplen,
         if (h < 0) return;
         ts = ts * 16 + h;
     }
-    if (!in_win) return;
+    if (!in_win || !v->probe) return;
     int64_t lat = now_real_us - ts;
     v->lat_samples++;
     lat_count++;
@@ -846,10 +854,8 @@ static void viewer_start(int i) {
     if (v->fd < 0) { v->state = V_DONE; v->fail = "socket() failed"; return; }
     int one = 1;
     setsockopt(v->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (opt_batch_ms > 0) {
-        int tsf = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
-        setsockopt(v->fd, SOL_SOCKET, SO_TIMESTAMPING, &tsf, sizeof tsf);
-    }
+    int tsf = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
+    setsockopt(v->fd, SOL_SOCKET, SO_TIMESTAMPING, &tsf, sizeof tsf);
     int rc = connect(v->fd, (struct sockaddr *)&srv_addr, sizeof srv_addr);
     if (rc < 0 && errno != EINPROGRESS) {
         close(v->fd); v->fd = -1; v->state = V_DONE; v->fail = "connect() failed";
@@ -857,7 +863,7 @@ static void viewer_start(int i) {
     }
     v->state = V_CONNECTING;
     struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = v};
-    epoll_ctl(epfd, EPOLL_CTL_ADD, v->fd, &ev);
+    epoll_ctl(ep_main, EPOLL_CTL_ADD, v->fd, &ev);
 }
 
 static void viewer_connected(viewer_t *v) {
@@ -870,7 +876,7 @@ static void viewer_connected(viewer_t *v) {
     v->flv.st = F_HDR;
     v->flv.hneed = 9;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = v};
-    epoll_ctl(epfd, EPOLL_CTL_MOD, v->fd, &ev);
+    epoll_ctl(v->bulk ? ep_bulk : ep_main, EPOLL_CTL_MOD, v->fd, &ev);
     char req[1024];
     const char *path = opt_path;
     char pbuf[300];
@@ -902,9 +908,9 @@ static void viewer_connected(viewer_t *v) {
 static void viewer_readable(viewer_t *v) {
     for (int rounds = 0; rounds < 4; rounds++) {
         ssize_t n;
-        if (opt_batch_ms > 0) {
-            /* Batched reads: take the arrival time of the newest segment from the kernel
-               (SO_TIMESTAMPING) instead of the time of the read. */
+        {
+            /* Reads may come late (batched passes, a busy loop): date this read's media by
+               the newest segment's arrival (SO_TIMESTAMPING) instead of the time of the read. */
             char ctl[256];
             struct iovec iov = {rbuf, sizeof rbuf};
             struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof ctl};
@@ -922,9 +928,6 @@ static void viewer_readable(viewer_t *v) {
                             now_real_us = arr;
                         }
                     }
-        } else {
-            n = recv(v->fd, rbuf, sizeof rbuf, 0);
-            update_now();
         }
         n_recv++;
         if (in_win) n_recv_win++;
@@ -941,7 +944,29 @@ static void viewer_readable(viewer_t *v) {
         if (opt_proto == P_RTMP) rtmp_feed(v, rbuf, n);
         else if (opt_proto == P_HTTP) http_feed(v, rbuf, n);
         else ws_feed(v, rbuf, n);
-        if (v->state == V_DONE || (size_t)n < sizeof rbuf) return;
+        if (v->state == V_DONE) return;
+        if (v->ever_media && (v->got_key || now_s - v->t_first_media > 3) && !v->probe && !v->bulk && !v->outq) {
+            /* set up and streaming: from now on read in batched passes */
+            epoll_ctl(ep_main, EPOLL_CTL_DEL, v->fd, NULL);
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = v};
+            epoll_ctl(ep_bulk, EPOLL_CTL_ADD, v->fd, &ev);
+            v->bulk = 1;
+        }
+        if ((size_t)n < sizeof rbuf) return;
+    }
+}
+
+static void handle_events(struct epoll_event *evs, int ne, int *bulk_ready) {
+    for (int i = 0; i < ne; i++) {
+        if (evs[i].data.ptr == &bulk_marker) { *bulk_ready = 1; continue; }
+        viewer_t *v = evs[i].data.ptr;
+        if (v->state == V_DONE) continue;
+        if (v->state == V_CONNECTING) {
+            if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) viewer_connected(v);
+            continue;
+        }
+        if (evs[i].events & EPOLLOUT) flush_out(v);
+        if (v->state != V_DONE && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) viewer_readable(v);
     }
 }
 
@@ -1001,10 +1026,11 @@ static void usage(void) {
             "  --cpu N           pin to CPU N\n"
             "  --progress        one status line per second on stderr\n"
             "  --quiet           no WINDOW markers on stdout\n"
-            "  --batch-ms B      read each socket at most every B ms (fewer, larger reads: on loopback\n"
-            "                    each read costs an ACK through both TCP stacks); latency then uses the\n"
-            "                    kernel's receive timestamp. Default: 0 below 1000 viewers, else\n"
-            "                    min(100, viewers / 100) ms\n");
+            "  --probes P        viewers always read at once; latency is sampled from them (default 100)\n"
+            "  --batch-ms B      read the other viewers, once they stream, in passes every B ms (fewer,\n"
+            "                    larger reads: on loopback each read costs an ACK through both TCP\n"
+            "                    stacks). Default: adaptive, to keep loadgen CPU under --cpu-target\n"
+            "  --cpu-target PCT  for adaptive batching (default 60)\n");
 }
 
 int main(int argc, char **argv) {
@@ -1013,7 +1039,7 @@ int main(int argc, char **argv) {
         {"stream", 1, 0, 's'}, {"path", 1, 0, 'u'}, {"viewers", 1, 0, 'n'}, {"rate", 1, 0, 'r'},
         {"duration", 1, 0, 'd'}, {"window", 1, 0, 'w'}, {"json", 1, 0, 'j'}, {"expect-bps", 1, 0, 'e'},
         {"manifest", 1, 0, 'm'}, {"cpu", 1, 0, 'c'}, {"progress", 0, 0, 'g'}, {"health", 1, 0, 'H'},
-        {"quiet", 0, 0, 'q'}, {"batch-ms", 1, 0, 'b'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
+        {"quiet", 0, 0, 'q'}, {"batch-ms", 1, 0, 'b'}, {"probes", 1, 0, 'o'}, {"cpu-target", 1, 0, 't'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
@@ -1040,12 +1066,14 @@ int main(int argc, char **argv) {
         case 'H': opt_health = atof(optarg); break;
         case 'q': opt_quiet = 1; break;
         case 'b': opt_batch_ms = atof(optarg); break;
+        case 'o': opt_probes = atoi(optarg); break;
+        case 't': opt_cpu_target = atof(optarg); break;
         default: usage(); return 2;
         }
     }
     if (!opt_port || opt_viewers < 1 || opt_rate <= 0 || opt_duration <= 0) { usage(); return 2; }
     if (opt_window > opt_duration) opt_window = opt_duration;
-    if (opt_batch_ms < 0) opt_batch_ms = opt_viewers < 1000 ? 0 : fmin(100, opt_viewers / 100.0);
+    batch_ms = opt_batch_ms >= 0 ? opt_batch_ms : opt_viewers <= 1000 ? 0 : fmin(200, opt_viewers / 100.0);
     if (opt_manifest && !opt_expect_bps) {
         FILE *f = fopen(opt_manifest, "r");
         if (f) {
@@ -1089,7 +1117,12 @@ int main(int argc, char **argv) {
     lat_hist = calloc(LAT_BINS, sizeof *lat_hist);
     if (!V || !lat_hist) { fprintf(stderr, "loadgen: out of memory\n"); return 2; }
     for (int i = 0; i < opt_viewers; i++) V[i].fd = -1;
-    epfd = epoll_create1(EPOLL_CLOEXEC);
+    ep_main = epoll_create1(EPOLL_CLOEXEC);
+    ep_bulk = epoll_create1(EPOLL_CLOEXEC);
+    {
+        int np = opt_probes < opt_viewers ? opt_probes : opt_viewers;
+        for (int k = 0; k < np; k++) V[(int)((double)k * opt_viewers / np)].probe = 1;
+    }
     struct epoll_event evs[1024];
 
     T0 = mono();
@@ -1101,6 +1134,7 @@ int main(int argc, char **argv) {
     struct rusage ru0, ruw0 = {0}, ruw1 = {0};
     getrusage(RUSAGE_SELF, &ru0);
     int next = 0, win_marked = 0;
+    double next_adapt = 1, last_adapt = 0, last_cpu = 0, next_pass = 0, last_loop = 0;
     double next_progress = 1;
     update_now();
     while (!stop_flag) {
@@ -1119,33 +1153,54 @@ int main(int argc, char **argv) {
             fprintf(stderr, "[%5.1fs] started %d connected %d alive %d  %.1f Mbit/s total\n", now_s, n_started,
                     n_connected, n_alive, total_bytes_all * 8 / 1e6 / now_s);
         }
-        if (opt_batch_ms > 0) {
-            /* let data accumulate: at most one pass over the ready sockets per batch period */
-            static double last_pass;
-            double wait = last_pass + opt_batch_ms / 1000 - now_s;
-            if (next < opt_viewers && wait > 0.001) wait = 0.001;
-            if (wait > 0) {
-                struct timespec ts = {0, (long)(wait * 1e9)};
-                nanosleep(&ts, NULL);
-                update_now();
+        /* adapt the batch period once a second to keep our CPU under the target */
+        if (now_s >= next_adapt) {
+            struct rusage ru;
+            getrusage(RUSAGE_SELF, &ru);
+            double c = TVS(ru.ru_utime) + TVS(ru.ru_stime);
+            double cpu = (c - last_cpu) / (now_s - last_adapt) * 100;
+            last_cpu = c; last_adapt = now_s; next_adapt = now_s + 1;
+            if (opt_batch_ms < 0 && opt_viewers > opt_probes) {
+                if (cpu > opt_cpu_target) batch_ms = batch_ms < 5 ? 5 : fmin(batch_ms * 1.6, 500);
+                else if (cpu < opt_cpu_target * 0.5 && batch_ms > 0) batch_ms = batch_ms / 1.6 < 3 ? 0 : batch_ms / 1.6;
             }
-            last_pass = now_s;
         }
-        int timeout = next < opt_viewers ? 1 : 20;
-        int ne = epoll_wait(epfd, evs, 1024, timeout);
+        if (in_win) {
+            batch_ms_win_sum += batch_ms * (now_s - last_loop);
+            if (batch_ms > batch_ms_max) batch_ms_max = batch_ms;
+        }
+        last_loop = now_s;
+        int timeout;
+        if (batch_ms <= 0) {
+            if (!bulk_in_main) {
+                struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &bulk_marker};
+                epoll_ctl(ep_main, EPOLL_CTL_ADD, ep_bulk, &ev);
+                bulk_in_main = 1;
+            }
+            timeout = next < opt_viewers ? 1 : 20;
+        } else {
+            if (bulk_in_main) { epoll_ctl(ep_main, EPOLL_CTL_DEL, ep_bulk, NULL); bulk_in_main = 0; }
+            timeout = (int)ceil((next_pass - now_s) * 1000);
+            if (timeout < 0) timeout = 0;
+            if (timeout > (next < opt_viewers ? 1 : 20)) timeout = next < opt_viewers ? 1 : 20;
+        }
+        int ne = epoll_wait(ep_main, evs, 1024, timeout);
         n_wait++;
         if (in_win) n_wait_win++;
         if (ne < 0) { if (errno == EINTR) continue; perror("epoll_wait"); break; }
+        int bulk_ready = 0;
+        handle_events(evs, ne, &bulk_ready);
         update_now();
-        for (int i = 0; i < ne; i++) {
-            viewer_t *v = evs[i].data.ptr;
-            if (v->state == V_DONE) continue;
-            if (v->state == V_CONNECTING) {
-                if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) viewer_connected(v);
-                continue;
-            }
-            if (evs[i].events & EPOLLOUT) flush_out(v);
-            if (v->state != V_DONE && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) viewer_readable(v);
+        if (batch_ms <= 0 ? bulk_ready : now_s >= next_pass) {
+            /* one pass over the batched sockets that have data */
+            int rounds = opt_viewers / 1024 + 2;
+            do {
+                ne = epoll_wait(ep_bulk, evs, 1024, 0);
+                if (ne <= 0) break;
+                handle_events(evs, ne, &bulk_ready);
+            } while (ne == 1024 && --rounds > 0);
+            update_now();
+            next_pass = now_s + batch_ms / 1000;
         }
     }
     update_now();
@@ -1247,9 +1302,10 @@ int main(int argc, char **argv) {
         for (int j = 0; j < nreasons; j++) fprintf(f, "%s\"%s\": %d", j ? ", " : "", reasons[j], rcount[j]);
         fputs("},\n", f);
         fprintf(f, "  \"loadgen\": {\"cpu_pct_window\": %.2f, \"user_pct_window\": %.2f, \"sys_pct_window\": %.2f, "
-                   "\"cpu_pct_total\": %.2f, \"maxrss_kb\": %ld, \"cpu\": %d, \"batch_ms\": %.1f, \"recv_per_s_window\": %.0f, "
+                   "\"cpu_pct_total\": %.2f, \"maxrss_kb\": %ld, \"cpu\": %d, \"batch_ms_avg\": %.1f, \"batch_ms_max\": %.1f, \"probes\": %d, \"recv_per_s_window\": %.0f, "
                    "\"bytes_per_recv_window\": %.0f, \"epoll_waits_per_s_window\": %.0f}\n}\n",
-                cpu_win, usr_win, sys_win, cpu_tot, ru1.ru_maxrss, opt_cpu, opt_batch_ms, n_recv_win / actual_win,
+                cpu_win, usr_win, sys_win, cpu_tot, ru1.ru_maxrss, opt_cpu, batch_ms_win_sum / actual_win, batch_ms_max,
+                opt_probes < opt_viewers ? opt_probes : opt_viewers, n_recv_win / actual_win,
                 n_recv_win ? (double)total_bytes_win / n_recv_win : 0, n_wait_win / actual_win);
         if (f != stdout) fclose(f);
     }
