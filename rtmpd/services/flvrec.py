@@ -153,16 +153,17 @@ def finalize_flv(path: str) -> str:
             return f"{size} bytes, no reserved metadata to patch"
         f.seek(_TAG_START + flv.TAG_HEADER_SIZE)
         fields = _read_metadata(f.read(meta_size))
-        last_step = max((s for _, s in steps.values()), default=0)
+        # Each track ends one frame step after its last frame; the file with the later.
+        end_ms = max((ts + step for ts, step in steps.values()), default=0)
         fields.update(
-            duration=(last_ts + last_step) / 1000,
+            duration=end_ms / 1000,
             filesize=float(size),
             lasttimestamp=last_ts / 1000,
         )
         body = _fit_keyframes(fields, times, positions, meta_size)
         f.seek(_TAG_START + flv.TAG_HEADER_SIZE)
         f.write(body)
-    return f"{size} bytes, {(last_ts + last_step) / 1000:.3f} s, {len(times)} keyframes"
+    return f"{size} bytes, {end_ms / 1000:.3f} s, {len(times)} keyframes"
 
 
 def _read_metadata(body: bytes) -> dict[str, object]:
