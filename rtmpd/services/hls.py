@@ -45,6 +45,10 @@ from rtmpd.services.recorder import (
 )
 
 PLAYLIST_NAME = "index.m3u8"
+
+#: AAC frames per audio PES (about 93 ms at 44.1 kHz): a quarter of the TS
+#: packets and muxing work for audio, well inside HLS players' buffering.
+AUDIO_FRAMES_PER_PES = 4
 _SEGMENT_NAME = re.compile(r"(\d{1,18})\.ts")
 
 
@@ -136,7 +140,11 @@ class HlsRecording(Recording):
 
     def open(self) -> None:
         settings = self.settings
-        self.muxer = mpegts.TsMuxer(has_audio=self.has_audio, has_video=self.has_video)
+        self.muxer = mpegts.TsMuxer(
+            has_audio=self.has_audio,
+            has_video=self.has_video,
+            audio_frames_per_pes=AUDIO_FRAMES_PER_PES,
+        )
         self.cutter = hls.SegmentCutter(has_video=self.has_video, fragment_ms=settings.fragment_ms)
         self._avc: avc.AVCDecoderConfigurationRecord | None = None
         self._asc: aac.AudioSpecificConfig | None = None
