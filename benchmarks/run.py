@@ -292,7 +292,7 @@ class Rtmpd(Server):
         cmd = [TWISTD, "-n", "--pidfile", os.path.join(self.dir, "twistd.pid"), "rtmpd",
                "--rtmp", f"tcp:{self.rtmp_port}:interface=127.0.0.1",
                "--http", f"tcp:{self.http_port}:interface=127.0.0.1",
-               "--web", f"tcp:{self.web_port}:interface=127.0.0.1", "--root", root]  # fmt: skip
+               "--web", f"tcp:{self.web_port}:interface=127.0.0.1", "--root", root, "--record", "none"]  # fmt: skip
         self.proc = spawn(cmd, cpu=0, nice=self.nice, log_path=os.path.join(self.dir, "server.log"), cwd=self.dir)
         return wait_port(self.rtmp_port, 30, self.proc) and wait_port(self.http_port, 10, self.proc)
 
