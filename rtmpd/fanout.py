@@ -205,9 +205,8 @@ class ViewerOutput:
             self.group.resume(self)
 
     def stopProducing(self) -> None:
-        """The consumer is going away."""
-        if self.group is not None:
-            self.group.remove(self)
+        """The consumer is going away. The adapter's connection-lost handler
+        removes the viewer from its stream (and logs why), so nothing here."""
 
 
 def _write_rest(transport: Any, chunks: Sequence[bytes], start: int, written: int) -> None:

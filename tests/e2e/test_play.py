@@ -91,6 +91,11 @@ def test_late_joiner_first_video_frame_is_a_keyframe(server: Server, clip: Path)
     assert info.keyframe and not info.sequence_header
     times = [t.timestamp_ms for t in tags]
     assert times == sorted(times)
+    # The viewer hung up: the server notices, forgets it and says so.
+    end = time.monotonic() + 10
+    while "closed by the client" not in server.log() and time.monotonic() < end:
+        time.sleep(0.05)
+    assert "closed by the client" in server.log()
 
 
 def test_http_flv_unknown_stream_is_404_and_head_options_answer(server: Server) -> None:
