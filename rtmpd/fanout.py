@@ -24,7 +24,7 @@ import fcntl
 import os
 import struct
 import termios
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import tcp
@@ -235,9 +235,18 @@ class FanoutGroup:
     rejoin at a keyframe.
     """
 
-    def __init__(self, output: OutputFormat, *, queue_limit_bytes: int) -> None:
+    def __init__(
+        self,
+        output: OutputFormat,
+        *,
+        queue_limit_bytes: int,
+        on_empty: Callable[[FanoutGroup], None] | None = None,
+    ) -> None:
         self.output = output
         self.queue_limit_bytes = queue_limit_bytes
+        #: Called when the last viewer leaves, so the stream stops encoding
+        #: frames for nobody.
+        self.on_empty = on_empty
         self.pending: list[bytes] = []
         self.pending_size = 0
         #: Cumulative bytes and frames ever appended, for lag accounting.
@@ -275,6 +284,8 @@ class FanoutGroup:
         self._held.pop(viewer, None)
         viewer.state = ViewerState.CLOSED
         viewer.group = None
+        if self.on_empty is not None and not len(self):
+            self.on_empty(self)
 
     def hold(self, viewer: ViewerOutput) -> None:
         """Stop sending to a viewer whose socket is full."""

@@ -265,7 +265,8 @@ class Stream:
         self._flush_call = None
         if call is not None and call.active():
             call.cancel()
-        for group in self.groups.values():
+        # A flush may drop a lagging viewer and with it an emptied group.
+        for group in tuple(self.groups.values()):
             group.flush()
 
     # -- viewers and sinks -----------------------------------------------------
@@ -294,7 +295,11 @@ class Stream:
         cache now, live frames from the next flush on."""
         group = self.groups.get(output.key)
         if group is None:
-            group = FanoutGroup(output, queue_limit_bytes=self.config.viewer_queue_bytes)
+            group = FanoutGroup(
+                output,
+                queue_limit_bytes=self.config.viewer_queue_bytes,
+                on_empty=self._forget_group,
+            )
             group.gop = [output.encode(f) for f in self.gop.frames]
             self.groups[output.key] = group
         burst = output.preamble(self)
@@ -307,10 +312,10 @@ class Stream:
         group = viewer.group
         if group is not None:
             group.remove(viewer)
-            if not len(group):
-                for key, value in list(self.groups.items()):
-                    if value is group:
-                        del self.groups[key]
+
+    def _forget_group(self, group: FanoutGroup) -> None:
+        if self.groups.get(group.output.key) is group:
+            del self.groups[group.output.key]
 
     def add_sink(self, sink: IMediaSink) -> None:
         """Attach a sink that gets every frame (recorders, relays)."""

@@ -286,3 +286,20 @@ def test_viewer_joining_mid_window_gets_no_duplicates() -> None:
     clock.advance(0.1)
     assert [t[1] for t in first.tags()] == [0, 40, 80]
     assert [t[1] for t in late.tags()] == [0, 40, 80]
+
+
+def test_a_format_nobody_watches_any_more_is_no_longer_encoded() -> None:
+    registry, _ = make_registry(merge_ms=0, viewer_queue_bytes=1000)
+    stream = registry.publish("live", "cam", FakeSource())
+    fmt = CountingFormat()
+    viewer = RecordingViewer()
+    stream.add_viewer(fmt, viewer)
+    stream.push(video(0, key=True))
+    viewer.pauseProducing()
+    for ts in range(40, 400, 40):
+        stream.push(video(ts, size=500))
+    assert viewer.dropped  # dropped by the fan-out itself, not by its adapter
+    assert stream.groups == {}
+    fmt.encoded.clear()
+    stream.push(video(400))
+    assert fmt.encoded == []
