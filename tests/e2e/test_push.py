@@ -98,6 +98,8 @@ def read_flv_view(url: str, deadline_s: float = WAIT_S) -> list[flv.TagReceived]
     tags: list[flv.TagReceived] = []
     with response:
         while True:
+            if time.monotonic() > end + 2 * WAIT_S:
+                raise TimeoutError(f"{url} did not end; {len(tags)} tags so far")
             data = response.read1(65536)
             reader.receive_data(data)
             while (event := reader.next_event()) is not flv.NEED_DATA:
