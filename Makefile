@@ -46,7 +46,14 @@ system-deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg rtmpdump; \
 	fi
 
+# Load tests against rtmpd, nginx-rtmp and Node-Media-Server (not part of
+# `make test`; see benchmarks/README.md). Needs gcc, nginx + libnginx-mod-rtmp
+# and npm; installs what is missing.
 bench: $(STAMP) system-deps
+	$(BIN)/pip install --quiet matplotlib
+	@command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx libnginx-mod-rtmp; }
+	sh benchmarks/build.sh
 	$(BIN)/python benchmarks/run.py --all
 
 clean:
