@@ -23,6 +23,18 @@ MEDIA_TYPES = {
 }
 
 
+#: A live playlist changes with every segment, so caches must revalidate it;
+#: a segment never changes under its name while its playlist lives (names go
+#: on across republishes), so a CDN may keep it. FLV/MP4 files grow while live
+#: or are replaced by the next publish.
+CACHE_CONTROL = {
+    ".m3u8": "no-cache",
+    ".ts": "public, max-age=86400",
+    ".m4s": "public, max-age=86400",
+}
+DEFAULT_CACHE_CONTROL = "no-cache"
+
+
 class RootedFile(static.File):
     """static.File that lists no directories and follows no symlink out of
     its root."""
@@ -46,6 +58,15 @@ class RootedFile(static.File):
             if real != self.root and not real.startswith(self.root + os.sep):
                 return self.childNotFound
         return child
+
+    def render(self, request: server.Request) -> bytes | int:
+        """Serve the file with cache rules per type and open CORS (players on
+        other origins, e.g. hls.js, fetch recordings)."""
+        ext = os.path.splitext(self.path)[1].lower()
+        request.setHeader(b"Cache-Control", CACHE_CONTROL.get(ext, DEFAULT_CACHE_CONTROL))
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        result: bytes | int = super().render(request)
+        return result
 
     def directoryListing(self) -> resource.IResource:
         return pages.notFound("Not Found", "Directory listings are off.")

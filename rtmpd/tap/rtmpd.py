@@ -30,11 +30,9 @@ _CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
     "chunk-size": int,
     "handshake-timeout": float,
     "idle-timeout": float,
-    # -- recorders (issue 6) --
     "record": lambda v: ",".join(v) if isinstance(v, list) else str(v),
     "hls-fragment": float,
     "hls-window": int,
-    # -- end recorders --
 }
 
 #: Outgoing RTMP chunk size bounds: RTMP allows 1..0x7FFFFFFF; below 128 is
@@ -118,7 +116,6 @@ class Options(usage.Options):
             "Seconds a publisher may send nothing before it is disconnected.",
             _positive_float,
         ],
-        # -- recorders (issue 6) --
         [
             "record", None, "hls",
             "Recorders: comma list of hls, flv, fmp4, fmp4-separate, or none.",
@@ -132,7 +129,6 @@ class Options(usage.Options):
             "hls-window", None, 6, "Segments listed in the live HLS playlist.",
             _positive_int("hls-window"),
         ],
-        # -- end recorders --
     ]
 
     def __init__(self) -> None:
@@ -179,14 +175,12 @@ class Options(usage.Options):
                 f"--chunk-size {self['chunk-size']} is out of range "
                 f"{MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}"
             )
-        # -- recorders (issue 6) --
         from rtmpd.services.recorders import parse_record_option
 
         try:
             self["record"] = parse_record_option(self["record"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        # -- end recorders --
 
     def _load_config(self, path: str) -> None:
         try:
@@ -288,7 +282,7 @@ def makeService(
         listener = ListenerService(name, description, endpoint, factory)
         listener.setName(name)
         listener.setServiceParent(top)
-    # -- recorders (issue 6): writer first, so it stops after the recorders --
+    # Recorders (the disk writer first, so it stops after them).
     from rtmpd.services.recorders import make_recorders
 
     for recorder in make_recorders(
@@ -300,6 +294,5 @@ def makeService(
         window=int(options.get("hls-window", 6)),
     ):
         recorder.setServiceParent(top)
-    # -- end recorders --
     top.registry = registry  # type: ignore[attr-defined]
     return top

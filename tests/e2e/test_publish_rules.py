@@ -100,3 +100,22 @@ def test_web_port_serves_nothing_outside_root(server: Server) -> None:
                 reply += chunk
         assert reply.split(b" ")[1] in (b"400", b"403", b"404"), (path, reply[:100])
         assert b"twistd" not in reply
+
+
+def test_web_port_cache_rules_let_a_cdn_keep_segments_not_playlists(server: Server) -> None:
+    hls = server.root / "hls" / "live" / "cam"
+    hls.mkdir(parents=True)
+    for name in ("index.m3u8", "0.ts", "x.m4s", "stream_full.mp4"):
+        (hls / name).write_bytes(b"x")
+    expected = {
+        "index.m3u8": ("no-cache", "application/vnd.apple.mpegurl"),
+        "0.ts": ("public, max-age=86400", "video/mp2t"),
+        "x.m4s": ("public, max-age=86400", "video/iso.segment"),
+        "stream_full.mp4": ("no-cache", "video/mp4"),
+    }
+    for name, (cache, mime) in expected.items():
+        url = f"http://127.0.0.1:{server.web_port}/hls/live/cam/{name}"
+        with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+            assert response.headers["Cache-Control"] == cache, name
+            assert response.headers["Content-Type"] == mime, name
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
