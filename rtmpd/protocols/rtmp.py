@@ -119,7 +119,6 @@ class RtmpServerProtocol(protocol.Protocol):
             set_no_delay(True)
         self._last_data = self.clock.seconds()
         self._timer = self.clock.callLater(self.factory.handshake_timeout, self._check_timeout)
-        log.debug("connect {peer}", peer=self.peer)
 
     def _check_timeout(self) -> None:
         self._timer = None

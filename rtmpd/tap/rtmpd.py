@@ -208,6 +208,21 @@ class Options(usage.Options):
                 ) from None
 
 
+#: Listen backlog for TCP and TLS listeners unless the endpoint string sets
+#: one. Twisted's default of 50 drops connections when viewers arrive in a
+#: burst (a popular stream going live): 2 000 joins a second overflow it.
+DEFAULT_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """``description`` with ``backlog=DEFAULT_BACKLOG`` added to a tcp/ssl
+    endpoint that does not set its own."""
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
 class ListenerService(internet.StreamServerEndpointService):
     """A listener that stops twistd with one clear line when its port is
     taken (rather than a traceback)."""
@@ -276,7 +291,7 @@ def makeService(
         ("web", options["web"], web_site),
     ):
         try:
-            endpoint = endpoints.serverFromString(reactor, description)
+            endpoint = endpoints.serverFromString(reactor, with_backlog(description))
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"--{name} {description!r} is not an endpoint: {e}") from None
         listener = ListenerService(name, description, endpoint, factory)

@@ -236,3 +236,16 @@ def test_flv_ingest_publishes_frames_split_anywhere() -> None:
     assert stream.video_header is not None and len(stream.gop.frames) == 2
     ingest.finish("done")
     assert registry.get("live", "cam") is None
+
+
+def test_listeners_get_a_backlog_for_bursts_of_viewers(tmp_path: Path) -> None:
+    from rtmpd.tap.rtmpd import DEFAULT_BACKLOG, with_backlog
+
+    assert with_backlog("tcp:1935") == f"tcp:1935:backlog={DEFAULT_BACKLOG}"
+    assert with_backlog("tcp:1935:backlog=10") == "tcp:1935:backlog=10"
+    assert with_backlog("unix:/tmp/x") == "unix:/tmp/x"
+    reactor = MemoryReactorClock()
+    options = Options()
+    options.parseOptions(["--root", str(tmp_path / "media")])
+    makeService(options, reactor=reactor).privilegedStartService()
+    assert {backlog for _, _, backlog, _ in reactor.tcpServers} == {DEFAULT_BACKLOG}
