@@ -167,6 +167,20 @@ class _Connection:
         """All bytes received from the peer, handshake included."""
         return self._bytes_received
 
+    def next_event(self) -> Event | NeedData:
+        """The next event, or ``NEED_DATA``. Raises ``RemoteProtocolError`` on
+        bad input; after that the connection is failed for good."""
+        if self._failed:
+            raise LocalProtocolError("next_event() after the connection failed")
+        try:
+            return self._next_event()
+        except ProtocolError:
+            self._failed = True
+            raise
+
+    def _next_event(self) -> Event | NeedData:
+        raise NotImplementedError
+
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer; clears them."""
         out = bytes(self._out)
@@ -441,16 +455,6 @@ class ServerConnection(_Connection):
             self._handshake_done = True
             self._transition(_Input.HANDSHAKE_DONE)
             self._reader.receive_data(self._handshake.leftover())
-
-    def next_event(self) -> Event | NeedData:
-        """The next event, or ``NEED_DATA``. Raises ``RemoteProtocolError`` on bad input."""
-        if self._failed:
-            raise LocalProtocolError("next_event() after the connection failed")
-        try:
-            return self._next_event()
-        except ProtocolError:
-            self._failed = True
-            raise
 
     def _next_event(self) -> Event | NeedData:
         if self._handshake_done and not self._handshake_reported:
@@ -993,16 +997,6 @@ class ClientConnection(_Connection):
             self._out += self._queued
             self._queued.clear()
             self._reader.receive_data(self._handshake.leftover())
-
-    def next_event(self) -> Event | NeedData:
-        """The next event, or ``NEED_DATA``."""
-        if self._failed:
-            raise LocalProtocolError("next_event() after the connection failed")
-        try:
-            return self._next_event()
-        except ProtocolError:
-            self._failed = True
-            raise
 
     def _next_event(self) -> Event | NeedData:
         if self._handshake_done and not self._handshake_reported:
