@@ -243,6 +243,21 @@ def encode_adaptation_field(
     return bytes(out)
 
 
+def _payload_only_headers(pid: int) -> tuple[bytes, ...]:
+    """The 16 headers of a full, payload-only, non-start packet on ``pid``
+    (one per continuity_counter value)."""
+    headers = _HEADER_CACHE.get(pid)
+    if headers is None:
+        headers = tuple(bytes((SYNC_BYTE, pid >> 8, pid & 0xFF, 0x10 | cc)) for cc in range(16))
+        _HEADER_CACHE[pid] = headers
+    return headers
+
+
+#: PID -> its 16 payload-only packet headers. PIDs are 13 bits, so this is
+#: bounded by the PIDs a muxer uses (a handful).
+_HEADER_CACHE: dict[int, tuple[bytes, ...]] = {}
+
+
 def packetize(
     pid: int,
     data: bytes,
@@ -257,34 +272,51 @@ def packetize(
     PCR / random_access_indicator if given; the last one is filled with
     adaptation-field stuffing. ``counters`` maps PID to the last
     continuity_counter used and is updated.
+
+    This runs for every byte of recorded HLS, so the packets in the middle
+    (full payload, no adaptation field) are made from cached headers and
+    joined once.
     """
-    out = bytearray()
-    pos = 0
-    first = True
+    cc = counters.get(pid, 0x0F)
+    if pcr_27m is not None:
+        room = _TS_PAYLOAD_SIZE - 8
+    elif random_access:
+        room = _TS_PAYLOAD_SIZE - 2
+    else:
+        room = _TS_PAYLOAD_SIZE
     total = len(data)
-    while first or pos < total:
-        af_min = 0
-        if first and pcr_27m is not None:
-            af_min = 8
-        elif first and random_access:
-            af_min = 2
-        room = _TS_PAYLOAD_SIZE - af_min
-        chunk = data[pos : pos + room]
-        pos += len(chunk)
-        af_size = _TS_PAYLOAD_SIZE - len(chunk)
-        cc = (counters.get(pid, 0x0F) + 1) & 0x0F
-        counters[pid] = cc
-        afc = 0x30 if af_size else 0x10  # adaptation field + payload, or payload only
-        out += bytes((SYNC_BYTE, (0x40 if first else 0) | pid >> 8, pid & 0xFF, afc | cc))
-        if af_size:
-            out += encode_adaptation_field(
-                size=af_size,
-                pcr_27m=pcr_27m if first else None,
-                random_access=random_access and first,
-            )
-        out += chunk
-        first = False
-    return bytes(out)
+    # First packet (payload_unit_start_indicator set).
+    chunk = data[:room]
+    pos = len(chunk)
+    cc = (cc + 1) & 0x0F
+    af_size = _TS_PAYLOAD_SIZE - pos
+    parts: list[bytes | memoryview] = [
+        bytes((SYNC_BYTE, 0x40 | pid >> 8, pid & 0xFF, (0x30 if af_size else 0x10) | cc))
+    ]
+    if af_size:
+        parts.append(
+            encode_adaptation_field(size=af_size, pcr_27m=pcr_27m, random_access=random_access)
+        )
+    parts.append(chunk)
+    # Full packets in the middle.
+    headers = _payload_only_headers(pid)
+    full_end = pos + (total - pos) // _TS_PAYLOAD_SIZE * _TS_PAYLOAD_SIZE
+    view = memoryview(data)
+    append = parts.append
+    while pos < full_end:
+        cc = (cc + 1) & 0x0F
+        append(headers[cc])
+        append(view[pos : pos + _TS_PAYLOAD_SIZE])
+        pos += _TS_PAYLOAD_SIZE
+    # Last, partly filled packet, padded with adaptation-field stuffing.
+    if pos < total:
+        cc = (cc + 1) & 0x0F
+        chunk = data[pos:]
+        parts.append(bytes((SYNC_BYTE, pid >> 8, pid & 0xFF, 0x30 | cc)))
+        parts.append(encode_adaptation_field(size=_TS_PAYLOAD_SIZE - len(chunk)))
+        parts.append(chunk)
+    counters[pid] = cc
+    return b"".join(parts)
 
 
 # --------------------------------------------------------------------------- muxer
