@@ -234,6 +234,10 @@ class FlvHttpResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
+#: How long a refused publisher may go on sending its body (discarded) after
+#: the refusal, so that it can read the answer before the connection closes.
+REFUSAL_LINGER_S = 2.0
+
 _STATUS_TEXT = {400: b"Bad Request", 403: b"Forbidden", 409: b"Conflict"}
 
 
@@ -300,7 +304,18 @@ class FlvRequest(server.Request):
             b"Connection: close\r\n\r\n%s"
             % (code, _STATUS_TEXT.get(code, b"Error"), len(body), body)
         )
-        transport.loseConnection()
+        # Lingering close: closing while the client is still sending its
+        # body would reset the connection and destroy the answer before the
+        # client reads it. Send FIN after the answer, discard what still
+        # comes in, and cut the connection after REFUSAL_LINGER_S.
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None:
+            transport.loseConnection()
+            return
+        half_close()
+        reactor = getattr(channel.site, "reactor", None)
+        if reactor is not None:
+            reactor.callLater(REFUSAL_LINGER_S, transport.abortConnection)
 
     def _stop(self, reason: str) -> None:
         channel: Any = self.channel

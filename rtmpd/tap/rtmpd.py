@@ -11,9 +11,13 @@ from typing import Any
 from twisted.application import internet, service
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
+from rtmpd._version import __version__
 from rtmpd.registry import StreamConfig, StreamRegistry
+
+log = Logger()
 
 #: Options that may appear in the TOML file given by --config, with the
 #: function that converts the file's value.
@@ -65,19 +69,19 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "A live-streaming server: publish over RTMP, play over RTMP and "
-        "HTTP-FLV, with a GOP cache for instant start. Listeners are Twisted "
-        "endpoint strings, so ssl:1936:privateKey=key.pem:certKey=cert.pem "
-        "gives RTMPS / HTTPS."
+        "A live-streaming server: publish over RTMP, HTTP-FLV (POST/PUT) or WS-FLV; "
+        "play over RTMP, HTTP-FLV or WS-FLV, with a GOP cache for instant start; "
+        "record HLS, FLV and fMP4/MP4 under --root. Listeners are Twisted endpoint "
+        "strings, so ssl:1936:privateKey=key.pem:certKey=cert.pem gives RTMPS / HTTPS / WSS."
     )
 
     optParameters: list[Sequence[Any]] = [
         ["rtmp", None, "tcp:1935", "RTMP listener (publish and play rtmp://host/{app}/{stream})."],
         [
             "http", None, "tcp:8501",
-            "HTTP-FLV listener (play GET /{app}/{stream}.flv).",
+            "HTTP listener: HTTP-FLV and WS-FLV play /{app}/{stream}.flv, publish /{app}/{stream}.",
         ],
-        ["web", None, "tcp:8080", "Web listener: player pages and the --root tree, read-only."],
+        ["web", None, "tcp:8080", "Web listener: the --root tree (recordings), read-only."],
         ["root", None, "./media", "Directory for recordings, served by --web."],
         ["config", "c", None, "TOML file with any of these options (the command line wins)."],
         [
@@ -268,7 +272,12 @@ def makeService(
     )
     registry = StreamRegistry(reactor, config)
     root = os.path.abspath(options["root"])
-    os.makedirs(root, exist_ok=True)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"rtmpd: cannot create --root {root}: {e.strerror}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise SystemExit(f"rtmpd: --root {root} is not writable")
 
     top = service.MultiService()
     top.setName("rtmpd")
@@ -309,5 +318,10 @@ def makeService(
         window=int(options.get("hls-window", 6)),
     ):
         recorder.setServiceParent(top)
+    log.info(
+        "rtmpd {version}: rtmp {rtmp}, http {http}, web {web}, root {root}, record {record}",
+        version=__version__.public(), rtmp=options["rtmp"], http=options["http"],
+        web=options["web"], root=root, record=",".join(options.get("record", ())) or "none",
+    )
     top.registry = registry  # type: ignore[attr-defined]
     return top

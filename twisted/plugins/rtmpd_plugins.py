@@ -6,6 +6,6 @@ from twisted.application.service import ServiceMaker
 rtmpd = ServiceMaker(
     "rtmpd",
     "rtmpd.tap.rtmpd",
-    "Live-streaming server: RTMP and HTTP-FLV publish/play with GOP cache and recorders.",
+    "Live streaming: RTMP, HTTP-FLV and WS-FLV publish/play, GOP cache, HLS/FLV/MP4 recording.",
     "rtmpd",
 )
