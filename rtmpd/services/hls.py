@@ -12,7 +12,7 @@ left the window. RFC 8216 section 6.2.2 wants a segment that left the
 playlist to stay available for a while (its duration plus the playlist's),
 so files are deleted once ``window + 1`` further segments have left
 (at most ``2 * window + 1`` segments on disk). At the end of the stream the
-playlist gets ``#EXT-X-ENDLIST``.
+playlist gets ``#EXT-X-ENDLIST`` and the segments no longer listed are deleted.
 
 Republish of the same name: if the old playlist is there, the new
 recording continues it: the media sequence goes on from the old one (no
@@ -130,6 +130,11 @@ class HlsFiles(DiskFiles):
     def end(self) -> None:
         self.playlist.end()
         write_atomically(self.playlist_path, self.playlist.render().encode())
+        # The ended playlist is final: segments that already left it are of
+        # no use to anyone now, so they go at once (not at the next publish).
+        while self._leaving:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, self._leaving.popleft()))
         remove_marker(self.directory)
 
 

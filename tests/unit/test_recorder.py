@@ -700,3 +700,18 @@ def test_make_service_adds_the_chosen_recorders(
     assert ("record-writer" in children) == bool(names)
     if names:
         assert children.index("record-writer") < children.index(names[0])
+
+
+def test_hls_end_deletes_segments_no_longer_listed(tmp_path: Path) -> None:
+    from rtmpd.services.hls import HlsFiles
+
+    files = HlsFiles(str(tmp_path / "hls"), target_duration_s=2, window=2)
+    files.open()
+    for _ in range(10):
+        files.add_segment([b"\x47" * 188], 2000, False)
+    # While live, left segments linger for window + 1 more segments.
+    assert len([n for n in os.listdir(files.directory) if n.endswith(".ts")]) == 5
+    files.end()
+    left = sorted(n for n in os.listdir(files.directory) if n.endswith(".ts"))
+    assert left == ["8.ts", "9.ts"]
+    assert "#EXT-X-ENDLIST" in (tmp_path / "hls" / "index.m3u8").read_text()
