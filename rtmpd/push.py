@@ -954,6 +954,11 @@ def _run(reactor: Any, source: PushSource, target: PushTarget, args: argparse.Na
         if reactor.running:
             reactor.stop()
 
+    if args.start * 1000 >= source.duration_ms > 0:
+        err.write(
+            f"rtmpd-push: warning: --start {args.start:g} is past the end of the input "
+            f"({source.duration_ms / 1000:g} s); starting at its last keyframe\n"
+        )
     connector = make_connector(reactor, target, has_audio=source.has_audio,
                                has_video=source.has_video)
     pusher = Pusher(source, connector, reactor, on_exit, speed=args.speed, loop=args.loop,
