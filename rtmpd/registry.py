@@ -279,16 +279,14 @@ class Stream:
         them) only read ``onMetaData`` as stream header data at time 0 and
         turn it into a spurious data stream otherwise.
         """
-        start = self.gop.frames[0].timestamp_ms if self.gop.frames else self._last_out_ms_max()
+        frames = self.gop.frames
+        start = frames[0].timestamp_ms if frames else max(self._last_out_ms.values())
         if self.metadata is not None:
             meta = self.metadata
             yield meta if meta.timestamp_ms == 0 else replace(meta, timestamp_ms=0)
         for frame in (self.video_header, self.audio_header):
             if frame is not None:
                 yield frame if frame.timestamp_ms == start else replace(frame, timestamp_ms=start)
-
-    def _last_out_ms_max(self) -> int:
-        return max(self._last_out_ms.values())
 
     def add_viewer(self, output: OutputFormat, viewer: ViewerOutput) -> None:
         """Start a viewer: preamble, metadata, sequence headers and the GOP

@@ -39,7 +39,6 @@ class FlvIngest:
         self.reader = flv.FlvReader()
         self.bytes_in = 0
         self.tags_in = 0
-        self.saw_header = False
         # Raises InvalidStreamName / StreamBusy; the adapter maps those to
         # its own refusals before any body byte is consumed.
         self.stream: Stream | None = registry.publish(app, name, self)
@@ -62,9 +61,7 @@ class FlvIngest:
                     stream.push(
                         Frame.from_tag(event.tag_type, event.timestamp_ms, event.body)
                     )
-            elif isinstance(event, flv.FlvHeaderReceived):
-                self.saw_header = True
-            else:
+            elif isinstance(event, flv.EndOfStream):
                 return
 
     def finish(self, reason: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from twisted.internet import protocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -180,7 +181,7 @@ class RtmpServerProtocol(protocol.Protocol):
             self._timer.cancel()
         self._timer = None
         why = self.close_reason or (
-            "closed by the peer" if reason.check(*_CLEAN_CLOSE) else reason.getErrorMessage()
+            "closed by the peer" if reason.check(ConnectionDone) else reason.getErrorMessage()
         )
         for stream in list(self.publishing.values()):
             self.registry.unpublish(stream, f"publisher {self.peer} disconnected ({why})")
@@ -327,15 +328,6 @@ class RtmpServerProtocol(protocol.Protocol):
         if self.transport is not None and self.close_reason is None:
             self.conn.play_unpublish_notify(viewer.stream_id, viewer.stream.name)
             self._flush()
-
-
-def _clean_close_types() -> tuple[type[BaseException], ...]:
-    from twisted.internet import error
-
-    return (error.ConnectionDone,)
-
-
-_CLEAN_CLOSE = _clean_close_types()
 
 
 class RtmpServerFactory(protocol.Factory):

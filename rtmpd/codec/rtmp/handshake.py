@@ -135,7 +135,38 @@ class _State(enum.Enum):
     DONE = "done"
 
 
-class ServerHandshake:
+class _Handshake:
+    """What both sides share: injected randomness, the output buffer, and
+    the bytes that arrive after the handshake (the start of the chunk stream)."""
+
+    _random_bytes: Callable[[int], bytes]
+    _state: _State
+    _buffer: bytearray
+    _out: bytearray
+
+    def _random(self, size: int) -> bytes:
+        data = self._random_bytes(size)
+        if len(data) != size:
+            raise LocalProtocolError(f"random_bytes({size}) returned {len(data)} bytes")
+        return data
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the peer; clears them."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def leftover(self) -> bytes:
+        """Bytes received after the peer's last handshake packet (chunk
+        stream data); clears them."""
+        if self._state is not _State.DONE:
+            raise LocalProtocolError("leftover() called before the handshake is done")
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+
+class ServerHandshake(_Handshake):
     """Server side: read C0+C1, answer S0+S1+S2, read C2.
 
     ``receive_data`` raises :class:`RemoteProtocolError` on a bad version;
@@ -194,28 +225,9 @@ class ServerHandshake:
         s2 = s2_random + _signature(s2_random, FMS_KEY, client_digest)
         return bytes((RTMP_VERSION,)) + bytes(s1_buf) + s2
 
-    def _random(self, size: int) -> bytes:
-        data = self._random_bytes(size)
-        if len(data) != size:
-            raise LocalProtocolError(f"random_bytes({size}) returned {len(data)} bytes")
-        return data
-
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the client (S0+S1+S2 once C1 arrived); clears them."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def leftover(self) -> bytes:
-        """Bytes received after C2 (chunk stream data); clears them."""
-        if self._state is not _State.DONE:
-            raise LocalProtocolError("leftover() called before the handshake is done")
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        return rest
 
 
-class ClientHandshake:
+class ClientHandshake(_Handshake):
     """Client side: send C0+C1, read S0+S1, send C2, read S2.
 
     With ``complex=True`` C1 carries a digest (``scheme`` 0 or 1). The server
@@ -256,12 +268,6 @@ class ClientHandshake:
         """Whether the server answered with a valid digest handshake."""
         return self._server_complex
 
-    def _random(self, size: int) -> bytes:
-        data = self._random_bytes(size)
-        if len(data) != size:
-            raise LocalProtocolError(f"random_bytes({size}) returned {len(data)} bytes")
-        return data
-
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the server."""
         self._buffer += data
@@ -300,16 +306,3 @@ class ClientHandshake:
             return  # the server signed S1 but echoed C1 in S2; accept it
         raise RemoteProtocolError("server S2 signature does not match our C1 digest")
 
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the server (C0+C1 at first, then C2); clears them."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def leftover(self) -> bytes:
-        """Bytes received after S2 (chunk stream data); clears them."""
-        if self._state is not _State.DONE:
-            raise LocalProtocolError("leftover() called before the handshake is done")
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        return rest
