@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer
 
 from rtmpd.media import Frame
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 #: on Linux); longer lists are sent in several calls.
 IOV_MAX = 1024
 
+_write = os.write
+
 #: Bytes a viewer's transport may hold before Twisted pauses it (Twisted's
 #: default is 64 KiB). A new viewer's first burst (headers and a whole GOP)
 #: is often bigger than that; pausing on it would make a perfectly healthy
@@ -47,6 +49,10 @@ IOV_MAX = 1024
 #: holds nothing, so this costs memory only for slow ones, which the queue
 #: limit bounds anyway.
 VIEWER_BUFFER_BYTES = 256 * 1024
+
+#: Viewers served per slice of a flush pass before the reactor gets a turn
+#: (about 2 ms of sends on loopback).
+FLUSH_SLICE_VIEWERS = 256
 
 
 class OutputFormat(Protocol):
@@ -66,14 +72,20 @@ class OutputFormat(Protocol):
 class ViewerState(enum.Enum):
     """Where a viewer stands with respect to the group's pending list."""
 
-    #: Gets every flush from position 0 (or from its join position, once).
+    #: Gets every flush pass.
     SYNCED = "synced"
+    #: Joined (or rejoined) since the last pass: gets the pending frames from
+    #: its join position at the next pass, and is synced from then on.
+    JOINED = "joined"
     #: Its socket is full; frames are skipped and counted as lag.
     PAUSED = "paused"
     #: Socket drained; rejoins at the next keyframe.
     WAITING = "waiting"
     #: Gone.
     CLOSED = "closed"
+
+
+_SENDING = (ViewerState.SYNCED, ViewerState.JOINED)
 
 
 @implementer(IPushProducer)
@@ -178,6 +190,25 @@ class ViewerOutput:
         if written != size:
             _write_rest(t, chunks, 0, written)
 
+    def send_bytes(self, data: bytes, frames: int) -> None:
+        """Send one pass's bytes (``frames`` frames joined): the per-viewer
+        hot path, one ``write`` when the transport holds nothing."""
+        self.bytes_sent += len(data)
+        self.frames_sent += frames
+        t: Any = self.transport
+        fd = self._fd
+        if fd < 0 or t._tempDataLen or len(t.dataBuffer) != t.offset:
+            t.write(data)
+            return
+        try:
+            written = _write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the peer is gone; connectionLost follows
+        if written != len(data):
+            t.write(data[written:])
+
     def _send_in_batches(self, fd: int, chunks: Sequence[bytes]) -> None:
         t: Any = self.transport
         for start in range(0, len(chunks), IOV_MAX):
@@ -196,7 +227,7 @@ class ViewerOutput:
 
     def pauseProducing(self) -> None:
         """The socket is full: stop taking frames (idempotent)."""
-        if self.state is ViewerState.SYNCED and self.group is not None:
+        if self.state in _SENDING and self.group is not None:
             self.group.hold(self)
 
     def resumeProducing(self) -> None:
@@ -241,8 +272,11 @@ class FanoutGroup:
         *,
         queue_limit_bytes: int,
         on_empty: Callable[[FanoutGroup], None] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.output = output
+        #: Paces flush passes in slices; without one a pass runs all at once.
+        self.clock = clock
         self.queue_limit_bytes = queue_limit_bytes
         #: Called when the last viewer leaves, so the stream stops encoding
         #: frames for nobody.
@@ -257,6 +291,13 @@ class FanoutGroup:
         self._synced: dict[ViewerOutput, None] = {}
         self._joined: dict[ViewerOutput, int] = {}
         self._held: dict[ViewerOutput, None] = {}
+        # The pass in progress: who gets ``_pass_data`` and how far it got.
+        self._pass_viewers: list[ViewerOutput] | None = None
+        self._pass_data = b""
+        self._pass_frames = 0
+        self._pass_next = 0
+        self._pass_call: IDelayedCall | None = None
+        self._flush_again = False
 
     def __len__(self) -> int:
         return len(self._synced) + len(self._joined) + len(self._held)
@@ -270,11 +311,11 @@ class FanoutGroup:
     def add(self, viewer: ViewerOutput, burst: list[bytes]) -> None:
         """Add a viewer, sending ``burst`` (preamble, headers, GOP) now."""
         viewer.group = self
-        viewer.state = ViewerState.SYNCED
+        viewer.state = ViewerState.JOINED
         size = sum(map(len, burst))
         viewer.allow_buffered(size + VIEWER_BUFFER_BYTES)
         viewer.send(burst, size)
-        if viewer.state is ViewerState.SYNCED:
+        if viewer.state is ViewerState.JOINED:
             self._joined[viewer] = len(self.pending)
 
     def remove(self, viewer: ViewerOutput) -> None:
@@ -320,33 +361,87 @@ class FanoutGroup:
         for viewer in [v for v in self._held if v.state is ViewerState.WAITING]:
             del self._held[viewer]
             viewer.frames_dropped += self.total_frames - viewer._lag_base_frames
-            viewer.state = ViewerState.SYNCED
+            viewer.state = ViewerState.JOINED
             self._joined[viewer] = position
 
     def flush(self) -> None:
-        """Send the pending frames: one send per viewer."""
+        """Start a pass that sends the pending frames: one send per viewer.
+
+        A pass serves :data:`FLUSH_SLICE_VIEWERS` viewers at a time and, with
+        a clock, lets the reactor run between slices, so joins and the
+        publisher's next frame are not stuck behind a pass over a large
+        audience. Frames that arrive meanwhile wait for the next pass; a flush
+        asked for during a pass starts the next one as soon as it ends.
+        """
+        if self._pass_viewers is not None:
+            self._flush_again = True
+            return
         pending = self.pending
         if pending:
-            size = self.pending_size
             self.pending = []
             self.pending_size = 0
-            for viewer in list(self._synced):
-                if viewer.state is ViewerState.SYNCED:
-                    viewer.send(pending, size)
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            self._pass_viewers = list(self._synced)
             if self._joined:
+                # Viewers that joined since the last pass get the frames
+                # from their join position on, now, and are synced after.
                 joined = self._joined
                 self._joined = {}
                 for viewer, position in joined.items():
-                    if viewer.state is ViewerState.SYNCED:
-                        self._synced[viewer] = None
+                    if viewer.state is ViewerState.JOINED:
                         rest = pending[position:]
                         viewer.send(rest, sum(map(len, rest)))
+                        if viewer.state is ViewerState.JOINED:
+                            viewer.state = ViewerState.SYNCED
+                            self._synced[viewer] = None
+            self._pass_data = data
+            self._pass_frames = len(pending)
+            self._pass_next = 0
+            self._run_pass()
         elif self._joined:
             for viewer in self._joined:
+                viewer.state = ViewerState.SYNCED
                 self._synced[viewer] = None
             self._joined = {}
         if self._held:
             self._check_lag()
+
+    def _run_pass(self) -> None:
+        """Serve the next slice of the current pass (all of it without a clock)."""
+        self._pass_call = None
+        viewers = self._pass_viewers
+        if viewers is None:
+            return
+        data = self._pass_data
+        frames = self._pass_frames
+        start = self._pass_next
+        stop = len(viewers) if self.clock is None else start + FLUSH_SLICE_VIEWERS
+        synced = ViewerState.SYNCED
+        for viewer in viewers[start:stop]:
+            if viewer.state is synced:
+                viewer.send_bytes(data, frames)
+        if stop < len(viewers):
+            self._pass_next = stop
+            assert self.clock is not None
+            self._pass_call = self.clock.callLater(0, self._run_pass)
+            return
+        self._pass_viewers = None
+        self._pass_data = b""
+        if self._flush_again:
+            self._flush_again = False
+            self.flush()
+
+    def _finish_pass(self) -> None:
+        """Serve the rest of the current pass now (the stream is ending)."""
+        call = self._pass_call
+        if call is not None and call.active():
+            call.cancel()
+        self._pass_call = None
+        clock, self.clock = self.clock, None
+        try:
+            self._run_pass()
+        finally:
+            self.clock = clock
 
     def _check_lag(self) -> None:
         limit = self.queue_limit_bytes
@@ -360,8 +455,12 @@ class FanoutGroup:
                 )
 
     def end(self, reason: str) -> None:
-        """Flush what is pending, then end every viewer's output."""
+        """Send everything still pending, then end every viewer's output."""
+        self._flush_again = False
+        self._finish_pass()
+        clock, self.clock = self.clock, None
         self.flush()
+        self.clock = clock
         for viewer in self.viewers():
             self.remove(viewer)
             viewer.stream_ended(reason)

@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from rtmpd.codec import flv
 from rtmpd.errors import InvalidStreamName, StreamBusy
-from rtmpd.fanout import ViewerOutput, ViewerState
+from rtmpd.fanout import FLUSH_SLICE_VIEWERS, ViewerOutput, ViewerState
 from rtmpd.interfaces import IMediaSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.registry import (
@@ -165,17 +165,24 @@ def test_each_frame_is_encoded_once_for_all_viewers() -> None:
     assert all(len(v.tags()) == 10 for v in viewers)
 
 
-def test_merge_window_batches_sends_until_the_clock_moves() -> None:
+def test_merge_window_sends_at_most_once_per_window() -> None:
     registry, clock = make_registry(merge_ms=50)
     stream = registry.publish("live", "cam", FakeSource())
     viewer = RecordingViewer()
     stream.add_viewer(CountingFormat(), viewer)
-    base = len(viewer.transport.value())  # type: ignore[attr-defined]
-    for ts in (0, 40, 80):
-        stream.push(video(ts, key=ts == 0))
-    assert len(viewer.transport.value()) == base  # type: ignore[attr-defined]
-    clock.advance(0.05)
+    stream.push(video(0, key=True))  # nothing sent for a window: goes at once
+    assert [t[1] for t in viewer.tags()] == [0]
+    clock.advance(0.01)
+    stream.push(video(40))
+    stream.push(video(80))
+    assert [t[1] for t in viewer.tags()] == [0]
+    clock.advance(0.039)
+    assert [t[1] for t in viewer.tags()] == [0]
+    clock.advance(0.001)  # 50 ms after the first send
     assert [t[1] for t in viewer.tags()] == [0, 40, 80]
+    clock.advance(0.2)
+    stream.push(video(120))  # a quiet window ago: at once again
+    assert [t[1] for t in viewer.tags()] == [0, 40, 80, 120]
 
 
 def test_adaptive_merge_window_grows_with_the_audience() -> None:
@@ -183,7 +190,8 @@ def test_adaptive_merge_window_grows_with_the_audience() -> None:
     assert adaptive_merge_ms(99) == 0
     assert adaptive_merge_ms(1000) == 10
     assert adaptive_merge_ms(10_000) == 100
-    assert adaptive_merge_ms(100_000) == 100
+    assert adaptive_merge_ms(20_000) == 200
+    assert adaptive_merge_ms(100_000) == 250
 
 
 def test_paused_viewer_skips_to_next_keyframe_and_others_keep_everything() -> None:
@@ -303,3 +311,70 @@ def test_a_format_nobody_watches_any_more_is_no_longer_encoded() -> None:
     fmt.encoded.clear()
     stream.push(video(400))
     assert fmt.encoded == []
+
+
+def _audience(stream: Stream, n: int) -> list[RecordingViewer]:
+    fmt = CountingFormat()
+    viewers = [RecordingViewer() for _ in range(n)]
+    for v in viewers:
+        stream.add_viewer(fmt, v)
+    stream.flush()  # nothing pending: they are simply in sync from now on
+    return viewers
+
+
+def test_a_pass_over_a_large_audience_lets_the_reactor_run_between_slices() -> None:
+    registry, clock = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    viewers = _audience(stream, 2 * FLUSH_SLICE_VIEWERS + 10)
+    stream.push(video(40))
+    got = [len(v.tags()) for v in viewers]
+    assert got == [2] * FLUSH_SLICE_VIEWERS + [1] * (FLUSH_SLICE_VIEWERS + 10)
+    stream.push(video(80))  # arrives mid-pass: waits for the next pass
+    assert [len(v.tags()) for v in viewers] == got
+    clock.advance(0)  # (Clock runs the follow-up slices and passes at once)
+    assert all([t[1] for t in v.tags()] == [0, 40, 80] for v in viewers)
+
+
+def test_viewer_joining_during_a_pass_gets_every_frame_once() -> None:
+    registry, clock = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    viewers = _audience(stream, FLUSH_SLICE_VIEWERS + 1)
+    stream.push(video(40))  # the last viewer has not got it yet
+    late = RecordingViewer()
+    stream.add_viewer(CountingFormat(), late)  # 0 and 40 from the GOP cache
+    stream.push(video(80))
+    for _ in range(3):
+        clock.advance(0)
+    for v in [*viewers, late]:
+        assert [t[1] for t in v.tags()] == [0, 40, 80]
+
+
+def test_viewer_that_pauses_and_rejoins_during_a_pass_skips_that_pass() -> None:
+    registry, clock = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    viewers = _audience(stream, FLUSH_SLICE_VIEWERS + 1)
+    last = viewers[-1]
+    stream.push(video(40))  # pass in progress; `last` is in its second slice
+    last.pauseProducing()
+    last.resumeProducing()
+    stream.push(video(80, key=True))  # `last` rejoins here
+    for _ in range(3):
+        clock.advance(0)
+    assert [t[1] for t in last.tags()] == [0, 80]
+    assert [t[1] for t in viewers[0].tags()] == [0, 40, 80]
+
+
+def test_stream_end_during_a_pass_delivers_everything_first() -> None:
+    registry, _ = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    viewers = _audience(stream, FLUSH_SLICE_VIEWERS + 5)
+    stream.push(video(40))
+    stream.push(video(80))
+    registry.unpublish(stream, "publisher left")
+    for v in viewers:
+        assert [t[1] for t in v.tags()] == [0, 40, 80]
+        assert v.ended == ["publisher left"]
