@@ -171,24 +171,7 @@ class ViewerOutput:
             return
         self.bytes_sent += size
         self.frames_sent += len(chunks)
-        t: Any = self.transport
-        fd = self._fd
-        if fd < 0 or t._tempDataLen or len(t.dataBuffer) != t.offset:
-            t.writeSequence(chunks)
-            return
-        if len(chunks) > IOV_MAX:
-            self._send_in_batches(fd, chunks)
-            return
-        try:
-            written = os.writev(fd, chunks)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            # The peer is gone; the reactor will notice and call
-            # connectionLost. Nothing more to send.
-            return
-        if written != size:
-            _write_rest(t, chunks, 0, written)
+        write_now(self.transport, self._fd, chunks, size)
 
     def send_bytes(self, data: bytes, frames: int) -> None:
         """Send one pass's bytes (``frames`` frames joined): the per-viewer
@@ -209,20 +192,6 @@ class ViewerOutput:
         if written != len(data):
             t.write(data[written:])
 
-    def _send_in_batches(self, fd: int, chunks: Sequence[bytes]) -> None:
-        t: Any = self.transport
-        for start in range(0, len(chunks), IOV_MAX):
-            batch = chunks[start : start + IOV_MAX]
-            try:
-                written = os.writev(fd, batch)
-            except BlockingIOError:
-                written = 0
-            except OSError:
-                return
-            if written != sum(map(len, batch)):
-                _write_rest(t, chunks, start, written)
-                return
-
     # -- IPushProducer -------------------------------------------------------
 
     def pauseProducing(self) -> None:
@@ -238,6 +207,42 @@ class ViewerOutput:
     def stopProducing(self) -> None:
         """The consumer is going away. The adapter's connection-lost handler
         removes the viewer from its stream (and logs why), so nothing here."""
+
+
+def write_now(transport: Any, fd: int, chunks: Sequence[bytes], size: int) -> None:
+    """Write ``chunks`` (``size`` bytes) to a connection's socket now.
+
+    ``fd`` is the socket of a plain TCP transport, or -1 (TLS, tests), in
+    which case the transport writes them. Twisted's own ``write`` only
+    queues the bytes and sends them on the next reactor turn, two epoll
+    updates later; this sends at once when the transport holds nothing
+    already sent in part. Bytes it queued but never tried (response headers,
+    say) go first in the same ``writev``. What the kernel does not take is
+    handed back to the transport, which keeps the order and applies
+    backpressure.
+    """
+    t = transport
+    if fd < 0 or len(t.dataBuffer) != t.offset or not t.connected or t.disconnecting:
+        t.writeSequence(chunks)
+        return
+    if t._tempDataLen:
+        chunks = [*t._tempDataBuffer, *chunks]
+        size += t._tempDataLen
+        t._tempDataBuffer = []
+        t._tempDataLen = 0
+    for start in range(0, len(chunks), IOV_MAX):
+        batch = chunks[start : start + IOV_MAX] if len(chunks) > IOV_MAX else chunks
+        try:
+            written = os.writev(fd, batch)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            # The peer is gone; the reactor will notice and call
+            # connectionLost. Nothing more to send.
+            return
+        if written != (size if batch is chunks else sum(map(len, batch))):
+            _write_rest(t, chunks, start, written)
+            return
 
 
 def _write_rest(transport: Any, chunks: Sequence[bytes], start: int, written: int) -> None:
@@ -297,7 +302,11 @@ class FanoutGroup:
         self._pass_frames = 0
         self._pass_next = 0
         self._pass_call: IDelayedCall | None = None
+        self._pass_started = 0.0
         self._flush_again = False
+        #: Wall time the last pass took, reactor turns between slices
+        #: included (what the adaptive window is measured against).
+        self.last_pass_s = 0.0
 
     def __len__(self) -> int:
         return len(self._synced) + len(self._joined) + len(self._held)
@@ -397,6 +406,8 @@ class FanoutGroup:
             self._pass_data = data
             self._pass_frames = len(pending)
             self._pass_next = 0
+            if self.clock is not None:
+                self._pass_started = self.clock.seconds()
             self._run_pass()
         elif self._joined:
             for viewer in self._joined:
@@ -427,6 +438,8 @@ class FanoutGroup:
             return
         self._pass_viewers = None
         self._pass_data = b""
+        if self.clock is not None:
+            self.last_pass_s = self.clock.seconds() - self._pass_started
         if self._flush_again:
             self._flush_again = False
             self.flush()

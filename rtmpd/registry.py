@@ -15,6 +15,7 @@ from rtmpd.errors import InvalidStreamName, StreamBusy
 from rtmpd.fanout import FanoutGroup, OutputFormat, ViewerOutput
 from rtmpd.interfaces import IMediaSink, IMediaSource, IStreamObserver
 from rtmpd.media import Frame, FrameKind
+from rtmpd.viewerlog import ViewerLog
 
 log = Logger()
 
@@ -34,6 +35,10 @@ IMMEDIATE_FLUSH_VIEWERS = 100
 VIEWERS_PER_MERGE_MS = 100
 #: The adaptive window never grows past this (latency cost stays bounded).
 MAX_ADAPTIVE_MERGE_MS = 250
+#: The adaptive window is also at least this many times the time the last
+#: flush pass took, so that passes leave the core free part of the time for
+#: joins and ingest on a machine where sends cost more than planned.
+PASS_DUTY_MARGIN = 1.25
 
 
 def validate_name(value: str, what: str = "stream name") -> str:
@@ -260,9 +265,12 @@ class Stream:
         the window that would delay every one of them by a whole window.)"""
         if self._flush_call is not None:
             return
-        merge_ms = self.config.merge_ms
+        merge_ms: float | None = self.config.merge_ms
         if merge_ms is None:
             merge_ms = adaptive_merge_ms(self.viewer_count())
+            if merge_ms > 0:
+                busy_ms = sum(g.last_pass_s for g in self.groups.values()) * 1000
+                merge_ms = min(MAX_ADAPTIVE_MERGE_MS, max(merge_ms, busy_ms * PASS_DUTY_MARGIN))
         if merge_ms <= 0:
             self.flush()
             return
@@ -388,6 +396,8 @@ class StreamRegistry:
         self.config = config or StreamConfig()
         self.streams: dict[tuple[str, str], Stream] = {}
         self.observers: list[IStreamObserver] = []
+        #: Viewer start/stop lines go through this (bounded per second).
+        self.viewer_log = ViewerLog(clock)
 
     def get(self, app: str, name: str) -> Stream | None:
         """The live stream by that name, or None. Invalid names raise."""

@@ -92,9 +92,9 @@ class HttpFlvViewer(ViewerOutput):
         self.stream = stream
 
     def stream_ended(self, reason: str) -> None:
-        log.info(
-            "play {path} by {peer} ended: {reason}", path=self.stream.path, peer=self.description,
-            reason=reason,
+        self.stream.registry.viewer_log.line(
+            "stop", self.stream.path, "play {path} by {peer} ended: {reason}",
+            peer=self.description, reason=reason,
         )
         if not self.request.finished and not self.request._disconnected:
             self.request.unregisterProducer()
@@ -113,10 +113,10 @@ class HttpFlvViewer(ViewerOutput):
         if self.state is ViewerState.CLOSED:
             return
         self.stream.remove_viewer(self)
-        log.info(
+        self.stream.registry.viewer_log.line(
+            "stop", self.stream.path,
             "play {path} by {peer} closed by the client ({bytes} bytes, {dropped} frames skipped)",
-            path=self.stream.path, peer=self.description, bytes=self.bytes_sent,
-            dropped=self.frames_dropped,
+            peer=self.description, bytes=self.bytes_sent, dropped=self.frames_dropped,
         )
 
 
@@ -229,7 +229,8 @@ class FlvHttpResource(resource.Resource):
             set_no_delay(True)
         request.registerProducer(viewer, True)
         request.notifyFinish().addBoth(viewer.connection_lost)
-        log.info("play {path} by {peer} (http-flv)", path=stream.path, peer=viewer.description)
+        stream.registry.viewer_log.line("play", stream.path, "play {path} by {peer} (http-flv)",
+                                        peer=viewer.description)
         stream.add_viewer(output, viewer)
         return server.NOT_DONE_YET
 

@@ -85,8 +85,9 @@ class WsFlvViewer(ViewerOutput):
         self.stream = stream
 
     def stream_ended(self, reason: str) -> None:
-        log.info("play {path} by {peer} ended: {reason}", path=self.stream.path,
-                 peer=self.description, reason=reason)
+        self.stream.registry.viewer_log.line("stop", self.stream.path,
+                                             "play {path} by {peer} ended: {reason}",
+                                             peer=self.description, reason=reason)
         self.protocol.sendClose(CLOSE_NORMAL, "stream ended")
 
     def drop(self, reason: str) -> None:
@@ -149,7 +150,8 @@ class WsFlvProtocol(WebSocketServerProtocol):
             transport.unregisterProducer()
             self.viewer = WsFlvViewer(self, stream)
             transport.registerProducer(self.viewer, True)
-            log.info("play {path} by {peer} (ws-flv)", path=stream.path, peer=self.peer_name)
+            registry.viewer_log.line("play", stream.path, "play {path} by {peer} (ws-flv)",
+                                     peer=self.peer_name)
             stream.add_viewer(WS_FLV, self.viewer)
             return
         try:
@@ -196,15 +198,21 @@ class WsFlvProtocol(WebSocketServerProtocol):
                 ingest.finish("disconnected mid-tag")
             else:
                 ingest.finish("finished")
+        why = self.close_reason or reason or f"code {code}"
         viewer = self.viewer
-        if viewer is not None:
-            self.viewer = None
-            if viewer.state is not ViewerState.CLOSED:
-                viewer.stream.remove_viewer(viewer)
-                log.info("stop play {path} by {peer} ({bytes} bytes sent)",
-                         path=viewer.stream.path, peer=self.peer_name, bytes=viewer.bytes_sent)
-        log.info("close {peer}: {why}", peer=self.peer_name,
-                 why=self.close_reason or reason or f"code {code}")
+        if viewer is None:
+            log.info("close {peer}: {why}", peer=self.peer_name, why=why)
+            return
+        self.viewer = None
+        if viewer.state is not ViewerState.CLOSED:
+            viewer.stream.remove_viewer(viewer)
+        # One line for a viewer's end: what it got and why it closed.
+        viewer.stream.registry.viewer_log.line(
+            "stop", viewer.stream.path,
+            "close {peer}: {why} (play {path}, {bytes} bytes sent, {dropped} frames skipped)",
+            peer=self.peer_name, why=why, bytes=viewer.bytes_sent,
+            dropped=viewer.frames_dropped,
+        )
 
 
 class WsFlvFactory(WebSocketServerFactory):

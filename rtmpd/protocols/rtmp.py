@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from twisted.internet import protocol
+from twisted.internet import protocol, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
@@ -22,7 +22,7 @@ from rtmpd.codec.rtmp.connection import (
     ServerConnection,
 )
 from rtmpd.errors import InvalidStreamName, StreamBusy
-from rtmpd.fanout import ViewerOutput
+from rtmpd.fanout import ViewerOutput, write_now
 from rtmpd.interfaces import IMediaSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.registry import Stream, StreamRegistry, validate_name
@@ -100,6 +100,12 @@ class RtmpServerProtocol(protocol.Protocol):
         self._last_data = 0.0
         self._timer: IDelayedCall | None = None
         self._started = False
+        #: The socket, for direct writes (-1: let the transport write).
+        self._fd = -1
+        #: The last stream played, and whether anything was published: a
+        #: connection that only played logs its close as a viewer line.
+        self._played: str | None = None
+        self._published = False
 
     @property
     def description(self) -> str:
@@ -118,6 +124,9 @@ class RtmpServerProtocol(protocol.Protocol):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        transport: object = self.transport
+        if isinstance(transport, tcp.Connection):
+            self._fd = transport.fileno()
         self._last_data = self.clock.seconds()
         self._timer = self.clock.callLater(self.factory.handshake_timeout, self._check_timeout)
 
@@ -162,7 +171,9 @@ class RtmpServerProtocol(protocol.Protocol):
     def _flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
-            self.transport.write(out)  # type: ignore[union-attr]
+            # At once, not on the next reactor turn: a handshake or a play
+            # takes four round trips, and each would wait for one.
+            write_now(self.transport, self._fd, (out,), len(out))
 
     def close(self, reason: str, *, abort: bool) -> None:
         """Close the connection, remembering why for the close log line."""
@@ -186,15 +197,19 @@ class RtmpServerProtocol(protocol.Protocol):
         for stream in list(self.publishing.values()):
             self.registry.unpublish(stream, f"publisher {self.peer} disconnected ({why})")
         self.publishing.clear()
+        viewer_log = self.registry.viewer_log
         for viewer in list(self.viewers.values()):
             viewer.stream.remove_viewer(viewer)
-            log.info(
-                "stop play {path} by {peer} ({bytes} bytes sent, {dropped} frames skipped)",
-                path=viewer.stream.path, peer=self.peer, bytes=viewer.bytes_sent,
-                dropped=viewer.frames_dropped,
+            viewer_log.line(
+                "stop", viewer.stream.path,
+                "stop play {path} by {peer}: {why} ({bytes} bytes sent, {dropped} frames skipped)",
+                peer=self.peer, why=why, bytes=viewer.bytes_sent, dropped=viewer.frames_dropped,
             )
         self.viewers.clear()
-        log.info("close {peer}: {why}", peer=self.peer, why=why)
+        if self._played is not None and not self._published:
+            viewer_log.line("close", self._played, "close {peer}: {why}", peer=self.peer, why=why)
+        else:
+            log.info("close {peer}: {why}", peer=self.peer, why=why)
 
     # -- IMediaSource --------------------------------------------------------------
 
@@ -236,8 +251,10 @@ class RtmpServerProtocol(protocol.Protocol):
             self.close(f"connect refused: {e}", abort=False)
             return
         self.conn.accept_connect(event.transaction_id)
-        log.info("connect {peer} app={app} tcUrl={tc_url}", peer=self.peer, app=self.app,
-                 tc_url=event.tc_url)
+        # Viewers connect by the thousand: this line is for debugging only;
+        # the play or publish line that follows names the stream.
+        log.debug("connect {peer} app={app} tcUrl={tc_url}", peer=self.peer, app=self.app,
+                  tc_url=event.tc_url)
 
     def _publish(self, event: events.PublishRequested) -> None:
         name = event.name
@@ -251,6 +268,7 @@ class RtmpServerProtocol(protocol.Protocol):
             self.conn.publish_bad_name(event.stream_id, name[:128], str(e))
             return
         self.publishing[event.stream_id] = stream
+        self._published = True
         self._mark_started()
         self.conn.publish_start(event.stream_id, name)
 
@@ -277,7 +295,9 @@ class RtmpServerProtocol(protocol.Protocol):
         # Status messages must reach the socket before any shared media.
         self._flush()
         self._add_viewer(stream, event.stream_id)
-        log.info("play {path} by {peer} (rtmp)", path=stream.path, peer=self.peer)
+        self._played = stream.path
+        self.registry.viewer_log.line("play", stream.path, "play {path} by {peer} (rtmp)",
+                                      peer=self.peer)
 
     def _add_viewer(self, stream: Stream, stream_id: int) -> None:
         transport = self.transport
@@ -305,7 +325,11 @@ class RtmpServerProtocol(protocol.Protocol):
         viewer = self.viewers.pop(stream_id, None)
         if viewer is not None:
             viewer.stream.remove_viewer(viewer)
-            log.info("stop play {path} by {peer}", path=viewer.stream.path, peer=self.peer)
+            self.registry.viewer_log.line(
+                "stop", viewer.stream.path,
+                "stop play {path} by {peer} ({bytes} bytes sent, {dropped} frames skipped)",
+                peer=self.peer, bytes=viewer.bytes_sent, dropped=viewer.frames_dropped,
+            )
         self.paused.pop(stream_id, None)
 
     def _pause(self, event: events.PauseRequested) -> None:
@@ -323,8 +347,9 @@ class RtmpServerProtocol(protocol.Protocol):
         """The publisher went away: tell the player, keep the connection."""
         if self.viewers.get(viewer.stream_id) is viewer:
             del self.viewers[viewer.stream_id]
-        log.info("stop play {path} by {peer}: {reason}", path=viewer.stream.path,
-                 peer=self.peer, reason=reason)
+        self.registry.viewer_log.line("stop", viewer.stream.path,
+                                      "stop play {path} by {peer}: {reason}",
+                                      peer=self.peer, reason=reason)
         if self.transport is not None and self.close_reason is None:
             self.conn.play_unpublish_notify(viewer.stream_id, viewer.stream.name)
             self._flush()

@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from rtmpd._version import __version__
 from rtmpd.registry import StreamConfig, StreamRegistry
+from rtmpd.viewerlog import ViewerLogService
 
 log = Logger()
 
@@ -281,6 +282,7 @@ def makeService(
 
     top = service.MultiService()
     top.setName("rtmpd")
+    ViewerLogService(registry.viewer_log).setServiceParent(top)
 
     rtmp_factory = RtmpServerFactory(
         registry,

@@ -378,3 +378,20 @@ def test_stream_end_during_a_pass_delivers_everything_first() -> None:
     for v in viewers:
         assert [t[1] for t in v.tags()] == [0, 40, 80]
         assert v.ended == ["publisher left"]
+
+
+def test_adaptive_window_is_at_least_a_margin_over_the_last_pass() -> None:
+    registry, clock = make_registry(merge_ms=None)
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    viewers = _audience(stream, 200)  # 2 ms by audience size alone
+    clock.advance(1)
+    stream.push(video(40))  # nothing sent for a while: at once
+    (group,) = stream.groups.values()
+    group.last_pass_s = 0.1  # as if sends were slow: window 125 ms
+    clock.advance(0.01)
+    stream.push(video(80))
+    clock.advance(0.1)
+    assert [t[1] for t in viewers[0].tags()] == [0, 40]
+    clock.advance(0.025)
+    assert [t[1] for t in viewers[0].tags()] == [0, 40, 80]
