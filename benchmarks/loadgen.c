@@ -813,6 +813,7 @@ static void rtmp_chunks_feed(viewer_t *v, const uint8_t *p, size_t n) {
         if (r->cur->got >= r->cur->len) {
             cs_t *c = r->cur;
             rtmp_on_message(v, c);
+            if (v->state == V_DONE) return; /* closed (e.g. play refused): r is gone */
             c->got = 0;
         }
     }

@@ -386,10 +386,13 @@ class Decoder:
         self._refs.append((target if ref is None else ref, _INCOMPLETE))
         start_values = self._values
         data = self._data
+        # Error-message parts, formatted once per object, not per member.
+        key_length_what = f"{what} key length"
+        key_what = f"{what} key"
         while True:
             if allow_eof and self._pos == len(data):
                 break
-            key_len = self._u16(f"{what} key length")
+            key_len = self._u16(key_length_what)
             if key_len == 0:
                 if self._u8(f"{what} end marker") != OBJECT_END:
                     raise RemoteProtocolError(f"AMF0 {what}: empty key not followed by end marker")
@@ -398,7 +401,7 @@ class Decoder:
                 raise RemoteProtocolError(
                     f"AMF0 {what} has more than MAX_AMF_ITEMS ({MAX_AMF_ITEMS}) members"
                 )
-            key = self._text(key_len, f"{what} key")
+            key = self._text(key_len, key_what)
             target[key] = self._value(depth + 1)
         entry = self._refs[index]
         self._refs[index] = (entry[0], self._values - start_values + 1)

@@ -250,11 +250,9 @@ class RtmpServerProtocol(protocol.Protocol):
             self._flush()
             self.close(f"connect refused: {e}", abort=False)
             return
+        # No line for a connect: viewers connect by the thousand, and the
+        # play or publish line that follows names the app and stream.
         self.conn.accept_connect(event.transaction_id)
-        # Viewers connect by the thousand: this line is for debugging only;
-        # the play or publish line that follows names the stream.
-        log.debug("connect {peer} app={app} tcUrl={tc_url}", peer=self.peer, app=self.app,
-                  tc_url=event.tc_url)
 
     def _publish(self, event: events.PublishRequested) -> None:
         name = event.name

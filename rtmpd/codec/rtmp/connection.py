@@ -40,6 +40,7 @@ bytes straight to the socket between ``data_to_send()`` results, once
 from __future__ import annotations
 
 import enum
+import functools
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -121,6 +122,39 @@ MIN_ACK_WINDOW: Final = 4096
 _FMS_VERSION: Final = "FMS/3,5,7,7009"
 _CAPABILITIES: Final = 31.0
 _ACK_MODULUS: Final = 1 << 32
+
+
+#: Encoded responses are cached: a storm of viewers of one stream gets the
+#: same few status messages thousands of times a second, and AMF encoding
+#: them was a fifth of what a join cost. Keyed on every varying field;
+#: bounded, since names come from clients.
+_ENCODED_CACHE_SIZE: Final = 1024
+
+_SAMPLE_ACCESS: Final = amf0.encode_all("|RtmpSampleAccess", True, True)
+
+
+@functools.lru_cache(maxsize=_ENCODED_CACHE_SIZE)
+def _status_payload(
+    level: str, code: str, description: str, extra: tuple[tuple[str, str], ...]
+) -> bytes:
+    info: dict[str, object] = {"level": level, "code": code, "description": description}
+    info.update(extra)
+    return msg.encode_command("onStatus", 0.0, None, info)
+
+
+@functools.lru_cache(maxsize=_ENCODED_CACHE_SIZE)
+def _connect_result_payload(transaction_id: float, object_encoding: float) -> bytes:
+    return msg.encode_command(
+        "_result",
+        transaction_id,
+        {"fmsVer": _FMS_VERSION, "capabilities": _CAPABILITIES, "mode": 1.0},
+        {
+            "level": "status",
+            "code": "NetConnection.Connect.Success",
+            "description": "Connection succeeded.",
+            "objectEncoding": object_encoding,
+        },
+    )
 
 
 def _split_query(text: str) -> tuple[str, str]:
@@ -231,11 +265,10 @@ class _Connection:
         self._out += self._writer.write(COMMAND_CSID, msg.COMMAND_AMF0, stream_id, 0, payload)
 
     def _send_status(
-        self, stream_id: int, level: str, code: str, description: str, **extra: object
+        self, stream_id: int, level: str, code: str, description: str, **extra: str
     ) -> None:
-        info: dict[str, object] = {"level": level, "code": code, "description": description}
-        info.update(extra)
-        self._send_command(stream_id, "onStatus", 0.0, None, info)
+        payload = _status_payload(level, code, description, tuple(extra.items()))
+        self._out += self._writer.write(COMMAND_CSID, msg.COMMAND_AMF0, stream_id, 0, payload)
 
     def _next_message(self) -> Message | NeedData:
         try:
@@ -415,9 +448,12 @@ class ServerConnection(_Connection):
     @property
     def paused(self) -> bool:
         """True while a connect/publish/play awaits the application's answer."""
-        return self._state is ConnectionState.CONNECT_PENDING or any(
-            role in (_Role.PUBLISH_PENDING, _Role.PLAY_PENDING) for role in self._streams.values()
-        )
+        if self._state is ConnectionState.CONNECT_PENDING:
+            return True
+        for role in self._streams.values():
+            if role is _Role.PUBLISH_PENDING or role is _Role.PLAY_PENDING:
+                return True
+        return False
 
     # -- state ------------------------------------------------------------------------
 
@@ -707,18 +743,8 @@ class ServerConnection(_Connection):
         self._send_control(msg.SET_CHUNK_SIZE, msg.encode_set_chunk_size(self._out_chunk_size))
         self._writer.set_chunk_size(self._out_chunk_size)
         self._chunk_size_sent = True
-        self._send_command(
-            0,
-            "_result",
-            transaction_id,
-            {"fmsVer": _FMS_VERSION, "capabilities": _CAPABILITIES, "mode": 1.0},
-            {
-                "level": "status",
-                "code": "NetConnection.Connect.Success",
-                "description": "Connection succeeded.",
-                "objectEncoding": self._object_encoding,
-            },
-        )
+        payload = _connect_result_payload(transaction_id, self._object_encoding)
+        self._out += self._writer.write(COMMAND_CSID, msg.COMMAND_AMF0, 0, 0, payload)
 
     def reject_connect(self, transaction_id: float, description: str) -> None:
         """Refuse ``connect``: ``_error`` NetConnection.Connect.Rejected; input is then ignored."""
@@ -806,7 +832,7 @@ class ServerConnection(_Connection):
         self._send_status(
             stream_id, "status", "NetStream.Play.Start", f"Started playing {name}.", details=name
         )
-        self.send_data(stream_id, 0, amf0.encode_all("|RtmpSampleAccess", True, True))
+        self.send_data(stream_id, 0, _SAMPLE_ACCESS)
 
     def play_not_found(self, stream_id: int, name: str) -> None:
         """Refuse ``play``: onStatus error NetStream.Play.StreamNotFound."""
