@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proto", choices=["rtmp", "http-flv", "ws-flv"], action="append", help="protocol(s)")
     ap.add_argument("--viewers", default=",".join(map(str, LADDER)), help="comma-separated viewer counts")
     ap.add_argument("--rate", type=float, default=2000, help="joins per second")
-    ap.add_argument("--window", type=float, default=12, help="measurement window, s")
+    ap.add_argument("--window", type=float, default=20, help="measurement window, s (the issue: 20)")
     ap.add_argument("--settle", type=float, default=5, help="seconds between the last join and the window")
     ap.add_argument("--pause", type=float, default=3, help="seconds between steps")
     ap.add_argument("--bitrate", default="1M", help="clip bitrate: 1M or 4M")
