@@ -37,8 +37,12 @@ VIEWERS_PER_MERGE_MS = 100
 MAX_ADAPTIVE_MERGE_MS = 250
 #: The adaptive window is also at least this many times the time the last
 #: flush pass took, so that passes leave the core free part of the time for
-#: joins and ingest on a machine where sends cost more than planned.
+#: joins and ingest on a machine where sends cost more than planned (on a
+#: loopback VM a send costs 10-20 us, not the 5-7 us the audience rule
+#: assumes, and more as the sockets outgrow the CPU caches).
 PASS_DUTY_MARGIN = 1.25
+#: ... up to this: past it the core is simply too small for the audience.
+MAX_DUTY_MERGE_MS = 1000
 
 
 def validate_name(value: str, what: str = "stream name") -> str:
@@ -270,7 +274,7 @@ class Stream:
             merge_ms = adaptive_merge_ms(self.viewer_count())
             if merge_ms > 0:
                 busy_ms = sum(g.last_pass_s for g in self.groups.values()) * 1000
-                merge_ms = min(MAX_ADAPTIVE_MERGE_MS, max(merge_ms, busy_ms * PASS_DUTY_MARGIN))
+                merge_ms = max(merge_ms, min(MAX_DUTY_MERGE_MS, busy_ms * PASS_DUTY_MARGIN))
         if merge_ms <= 0:
             self.flush()
             return
