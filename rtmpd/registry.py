@@ -42,7 +42,7 @@ MAX_ADAPTIVE_MERGE_MS = 250
 #: assumes, and more as the sockets outgrow the CPU caches).
 PASS_DUTY_MARGIN = 1.25
 #: ... up to this: past it the core is simply too small for the audience.
-MAX_DUTY_MERGE_MS = 1000
+MAX_DUTY_MERGE_MS = 500
 
 
 def validate_name(value: str, what: str = "stream name") -> str:
