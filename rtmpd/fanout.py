@@ -51,8 +51,8 @@ _write = os.write
 VIEWER_BUFFER_BYTES = 256 * 1024
 
 #: Viewers served per slice of a flush pass before the reactor gets a turn
-#: (about 2 ms of sends on loopback).
-FLUSH_SLICE_VIEWERS = 256
+#: (1.5-3 ms of sends on loopback, more with tens of thousands of sockets).
+FLUSH_SLICE_VIEWERS = 128
 
 
 class OutputFormat(Protocol):
