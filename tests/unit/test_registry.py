@@ -387,6 +387,7 @@ def test_adaptive_window_is_at_least_a_margin_over_the_last_pass() -> None:
     viewers = _audience(stream, 200)  # 2 ms by audience size alone
     clock.advance(1)
     stream.push(video(40))  # nothing sent for a while: at once
+    clock.advance(0)  # the pass's later slices
     (group,) = stream.groups.values()
     group.last_pass_s = 0.1  # as if sends were slow: window 125 ms
     clock.advance(0.01)
