@@ -10,12 +10,15 @@ for n in 1000 5000; do
   python3 $ROOT/benchmarks/publish.py --url rtmp://127.0.0.1:46935/live/bench --duration 40 --quiet > pub.log 2>&1 &
   sleep 3
   pid=$(pgrep -f "rtmpd --rtmp tcp:46935")
+  taskset -c 1 $ROOT/benchmarks/bin/loadgen --proto http-flv --port 46501 --viewers $n --duration 25 --window 10 --manifest $ROOT/benchmarks/out/clip_1M.json --json lg-$n-$m.json > lg.txt 2>&1 &
+  lg=$!
+  sleep 15   # joins done and settled: server CPU over the loadgen's 10 s window only
   c0=$(awk '{print $14+$15}' /proc/$pid/stat)
-  taskset -c 1 $ROOT/benchmarks/bin/loadgen --proto http-flv --port 46501 --viewers $n --duration 25 --window 10 --manifest $ROOT/benchmarks/out/clip_1M.json --json lg-$n-$m.json > lg.txt 2>&1
+  wait $lg
   c1=$(awk '{print $14+$15}' /proc/$pid/stat)
   python3 -c "
 import json; d=json.load(open('lg-$n-$m.json'))
-print('| $n | $m |', d['healthy_pct'], '|', round(($c1-$c0)/100/25*100), '|', d['latency_ms']['p50'], '/', d['latency_ms']['p99'], '|')"
+print('| $n | $m |', d['healthy_pct'], '|', round(($c1-$c0)/100/10*100), '|', d['latency_ms']['p50'], '/', d['latency_ms']['p99'], '|')"
   pkill -f "publish.py --url rtmp://127.0.0.1:46935"; pkill -f "rtmpd --rtmp tcp:46935"; sleep 1
  done
 done

@@ -104,8 +104,9 @@ class Options(usage.Options):
         ],
         [
             "merge-ms", None, "auto",
-            "Flush window in ms for sending to viewers: 'auto' (none for a small "
-            "audience, growing to 100 ms with it) or a number (0 = send at once).",
+            "Send to a stream's viewers at most once per this many ms: 'auto' (none "
+            "below 100 viewers, 1 ms per 100 viewers up to 250 ms, and at least 1.25x "
+            "the last send pass, up to 500 ms) or a number (0 = every frame at once).",
         ],
         [
             "chunk-size", None, 4096, "Outgoing RTMP chunk size in bytes.",
