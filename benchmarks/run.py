@@ -579,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.all:
         names = ["rtmpd", "nginx-rtmp", "nms"]
     ladder = [int(x) for x in a.viewers.split(",") if x.strip()]
-    a.out = a.out or os.path.join(OUT, "results-" + time.strftime("%Y%m%d-%H%M%S"))
+    # Absolute: nginx and node run with their own working directories.
+    a.out = os.path.abspath(a.out or os.path.join(OUT, "results-" + time.strftime("%Y%m%d-%H%M%S")))
     os.makedirs(os.path.join(a.out, "runs"), exist_ok=True)
     os.makedirs(os.path.join(a.out, "tmp"), exist_ok=True)
     if (os.cpu_count() or 1) < 2:
