@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from rtmpd.media import Frame
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 IOV_MAX = 1024
 
 _write = os.write
+
+log = Logger()
 
 #: Bytes a viewer's transport may hold before Twisted pauses it (Twisted's
 #: default is 64 KiB). A new viewer's first burst (headers and a whole GOP)
@@ -339,13 +342,24 @@ class FanoutGroup:
 
     def hold(self, viewer: ViewerOutput) -> None:
         """Stop sending to a viewer whose socket is full."""
-        self._synced.pop(viewer, None)
-        position = self._joined.pop(viewer, len(self.pending))
+        missed_bytes = missed_frames = 0
+        if viewer in self._synced:
+            del self._synced[viewer]
+            position = 0
+            # A pass in progress that has not reached it yet: it misses that too.
+            rest = self._pass_viewers
+            if rest is not None and viewer in rest[self._pass_next :]:
+                missed_bytes = len(self._pass_data)
+                missed_frames = self._pass_frames
+        else:
+            position = self._joined.pop(viewer, len(self.pending))
         viewer.state = ViewerState.PAUSED
-        # Frames of this window it has not received count as missed.
+        # Frames it will not receive count as missed.
         missed = self.pending[position:]
-        viewer._lag_base_bytes = self.total_bytes - sum(map(len, missed))
-        viewer._lag_base_frames = self.total_frames - len(missed)
+        missed_bytes += sum(map(len, missed))
+        missed_frames += len(missed)
+        viewer._lag_base_bytes = self.total_bytes - missed_bytes
+        viewer._lag_base_frames = self.total_frames - missed_frames
         self._held[viewer] = None
 
     def resume(self, viewer: ViewerOutput) -> None:
@@ -427,12 +441,19 @@ class FanoutGroup:
         frames = self._pass_frames
         start = self._pass_next
         stop = len(viewers) if self.clock is None else start + FLUSH_SLICE_VIEWERS
+        # Set before sending: a viewer held during its own send is served.
+        self._pass_next = stop
         synced = ViewerState.SYNCED
         for viewer in viewers[start:stop]:
             if viewer.state is synced:
-                viewer.send_bytes(data, frames)
+                try:
+                    viewer.send_bytes(data, frames)
+                except Exception:
+                    # One broken viewer must not stall the stream for the rest.
+                    log.failure("sending to {peer} failed", peer=viewer.description)
+                    self.remove(viewer)
+                    viewer.drop("internal error while sending; see the traceback above")
         if stop < len(viewers):
-            self._pass_next = stop
             assert self.clock is not None
             self._pass_call = self.clock.callLater(0, self._run_pass)
             return

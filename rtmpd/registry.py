@@ -43,6 +43,8 @@ MAX_ADAPTIVE_MERGE_MS = 250
 PASS_DUTY_MARGIN = 1.25
 #: ... up to this: past it the core is simply too small for the audience.
 MAX_DUTY_MERGE_MS = 500
+#: A stream with viewers logs its load this often.
+LOAD_LOG_INTERVAL_S = 60.0
 
 
 def validate_name(value: str, what: str = "stream name") -> str:
@@ -180,6 +182,8 @@ class Stream:
         self.bytes_in = 0
         self._flush_call: IDelayedCall | None = None
         self._last_flush = float("-inf")
+        self._load_logged_at = clock.seconds()
+        self._load_logged_bytes = 0
         self._last_in_ms: int | None = None
         self._offset_ms = 0
         self._last_out_ms = {FrameKind.AUDIO: 0, FrameKind.VIDEO: 0, FrameKind.SCRIPT: 0}
@@ -269,12 +273,7 @@ class Stream:
         the window that would delay every one of them by a whole window.)"""
         if self._flush_call is not None:
             return
-        merge_ms: float | None = self.config.merge_ms
-        if merge_ms is None:
-            merge_ms = adaptive_merge_ms(self.viewer_count())
-            if merge_ms > 0:
-                busy_ms = sum(g.last_pass_s for g in self.groups.values()) * 1000
-                merge_ms = max(merge_ms, min(MAX_DUTY_MERGE_MS, busy_ms * PASS_DUTY_MARGIN))
+        merge_ms = self.send_window_ms()
         if merge_ms <= 0:
             self.flush()
             return
@@ -284,16 +283,51 @@ class Stream:
         else:
             self._flush_call = self.clock.callLater(wait, self.flush)
 
+    def send_window_ms(self) -> float:
+        """The window sends to viewers are spaced by now (``--merge-ms``)."""
+        if self.config.merge_ms is not None:
+            return self.config.merge_ms
+        merge_ms = adaptive_merge_ms(self.viewer_count())
+        if merge_ms <= 0:
+            return 0
+        busy_ms = sum(g.last_pass_s for g in self.groups.values()) * 1000
+        return max(merge_ms, min(MAX_DUTY_MERGE_MS, busy_ms * PASS_DUTY_MARGIN))
+
     def flush(self) -> None:
         """Send every group's pending frames now."""
         call = self._flush_call
         self._flush_call = None
         if call is not None and call.active():
             call.cancel()
-        self._last_flush = self.clock.seconds()
+        now = self._last_flush = self.clock.seconds()
         # A flush may drop a lagging viewer and with it an emptied group.
         for group in tuple(self.groups.values()):
             group.flush()
+        if now - self._load_logged_at >= LOAD_LOG_INTERVAL_S:
+            self._log_load(now)
+
+    def _log_load(self, now: float) -> None:
+        """One line a minute while a stream has viewers: how many, what comes
+        in, and how busy sending keeps the core (a pass close to the window
+        means the core is full)."""
+        elapsed = now - self._load_logged_at
+        bits = (self.bytes_in - self._load_logged_bytes) * 8
+        self._load_logged_at = now
+        self._load_logged_bytes = self.bytes_in
+        if elapsed > LOAD_LOG_INTERVAL_S * 2:
+            return  # the first line after a quiet spell would average over it
+        merge_ms = self.config.merge_ms
+        window = "auto" if merge_ms is None else f"{merge_ms} ms"
+        log.info(
+            "stream {path}: {viewers} viewers, {kbps:.0f} kbit/s in, sends at most every "
+            "{window_ms:.0f} ms ({window}), last pass {pass_ms:.1f} ms",
+            path=self.path,
+            viewers=self.viewer_count(),
+            kbps=bits / elapsed / 1000,
+            window_ms=self.send_window_ms(),
+            window=window,
+            pass_ms=sum(g.last_pass_s for g in self.groups.values()) * 1000,
+        )
 
     # -- viewers and sinks -----------------------------------------------------
 

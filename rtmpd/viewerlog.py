@@ -36,16 +36,16 @@ class ViewerLog:
         self._left_out: Counter[tuple[str, str]] = Counter()
         self._summary_call: IDelayedCall | None = None
 
-    def line(self, what: str, path: str, fmt: str, **fields: Any) -> None:
-        """Log ``fmt`` (a Twisted format string) for a viewer of ``path``;
-        ``what`` ("play", "stop") names the kind in summaries."""
+    def line(self, logger: Logger, what: str, path: str, fmt: str, **fields: Any) -> None:
+        """Log ``fmt`` (a Twisted format string) with ``logger`` for a viewer
+        of ``path``; ``what`` ("play", "stop") names the kind in summaries."""
         second = int(self.clock.seconds())
         if second != self._second:
             self._second = second
             self._written = 0
         if self._written < self.lines_per_s:
             self._written += 1
-            log.info(fmt, path=path, **fields)
+            logger.info(fmt, path=path, **fields)
             return
         self._left_out[(what, path)] += 1
         if self._summary_call is None:

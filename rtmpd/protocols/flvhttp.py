@@ -93,7 +93,7 @@ class HttpFlvViewer(ViewerOutput):
 
     def stream_ended(self, reason: str) -> None:
         self.stream.registry.viewer_log.line(
-            "stop", self.stream.path, "play {path} by {peer} ended: {reason}",
+            log, "stop", self.stream.path, "play {path} by {peer} ended: {reason}",
             peer=self.description, reason=reason,
         )
         if not self.request.finished and not self.request._disconnected:
@@ -114,7 +114,7 @@ class HttpFlvViewer(ViewerOutput):
             return
         self.stream.remove_viewer(self)
         self.stream.registry.viewer_log.line(
-            "stop", self.stream.path,
+            log, "stop", self.stream.path,
             "play {path} by {peer} closed by the client ({bytes} bytes, {dropped} frames skipped)",
             peer=self.description, bytes=self.bytes_sent, dropped=self.frames_dropped,
         )
@@ -229,8 +229,9 @@ class FlvHttpResource(resource.Resource):
             set_no_delay(True)
         request.registerProducer(viewer, True)
         request.notifyFinish().addBoth(viewer.connection_lost)
-        stream.registry.viewer_log.line("play", stream.path, "play {path} by {peer} (http-flv)",
-                                        peer=viewer.description)
+        stream.registry.viewer_log.line(
+            log, "play", stream.path, "play {path} by {peer} (http-flv)", peer=viewer.description
+        )
         stream.add_viewer(output, viewer)
         return server.NOT_DONE_YET
 

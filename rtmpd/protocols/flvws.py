@@ -45,8 +45,10 @@ def _not_formatted(value: object, *args: object, **kwargs: object) -> str:
 
 # Autobahn pretty-prints its whole configuration (pprint.pformat) for a debug
 # line on every new connection, even with debug logging off: measured at
-# ~0.4 ms of a ~0.8 ms WebSocket join here. Those debug lines (the only users
-# of that name in the module) now say what they would have shown instead.
+# ~0.4 ms of a ~0.8 ms WebSocket join here. The module's other users of that
+# name are a debug line at handshake start and Timings.__str__ (only with
+# trackTimings, which rtmpd leaves off); all now say what they would have
+# shown instead.
 if _autobahn_protocol.__dict__.get("pformat") is pprint.pformat:
     setattr(_autobahn_protocol, "pformat", _not_formatted)  # noqa: B010
 
@@ -100,7 +102,7 @@ class WsFlvViewer(ViewerOutput):
         self.stream = stream
 
     def stream_ended(self, reason: str) -> None:
-        self.stream.registry.viewer_log.line("stop", self.stream.path,
+        self.stream.registry.viewer_log.line(log, "stop", self.stream.path,
                                              "play {path} by {peer} ended: {reason}",
                                              peer=self.description, reason=reason)
         self.protocol.sendClose(CLOSE_NORMAL, "stream ended")
@@ -165,7 +167,7 @@ class WsFlvProtocol(WebSocketServerProtocol):
             transport.unregisterProducer()
             self.viewer = WsFlvViewer(self, stream)
             transport.registerProducer(self.viewer, True)
-            registry.viewer_log.line("play", stream.path, "play {path} by {peer} (ws-flv)",
+            registry.viewer_log.line(log, "play", stream.path, "play {path} by {peer} (ws-flv)",
                                      peer=self.peer_name)
             stream.add_viewer(WS_FLV, self.viewer)
             return
@@ -223,7 +225,7 @@ class WsFlvProtocol(WebSocketServerProtocol):
             viewer.stream.remove_viewer(viewer)
         # One line for a viewer's end: what it got and why it closed.
         viewer.stream.registry.viewer_log.line(
-            "stop", viewer.stream.path,
+            log, "stop", viewer.stream.path,
             "close {peer}: {why} (play {path}, {bytes} bytes sent, {dropped} frames skipped)",
             peer=self.peer_name, why=why, bytes=viewer.bytes_sent,
             dropped=viewer.frames_dropped,

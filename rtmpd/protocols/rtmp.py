@@ -29,6 +29,9 @@ from rtmpd.registry import Stream, StreamRegistry, validate_name
 
 log = Logger()
 
+#: The close reason of a connection the peer ended normally.
+_PEER_CLOSED = "closed by the peer"
+
 _CSID_BY_KIND = {
     FrameKind.AUDIO: AUDIO_CSID,
     FrameKind.VIDEO: VIDEO_CSID,
@@ -78,6 +81,8 @@ class RtmpViewer(ViewerOutput):
         self.protocol.viewer_stream_ended(self, reason)
 
     def drop(self, reason: str) -> None:
+        log.warn("play {path} by {peer} dropped: {reason}", path=self.stream.path,
+                 peer=self.description, reason=reason)
         self.protocol.close(f"dropped: {reason}", abort=True)
 
 
@@ -192,7 +197,7 @@ class RtmpServerProtocol(protocol.Protocol):
             self._timer.cancel()
         self._timer = None
         why = self.close_reason or (
-            "closed by the peer" if reason.check(ConnectionDone) else reason.getErrorMessage()
+            _PEER_CLOSED if reason.check(ConnectionDone) else reason.getErrorMessage()
         )
         for stream in list(self.publishing.values()):
             self.registry.unpublish(stream, f"publisher {self.peer} disconnected ({why})")
@@ -201,13 +206,16 @@ class RtmpServerProtocol(protocol.Protocol):
         for viewer in list(self.viewers.values()):
             viewer.stream.remove_viewer(viewer)
             viewer_log.line(
-                "stop", viewer.stream.path,
+                log, "stop", viewer.stream.path,
                 "stop play {path} by {peer}: {why} ({bytes} bytes sent, {dropped} frames skipped)",
                 peer=self.peer, why=why, bytes=viewer.bytes_sent, dropped=viewer.frames_dropped,
             )
         self.viewers.clear()
-        if self._played is not None and not self._published:
-            viewer_log.line("close", self._played, "close {peer}: {why}", peer=self.peer, why=why)
+        if self._played is not None and not self._published and why == _PEER_CLOSED:
+            # A viewer hanging up: bounded with the other viewer lines.
+            # Errors, timeouts and drops are always logged.
+            viewer_log.line(log, "close", self._played, "close {peer}: {why}",
+                            peer=self.peer, why=why)
         else:
             log.info("close {peer}: {why}", peer=self.peer, why=why)
 
@@ -239,7 +247,7 @@ class RtmpServerProtocol(protocol.Protocol):
         elif isinstance(event, events.PauseRequested):
             self._pause(event)
         elif isinstance(event, events.ConnectionClosed):
-            self.close("closed by the peer", abort=False)
+            self.close(_PEER_CLOSED, abort=False)
 
     def _connect(self, event: events.ConnectRequested) -> None:
         try:
@@ -294,7 +302,7 @@ class RtmpServerProtocol(protocol.Protocol):
         self._flush()
         self._add_viewer(stream, event.stream_id)
         self._played = stream.path
-        self.registry.viewer_log.line("play", stream.path, "play {path} by {peer} (rtmp)",
+        self.registry.viewer_log.line(log, "play", stream.path, "play {path} by {peer} (rtmp)",
                                       peer=self.peer)
 
     def _add_viewer(self, stream: Stream, stream_id: int) -> None:
@@ -303,6 +311,10 @@ class RtmpServerProtocol(protocol.Protocol):
         viewer = RtmpViewer(self, stream, stream_id, transport)
         self.viewers[stream_id] = viewer
         if len(self.viewers) == 1:
+            # The socket's producer is the connection's first viewer; a play
+            # after a stop or an unpause replaces the old one.
+            if getattr(transport, "producer", None) is not None:
+                transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.registerProducer(viewer, True)  # type: ignore[attr-defined]
         stream.add_viewer(self.factory.format_for(stream_id), viewer)
 
@@ -324,7 +336,7 @@ class RtmpServerProtocol(protocol.Protocol):
         if viewer is not None:
             viewer.stream.remove_viewer(viewer)
             self.registry.viewer_log.line(
-                "stop", viewer.stream.path,
+                log, "stop", viewer.stream.path,
                 "stop play {path} by {peer} ({bytes} bytes sent, {dropped} frames skipped)",
                 peer=self.peer, bytes=viewer.bytes_sent, dropped=viewer.frames_dropped,
             )
@@ -345,7 +357,7 @@ class RtmpServerProtocol(protocol.Protocol):
         """The publisher went away: tell the player, keep the connection."""
         if self.viewers.get(viewer.stream_id) is viewer:
             del self.viewers[viewer.stream_id]
-        self.registry.viewer_log.line("stop", viewer.stream.path,
+        self.registry.viewer_log.line(log, "stop", viewer.stream.path,
                                       "stop play {path} by {peer}: {reason}",
                                       peer=self.peer, reason=reason)
         if self.transport is not None and self.close_reason is None:

@@ -101,6 +101,31 @@ def test_rtmp_publish_then_play_delivers_headers_and_keyframe_first() -> None:
     assert registry.get("live", "cam") is None
 
 
+def test_rtmp_play_again_on_the_same_connection_after_a_stop() -> None:
+    factory, registry, _ = make_factory()
+    publisher = Peer(factory)
+    sid = publisher.open_stream()
+    publisher.client.publish(sid, "cam")
+    publisher.pump()
+    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME)):
+        publisher.client.send_media(sid, 9, ts, body)
+    publisher.pump()
+    viewer = Peer(factory)
+    vsid = viewer.open_stream()
+    for _ in range(2):
+        viewer.client.play(vsid, "cam")
+        viewer.pump()
+        viewer.client.delete_stream(vsid)
+        viewer.pump()
+        viewer.client.create_stream()
+        viewer.pump()
+        vsid = [e for e in viewer.events if isinstance(e, ev.StreamCreated)][-1].stream_id
+    assert viewer.statuses().count("NetStream.Play.Start") == 2
+    # Each play got the cached keyframe; the connection is still up.
+    assert [m.payload for m in viewer.media()].count(KEYFRAME) == 2
+    assert viewer.transport.connected and registry.get("live", "cam") is not None
+
+
 def test_rtmp_second_publisher_gets_bad_name() -> None:
     factory, _, _ = make_factory()
     first, second = Peer(factory), Peer(factory)

@@ -396,3 +396,67 @@ def test_adaptive_window_is_at_least_a_margin_over_the_last_pass() -> None:
     assert [t[1] for t in viewers[0].tags()] == [0, 40]
     clock.advance(0.025)
     assert [t[1] for t in viewers[0].tags()] == [0, 40, 80]
+
+
+def test_viewer_held_before_its_slice_counts_that_pass_as_skipped() -> None:
+    registry, clock = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    viewers = _audience(stream, FLUSH_SLICE_VIEWERS + 1)
+    last = viewers[-1]
+    stream.push(video(40))  # pass in progress; `last` is in its second slice
+    last.pauseProducing()  # before being served: misses 40
+    stream.push(video(80))  # pending: missed too
+    last.resumeProducing()
+    stream.push(video(120, key=True))
+    clock.advance(0)
+    assert [t[1] for t in last.tags()] == [0, 120]
+    assert last.frames_dropped == 2
+
+
+class BrokenViewer(RecordingViewer):
+    __slots__ = ()
+
+    def send_bytes(self, data: bytes, frames: int) -> None:
+        raise RuntimeError("broken transport")
+
+
+def test_a_viewer_whose_send_fails_is_dropped_and_the_others_go_on() -> None:
+    registry, clock = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    fmt = CountingFormat()
+    broken, fine = BrokenViewer(), RecordingViewer()
+    stream.add_viewer(fmt, broken)
+    stream.add_viewer(fmt, fine)
+    stream.flush()
+    stream.push(video(40))
+    stream.push(video(80))
+    clock.advance(0)
+    assert broken.dropped and "internal error" in broken.dropped[0]
+    assert [t[1] for t in fine.tags()] == [0, 40, 80]
+    assert stream.viewer_count() == 1
+
+
+def test_a_watched_stream_logs_its_load_once_a_minute() -> None:
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    seen: list[str] = []
+
+    def observer(event: LogEvent) -> None:
+        text = formatEvent(event)
+        if text.startswith("stream live/cam:"):
+            seen.append(text)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        registry, clock = make_registry(merge_ms=0)
+        stream = registry.publish("live", "cam", FakeSource())
+        _audience(stream, 3)
+        for ts in range(0, 130_000, 40):
+            clock.advance(0.04)
+            stream.push(video(ts, key=ts % 1000 == 0, size=495))  # 500 bytes: 100 kbit/s
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert len(seen) == 2
+    assert seen[0].startswith("stream live/cam: 3 viewers, 100 kbit/s in, sends at most every 0 ms")
