@@ -27,22 +27,16 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: restarted encoder), not audio/video interleaving skew.
 BACKWARD_JUMP_MS = 1000
 
-#: Below this many viewers on a stream frames are sent at once; above it the
-#: adaptive flush window grows by 1 ms per ``VIEWERS_PER_MERGE_MS`` viewers,
-#: so that sends per second (the cost of fan-out) stay near 100 000 per
-#: stream: 10 ms at 1 000 viewers, 100 ms at 10 000.
-IMMEDIATE_FLUSH_VIEWERS = 100
-VIEWERS_PER_MERGE_MS = 100
-#: The adaptive window never grows past this (latency cost stays bounded).
-MAX_ADAPTIVE_MERGE_MS = 250
-#: The adaptive window is also at least this many times the time the last
-#: flush pass took, so that passes leave the core free part of the time for
-#: joins and ingest on a machine where sends cost more than planned (on a
-#: loopback VM a send costs 10-20 us, not the 5-7 us the audience rule
-#: assumes, and more as the sockets outgrow the CPU caches).
-PASS_DUTY_MARGIN = 1.25
-#: ... up to this: past it the core is simply too small for the audience.
-MAX_DUTY_MERGE_MS = 500
+#: The adaptive send window (``--merge-ms auto``) keeps passes over the
+#: viewers to at most this share of the time: every frame goes out at once
+#: while (frames per second x the last pass's duration) stays under it, and
+#: past it passes are spaced by (last pass / this). The cost of a pass is one
+#: send per viewer, 10-20 us each on loopback here, more as the sockets
+#: outgrow the CPU caches; the rest of the time is for joins and ingest.
+MAX_SEND_DUTY = 0.8
+#: ... and the window never grows past this: past it the core is simply too
+#: small for the audience, and longer gaps would make players stall.
+MAX_AUTO_MERGE_MS = 500
 #: A stream with viewers logs its load this often.
 LOAD_LOG_INTERVAL_S = 60.0
 
@@ -57,14 +51,6 @@ def validate_name(value: str, what: str = "stream name") -> str:
     return value
 
 
-def adaptive_merge_ms(viewers: int) -> int:
-    """The flush window for an audience of ``viewers``: none for a small one,
-    growing with it so that the number of sends per second stays bounded."""
-    if viewers < IMMEDIATE_FLUSH_VIEWERS:
-        return 0
-    return min(MAX_ADAPTIVE_MERGE_MS, viewers // VIEWERS_PER_MERGE_MS)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamConfig:
     """Limits and policies shared by every stream of a registry."""
@@ -73,7 +59,7 @@ class StreamConfig:
     gop_cache_bytes: int = 16 * 1024 * 1024
     gop_cache_ms: int = 15_000
     viewer_queue_bytes: int = 1_500_000
-    #: ``None`` means adaptive (:func:`adaptive_merge_ms`).
+    #: ``None`` means adaptive (:meth:`Stream.send_window_ms`).
     merge_ms: int | None = None
 
 
@@ -184,6 +170,10 @@ class Stream:
         self._last_flush = float("-inf")
         self._load_logged_at = clock.seconds()
         self._load_logged_bytes = 0
+        #: Frames a second that reach the viewers, measured each second.
+        self.frame_rate = 0.0
+        self._rate_since = clock.seconds()
+        self._rate_frames = 0
         self._last_in_ms: int | None = None
         self._offset_ms = 0
         self._last_out_ms = {FrameKind.AUDIO: 0, FrameKind.VIDEO: 0, FrameKind.SCRIPT: 0}
@@ -271,27 +261,34 @@ class Stream:
         window ago goes out at once; others wait for the window's end. (Not
         "a window after the first frame": when frames are further apart than
         the window that would delay every one of them by a whole window.)"""
+        now = self.clock.seconds()
+        self._rate_frames += 1
+        if now - self._rate_since >= 1.0:
+            self.frame_rate = self._rate_frames / (now - self._rate_since)
+            self._rate_since = now
+            self._rate_frames = 0
         if self._flush_call is not None:
             return
         merge_ms = self.send_window_ms()
         if merge_ms <= 0:
             self.flush()
             return
-        wait = self._last_flush + merge_ms / 1000.0 - self.clock.seconds()
+        wait = self._last_flush + merge_ms / 1000.0 - now
         if wait <= 0:
             self.flush()
         else:
             self._flush_call = self.clock.callLater(wait, self.flush)
 
     def send_window_ms(self) -> float:
-        """The window sends to viewers are spaced by now (``--merge-ms``)."""
+        """The window sends to viewers are spaced by now (``--merge-ms``):
+        none while sending every frame at once fits in :data:`MAX_SEND_DUTY`
+        of the time, else enough to bring it back there."""
         if self.config.merge_ms is not None:
             return self.config.merge_ms
-        merge_ms = adaptive_merge_ms(self.viewer_count())
-        if merge_ms <= 0:
-            return 0
-        busy_ms = sum(g.last_pass_s for g in self.groups.values()) * 1000
-        return max(merge_ms, min(MAX_DUTY_MERGE_MS, busy_ms * PASS_DUTY_MARGIN))
+        busy_s = sum(g.last_pass_s for g in self.groups.values())
+        if busy_s * self.frame_rate <= MAX_SEND_DUTY:
+            return 0.0
+        return min(MAX_AUTO_MERGE_MS, busy_s / MAX_SEND_DUTY * 1000)
 
     def flush(self) -> None:
         """Send every group's pending frames now."""

@@ -104,9 +104,9 @@ class Options(usage.Options):
         ],
         [
             "merge-ms", None, "auto",
-            "Send to a stream's viewers at most once per this many ms: 'auto' (none "
-            "below 100 viewers, 1 ms per 100 viewers up to 250 ms, and at least 1.25x "
-            "the last send pass, up to 500 ms) or a number (0 = every frame at once).",
+            "Send to a stream's viewers at most once per this many ms: 'auto' (every "
+            "frame at once while passes over the viewers take under 80% of the time, "
+            "else 1.25x the last pass, up to 500 ms) or a number (0 = every frame at once).",
         ],
         [
             "chunk-size", None, 4096, "Outgoing RTMP chunk size in bytes.",

@@ -20,7 +20,6 @@ from rtmpd.registry import (
     Stream,
     StreamConfig,
     StreamRegistry,
-    adaptive_merge_ms,
     validate_name,
 )
 
@@ -183,15 +182,6 @@ def test_merge_window_sends_at_most_once_per_window() -> None:
     clock.advance(0.2)
     stream.push(video(120))  # a quiet window ago: at once again
     assert [t[1] for t in viewer.tags()] == [0, 40, 80, 120]
-
-
-def test_adaptive_merge_window_grows_with_the_audience() -> None:
-    assert adaptive_merge_ms(1) == 0
-    assert adaptive_merge_ms(99) == 0
-    assert adaptive_merge_ms(1000) == 10
-    assert adaptive_merge_ms(10_000) == 100
-    assert adaptive_merge_ms(20_000) == 200
-    assert adaptive_merge_ms(100_000) == 250
 
 
 def test_paused_viewer_skips_to_next_keyframe_and_others_keep_everything() -> None:
@@ -380,22 +370,44 @@ def test_stream_end_during_a_pass_delivers_everything_first() -> None:
         assert v.ended == ["publisher left"]
 
 
-def test_adaptive_window_is_at_least_a_margin_over_the_last_pass() -> None:
-    registry, clock = make_registry(merge_ms=None)
+def _watched_stream_at_25_fps(clock: Clock) -> tuple[Stream, list[RecordingViewer]]:
+    registry = StreamRegistry(clock, StreamConfig())  # merge_ms None: adaptive
     stream = registry.publish("live", "cam", FakeSource())
     stream.push(video(0, key=True))
-    viewers = _audience(stream, 200)  # 2 ms by audience size alone
-    clock.advance(1)
-    stream.push(video(40))  # nothing sent for a while: at once
-    clock.advance(0)  # the pass's later slices
+    viewers = _audience(stream, 200)
+    for ts in range(40, 2040, 40):  # two seconds at 25 frames a second
+        clock.advance(0.04)
+        stream.push(video(ts))
+    clock.advance(0)
+    assert 24 <= stream.frame_rate <= 26
+    return stream, viewers
+
+
+def test_adaptive_window_sends_every_frame_at_once_while_passes_are_short() -> None:
+    clock = Clock()
+    stream, viewers = _watched_stream_at_25_fps(clock)
     (group,) = stream.groups.values()
-    group.last_pass_s = 0.1  # as if sends were slow: window 125 ms
+    group.last_pass_s = 0.03  # 25 x 30 ms = 75 % of the time: still at once
+    assert stream.send_window_ms() == 0
     clock.advance(0.01)
-    stream.push(video(80))
+    stream.push(video(2040))
+    assert [t[1] for t in viewers[0].tags()][-1] == 2040
+
+
+def test_adaptive_window_spaces_passes_when_sending_would_fill_the_core() -> None:
+    clock = Clock()
+    stream, viewers = _watched_stream_at_25_fps(clock)
+    (group,) = stream.groups.values()
+    group.last_pass_s = 0.1  # 25 x 100 ms: more than the core; window 125 ms
+    assert stream.send_window_ms() == pytest.approx(125)
+    clock.advance(0.01)
+    stream.push(video(2040))
     clock.advance(0.1)
-    assert [t[1] for t in viewers[0].tags()] == [0, 40]
-    clock.advance(0.025)
-    assert [t[1] for t in viewers[0].tags()] == [0, 40, 80]
+    assert [t[1] for t in viewers[0].tags()][-1] == 2000
+    clock.advance(0.015)
+    assert [t[1] for t in viewers[0].tags()][-1] == 2040
+    group.last_pass_s = 5.0
+    assert stream.send_window_ms() == 500  # never more than MAX_AUTO_MERGE_MS
 
 
 def test_viewer_held_before_its_slice_counts_that_pass_as_skipped() -> None:
