@@ -7,7 +7,7 @@ for n in 1000 5000; do
   pkill -f "rtmpd --rtmp tcp:46935" ; sleep 0.5
   taskset -c 0 $ROOT/.venv/bin/twistd -n --pidfile= rtmpd --rtmp tcp:46935 --http tcp:46501 --web tcp:46080 --root $OUT/media --record none --merge-ms $m > srv.log 2>&1 &
   sleep 2
-  python3 $ROOT/benchmarks/publish.py --url rtmp://127.0.0.1:46935/live/bench --duration 40 --quiet > pub.log 2>&1 &
+  taskset -c 1 python3 $ROOT/benchmarks/publish.py --url rtmp://127.0.0.1:46935/live/bench --duration 40 --quiet > pub.log 2>&1 &
   sleep 3
   pid=$(pgrep -f "rtmpd --rtmp tcp:46935")
   taskset -c 1 $ROOT/benchmarks/bin/loadgen --proto http-flv --port 46501 --viewers $n --duration 25 --window 10 --manifest $ROOT/benchmarks/out/clip_1M.json --json lg-$n-$m.json > lg.txt 2>&1 &

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Server-side CPU of one viewer join, in process: the protocol is fed
+through Twisted's StringTransport (no sockets, no kernel), so this is the
+Python a join costs: for RTMP the handshake, connect, createStream, play and
+the GOP burst; for HTTP-FLV and WS-FLV the request (and upgrade) and the
+burst. Run from the project root with the venv:
+
+    .venv/bin/python benchmarks/joincost.py rtmp|http|ws [N] [--profile]
+
+Figures are noisy on a shared VM: run it a few times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import cProfile
+import gc
+import os
+import pstats
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "unit"))
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web import server
+
+from rtmpd.protocols.flvhttp import FlvHttpResource, FlvRequest
+from rtmpd.protocols.flvws import make_ws_resource
+from rtmpd.registry import StreamConfig, StreamRegistry
+
+
+def rtmp_joiner():
+    from test_protocols import AVC_HEADER, INTER, KEYFRAME, Peer, make_factory
+
+    factory, _, _ = make_factory()
+    pub = Peer(factory)
+    sid = pub.open_stream()
+    pub.client.publish(sid, "bench")
+    pub.pump()
+    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), *[(40 * i, INTER) for i in range(1, 25)]):
+        pub.client.send_media(sid, 9, ts, body)
+    pub.pump()
+    spent = [0.0]
+
+    def join():
+        viewer = Peer(factory)
+        real = viewer.server.dataReceived
+
+        def timed(data: bytes) -> None:  # only the server's side counts
+            t = time.perf_counter()
+            real(data)
+            spent[0] += time.perf_counter() - t
+
+        viewer.server.dataReceived = timed
+        vsid = viewer.open_stream()
+        viewer.client.play(vsid, "bench")
+        viewer.pump()
+        return viewer
+
+    return join, spent
+
+
+def web_joiner(ws: bool):
+    from test_registry import FakeSource, video
+
+    registry = StreamRegistry(Clock(), StreamConfig(merge_ms=0))
+    stream = registry.publish("live", "bench", FakeSource())
+    stream.push(video(0, key=True, size=30000))
+    for i in range(1, 25):
+        stream.push(video(40 * i, size=3000))
+    site = server.Site(
+        FlvHttpResource(registry, websocket=make_ws_resource(registry)), requestFactory=FlvRequest
+    )
+    spent = [0.0]
+
+    def join():
+        if ws:
+            key = base64.b64encode(os.urandom(16)).decode()
+            req = (
+                "GET /live/bench.flv HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        else:
+            req = b"GET /live/bench.flv HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        t = time.perf_counter()
+        proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
+        proto.makeConnection(transport)
+        transport.protocol = proto  # Autobahn's resource looks for it
+        proto.dataReceived(req)
+        spent[0] += time.perf_counter() - t
+        return proto, transport
+
+    return join, spent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("proto", choices=["rtmp", "http", "ws"])
+    ap.add_argument("n", nargs="?", type=int, default=1000)
+    ap.add_argument("--profile", action="store_true", help="cProfile 300 more joins")
+    a = ap.parse_args()
+    join, spent = rtmp_joiner() if a.proto == "rtmp" else web_joiner(a.proto == "ws")
+    keep = [join() for _ in range(100)]  # warm up
+    spent[0] = 0.0
+    gc.collect()
+    gc.disable()
+    keep += [join() for _ in range(a.n)]
+    gc.enable()
+    print(f"{a.proto}: {spent[0] / a.n * 1e6:.0f} us of server-side Python per join ({a.n} joins)")
+    if a.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        keep += [join() for _ in range(300)]
+        prof.disable()
+        pstats.Stats(prof).sort_stats("cumtime").print_stats(30)
+    del keep
+
+
+if __name__ == "__main__":
+    main()
