@@ -43,6 +43,10 @@ LOAD_LOG_INTERVAL_S = 60.0
 
 def validate_name(value: str, what: str = "stream name") -> str:
     """Return ``value`` if it is a valid app or stream name, else raise."""
+    if not value:
+        raise InvalidStreamName(
+            f"no {what}: URLs are rtmp://host/APP/STREAM, http://host:port/APP/STREAM.flv"
+        )
     if not NAME_PATTERN.fullmatch(value):
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InvalidStreamName(
@@ -311,8 +315,6 @@ class Stream:
         bits = (self.bytes_in - self._load_logged_bytes) * 8
         self._load_logged_at = now
         self._load_logged_bytes = self.bytes_in
-        if elapsed > LOAD_LOG_INTERVAL_S * 2:
-            return  # the first line after a quiet spell would average over it
         merge_ms = self.config.merge_ms
         window = "auto" if merge_ms is None else f"{merge_ms} ms"
         log.info(

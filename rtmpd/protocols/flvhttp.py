@@ -180,12 +180,16 @@ class FlvHttpResource(resource.Resource):
     def render_HEAD(self, request: server.Request) -> bytes:
         """Whether the stream is live, with the headers a GET would get."""
         self._cors(request)
+        # The status and headers a GET would get, and no body (Twisted
+        # warns about, and drops, a body returned for HEAD).
         try:
             app, name = parse_flv_path(request.postpath or [], ".flv")
         except InvalidStreamName as e:
-            return _text(request, http.BAD_REQUEST, str(e))
+            _text(request, http.BAD_REQUEST, str(e))
+            return b""
         if self.registry.get(app, name) is None:
-            return _text(request, http.NOT_FOUND, f"stream {app}/{name} is not live")
+            _text(request, http.NOT_FOUND, f"stream {app}/{name} is not live")
+            return b""
         request.setHeader(b"Content-Type", b"video/x-flv")
         request.setHeader(b"Cache-Control", b"no-cache")
         return b""

@@ -274,3 +274,19 @@ def test_listeners_get_a_backlog_for_bursts_of_viewers(tmp_path: Path) -> None:
     options.parseOptions(["--root", str(tmp_path / "media")])
     makeService(options, reactor=reactor).privilegedStartService()
     assert {backlog for _, _, backlog, _ in reactor.tcpServers} == {DEFAULT_BACKLOG}
+
+
+def test_http_flv_head_answers_with_status_and_no_body() -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from rtmpd.protocols.flvhttp import FlvHttpResource
+
+    resource = FlvHttpResource(StreamRegistry(Clock()))
+    missing = DummyRequest([b"live", b"nobody.flv"])
+    missing.method = b"HEAD"
+    assert resource.render_HEAD(missing) == b""
+    assert missing.responseCode == 404
+    bad = DummyRequest([b"live", b"..%2fx.flv"])
+    bad.method = b"HEAD"
+    assert resource.render_HEAD(bad) == b""
+    assert bad.responseCode == 400

@@ -472,3 +472,8 @@ def test_a_watched_stream_logs_its_load_once_a_minute() -> None:
         globalLogPublisher.removeObserver(observer)
     assert len(seen) == 2
     assert seen[0].startswith("stream live/cam: 3 viewers, 100 kbit/s in, sends at most every 0 ms")
+
+
+def test_an_empty_name_says_what_the_url_should_look_like() -> None:
+    with pytest.raises(InvalidStreamName, match="URLs are rtmp://host/APP/STREAM"):
+        validate_name("")
