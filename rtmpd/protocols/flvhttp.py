@@ -93,7 +93,7 @@ class HttpFlvViewer(ViewerOutput):
 
     def stream_ended(self, reason: str) -> None:
         self.stream.registry.viewer_log.line(
-            log, "stop", self.stream.path, "play {path} by {peer} ended: {reason}",
+            log, "stop", self.stream.path, "stop play {path} by {peer}: {reason}",
             peer=self.description, reason=reason,
         )
         if not self.request.finished and not self.request._disconnected:
@@ -115,7 +115,8 @@ class HttpFlvViewer(ViewerOutput):
         self.stream.remove_viewer(self)
         self.stream.registry.viewer_log.line(
             log, "stop", self.stream.path,
-            "play {path} by {peer} closed by the client ({bytes} bytes, {dropped} frames skipped)",
+            "stop play {path} by {peer}: closed by the client ({bytes} bytes sent, "
+            "{dropped} frames skipped)",
             peer=self.description, bytes=self.bytes_sent, dropped=self.frames_dropped,
         )
 

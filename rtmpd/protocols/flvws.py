@@ -102,9 +102,8 @@ class WsFlvViewer(ViewerOutput):
         self.stream = stream
 
     def stream_ended(self, reason: str) -> None:
-        self.stream.registry.viewer_log.line(log, "stop", self.stream.path,
-                                             "play {path} by {peer} ended: {reason}",
-                                             peer=self.description, reason=reason)
+        # The close that follows logs the one "stop play" line, with this.
+        self.protocol.close_reason = f"stream ended: {reason}"
         self.protocol.sendClose(CLOSE_NORMAL, "stream ended")
 
     def drop(self, reason: str) -> None:
@@ -133,7 +132,12 @@ class WsFlvProtocol(WebSocketServerProtocol):
         self.close_reason: str | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
-        self.peer_name = f"ws {str(request.peer).removeprefix('tcp:')}"
+        # "ws 127.0.0.1:5000", like "rtmp ..." and "http-flv ..." (Autobahn
+        # says "tcp4:127.0.0.1:5000").
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host = getattr(peer, "host", None)
+        port = getattr(peer, "port", 0)
+        self.peer_name = f"ws {host}:{port}" if host else f"ws {request.peer}"
         path = request.path
         segments = [unquote(part).encode("utf-8", "surrogateescape")
                     for part in path.split("/")[1:]]
@@ -226,7 +230,7 @@ class WsFlvProtocol(WebSocketServerProtocol):
         # One line for a viewer's end: what it got and why it closed.
         viewer.stream.registry.viewer_log.line(
             log, "stop", viewer.stream.path,
-            "close {peer}: {why} (play {path}, {bytes} bytes sent, {dropped} frames skipped)",
+            "stop play {path} by {peer}: {why} ({bytes} bytes sent, {dropped} frames skipped)",
             peer=self.peer_name, why=why, bytes=viewer.bytes_sent,
             dropped=viewer.frames_dropped,
         )

@@ -150,6 +150,11 @@ class Options(usage.Options):
                 self._given.add("config")
         super().parseOptions(argv)
 
+    def opt_version(self) -> None:
+        """Print rtmpd's version and exit (``twistd --version`` is Twisted's)."""
+        print(f"rtmpd {__version__.public()}")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         if self["config"]:
             self._load_config(self["config"])

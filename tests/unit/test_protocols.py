@@ -290,3 +290,12 @@ def test_http_flv_head_answers_with_status_and_no_body() -> None:
     bad.method = b"HEAD"
     assert resource.render_HEAD(bad) == b""
     assert bad.responseCode == 400
+
+
+def test_rtmpd_version_option_prints_rtmpds_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from rtmpd._version import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        Options().parseOptions(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rtmpd {__version__.public()}"
