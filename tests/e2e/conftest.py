@@ -38,10 +38,28 @@ def _tools() -> None:
         pytest.fail(f"end-to-end tests need {', '.join(missing)}: `make test` installs them")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_handed_out: set[int] = set()
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """``count`` distinct free loopback ports, none handed out before in this
+    session (binding port 0 one socket at a time can give the same port
+    twice: a server's web and HTTP listeners once collided that way)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return tuple(ports)
 
 
 def wait_for_port(port: int, deadline_s: float = WAIT_S) -> None:
@@ -131,7 +149,7 @@ class Server:
 
 
 def start_server(tmp: Path, *extra: str) -> Server:
-    rtmp_port, http_port, web_port = free_port(), free_port(), free_port()
+    rtmp_port, http_port, web_port = free_ports(3)
     root = tmp / "media"
     log_path = tmp / "rtmpd.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process

@@ -20,7 +20,7 @@ from tests.e2e.conftest import (
     VENV_BIN,
     WAIT_S,
     Server,
-    free_port,
+    free_ports,
     run,
     stop_server,
     wait_for_port,
@@ -198,7 +198,7 @@ def test_push_resumes_after_server_restart_and_new_viewer_decodes_clean(
     """Stop the server mid-push, start a new one on the same ports: the pusher
     reconnects by itself, and a viewer of the new session decodes without an error;
     SIGINT then ends the push with status 0."""
-    ports = (free_port(), free_port(), free_port())
+    ports = free_ports(3)
     first = start_server_on(tmp_path / "first", *ports)
     second: Server | None = None
     pusher = None
