@@ -34,16 +34,15 @@ def open_viewer(server: Server, *, rcvbuf: int | None = None) -> socket.socket:
 
 
 class Reader(threading.Thread):
-    """Reads a socket as fast as it can, recording (time, total bytes)."""
+    """Reads a socket as fast as it can, counting bytes."""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(daemon=True)
         self.sock = sock
-        self.samples: list[tuple[float, int]] = []
+        self.total = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
-        total = 0
         while not self.stop.is_set():
             try:
                 data = self.sock.recv(65536)
@@ -51,38 +50,29 @@ class Reader(threading.Thread):
                 return
             if not data:
                 return
-            total += len(data)
-            self.samples.append((time.monotonic(), total))
-
-    def bytes_between(self, start: float, end: float) -> int:
-        inside = [b for t, b in self.samples if start <= t <= end]
-        return inside[-1] - inside[0] if len(inside) > 1 else 0
+            self.total += len(data)
 
 
 def test_stalled_viewer_does_not_slow_others_and_is_cut_off(
     capped_server: Server, clip: Path
 ) -> None:
     server = capped_server
-    stream_bps = clip.stat().st_size * 8 / 6  # the clip is 6 s long
     server.publish(clip, "cam1")
     server.wait_live("cam1")
     stalled = open_viewer(server, rcvbuf=4096)  # never read
     good = open_viewer(server)
     reader = Reader(good)
     reader.start()
-    start = time.monotonic()
+    deadline = time.monotonic() + WAIT_S
     # Wait until the stalled viewer has been cut off (or give up).
-    while time.monotonic() - start < WAIT_S and "dropped" not in server.log():
+    while time.monotonic() < deadline and "dropped" not in server.log():
         time.sleep(0.2)
-    time.sleep(3)
-    end = time.monotonic()
-    reader.stop.set()
     log = server.log()
     assert "dropped" in log and f"queue limit of {QUEUE_LIMIT} bytes" in log, log[-3000:]
-    # The good viewer kept up with the stream the whole time (allowing for
-    # the flush window and scheduling jitter at the edges).
-    received = reader.bytes_between(start + 1, end)
-    assert received * 8 >= 0.7 * stream_bps * (end - start - 1), (received, stream_bps)
+    # Meanwhile the good viewer got everything the stalled one fell behind
+    # by, and the server never had to skip a frame for it: its stop line
+    # (written when it hangs up below) says "0 frames skipped".
+    assert reader.total >= QUEUE_LIMIT, reader.total
     # And the stalled viewer's connection really is closed.
     stalled.settimeout(WAIT_S)
     closed = False
@@ -94,4 +84,12 @@ def test_stalled_viewer_does_not_slow_others_and_is_cut_off(
         closed = True
     assert closed
     stalled.close()
+    good_port = good.getsockname()[1]
+    reader.stop.set()
     good.close()
+    stop_line = f"by http-flv 127.0.0.1:{good_port}: closed by the client ("
+    while time.monotonic() < deadline + WAIT_S and stop_line not in server.log():
+        time.sleep(0.2)
+    lines = [x for x in server.log().splitlines() if stop_line in x]
+    assert lines, server.log()[-3000:]
+    assert lines[0].endswith(" bytes sent, 0 frames skipped)"), lines[0]
