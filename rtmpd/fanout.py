@@ -178,7 +178,10 @@ class ViewerOutput:
 
     def send_bytes(self, data: bytes, frames: int) -> None:
         """Send one pass's bytes (``frames`` frames joined): the per-viewer
-        hot path, one ``write`` when the transport holds nothing."""
+        hot path, one ``write`` when the transport holds nothing. It is
+        :func:`write_now` cut down to one buffer (no list, no batching, no
+        taking over queued bytes, which a synced viewer never has): this
+        runs once per viewer per pass."""
         self.bytes_sent += len(data)
         self.frames_sent += frames
         t: Any = self.transport
@@ -465,18 +468,6 @@ class FanoutGroup:
             self._flush_again = False
             self.flush()
 
-    def _finish_pass(self) -> None:
-        """Serve the rest of the current pass now (the stream is ending)."""
-        call = self._pass_call
-        if call is not None and call.active():
-            call.cancel()
-        self._pass_call = None
-        clock, self.clock = self.clock, None
-        try:
-            self._run_pass()
-        finally:
-            self.clock = clock
-
     def _check_lag(self) -> None:
         limit = self.queue_limit_bytes
         for viewer in list(self._held):
@@ -490,11 +481,19 @@ class FanoutGroup:
 
     def end(self, reason: str) -> None:
         """Send everything still pending, then end every viewer's output."""
+        call = self._pass_call
+        if call is not None and call.active():
+            call.cancel()
+        self._pass_call = None
         self._flush_again = False
-        self._finish_pass()
+        # Without a clock the rest of a pass in progress, and the pass over
+        # what is still pending, run to the end now.
         clock, self.clock = self.clock, None
-        self.flush()
-        self.clock = clock
+        try:
+            self._run_pass()
+            self.flush()
+        finally:
+            self.clock = clock
         for viewer in self.viewers():
             self.remove(viewer)
             viewer.stream_ended(reason)

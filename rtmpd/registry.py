@@ -289,7 +289,7 @@ class Stream:
         of the time, else enough to bring it back there."""
         if self.config.merge_ms is not None:
             return self.config.merge_ms
-        busy_s = sum(g.last_pass_s for g in self.groups.values())
+        busy_s = self._last_pass_s()
         if busy_s * self.frame_rate <= MAX_SEND_DUTY:
             return 0.0
         return min(MAX_AUTO_MERGE_MS, busy_s / MAX_SEND_DUTY * 1000)
@@ -325,8 +325,12 @@ class Stream:
             kbps=bits / elapsed / 1000,
             window_ms=self.send_window_ms(),
             window=window,
-            pass_ms=sum(g.last_pass_s for g in self.groups.values()) * 1000,
+            pass_ms=self._last_pass_s() * 1000,
         )
+
+    def _last_pass_s(self) -> float:
+        """How long the last pass over all of the stream's viewers took."""
+        return sum(g.last_pass_s for g in self.groups.values())
 
     # -- viewers and sinks -----------------------------------------------------
 

@@ -337,7 +337,8 @@ class RtmpServerProtocol(protocol.Protocol):
             viewer.stream.remove_viewer(viewer)
             self.registry.viewer_log.line(
                 log, "stop", viewer.stream.path,
-                "stop play {path} by {peer} ({bytes} bytes sent, {dropped} frames skipped)",
+                "stop play {path} by {peer}: stopped by the player ({bytes} bytes sent, "
+                "{dropped} frames skipped)",
                 peer=self.peer, bytes=viewer.bytes_sent, dropped=viewer.frames_dropped,
             )
         self.paused.pop(stream_id, None)

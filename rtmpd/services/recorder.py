@@ -276,6 +276,16 @@ class Recording:
             return frame.codec == flv.VIDEO_AVC
         return frame.codec == flv.AUDIO_AAC
 
+    def _keep_header(self, frame: Frame) -> bool:
+        """Remember a sequence header this recorder takes; False if it does not."""
+        if not self._accepts_header(frame):
+            return False
+        if frame.kind is FrameKind.VIDEO:
+            self.video_header = frame
+        else:
+            self.audio_header = frame
+        return True
+
     def _gate(self, frame: Frame) -> None:
         kind = frame.kind
         self._pending.append(frame)
@@ -283,11 +293,7 @@ class Recording:
             self.metadata = frame
             return
         if frame.sequence_header:
-            if self._accepts_header(frame):
-                if kind is FrameKind.VIDEO:
-                    self.video_header = frame
-                else:
-                    self.audio_header = frame
+            self._keep_header(frame)
             return
         if kind is FrameKind.VIDEO:
             self._seen_video = True
@@ -352,11 +358,7 @@ class Recording:
             self.metadata = frame
             return
         if frame.sequence_header:
-            if self._accepts_header(frame):
-                if kind is FrameKind.VIDEO:
-                    self.video_header = frame
-                else:
-                    self.audio_header = frame
+            if self._keep_header(frame):
                 self.write_header(frame)
             return
         if self.codec_only:

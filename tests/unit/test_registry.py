@@ -341,13 +341,19 @@ def test_viewer_joining_during_a_pass_gets_every_frame_once() -> None:
         assert [t[1] for t in v.tags()] == [0, 40, 80]
 
 
-def test_viewer_that_pauses_and_rejoins_during_a_pass_skips_that_pass() -> None:
+def _mid_pass() -> tuple[Stream, Clock, list[RecordingViewer]]:
+    """A stream whose pass over its viewers (frame 40) has done one slice."""
     registry, clock = make_registry(merge_ms=0)
     stream = registry.publish("live", "cam", FakeSource())
     stream.push(video(0, key=True))
     viewers = _audience(stream, FLUSH_SLICE_VIEWERS + 1)
-    last = viewers[-1]
-    stream.push(video(40))  # pass in progress; `last` is in its second slice
+    stream.push(video(40))
+    return stream, clock, viewers
+
+
+def test_viewer_that_pauses_and_rejoins_during_a_pass_skips_that_pass() -> None:
+    stream, clock, viewers = _mid_pass()
+    last = viewers[-1]  # in the second slice: not served yet
     last.pauseProducing()
     last.resumeProducing()
     stream.push(video(80, key=True))  # `last` rejoins here
@@ -411,12 +417,8 @@ def test_adaptive_window_spaces_passes_when_sending_would_fill_the_core() -> Non
 
 
 def test_viewer_held_before_its_slice_counts_that_pass_as_skipped() -> None:
-    registry, clock = make_registry(merge_ms=0)
-    stream = registry.publish("live", "cam", FakeSource())
-    stream.push(video(0, key=True))
-    viewers = _audience(stream, FLUSH_SLICE_VIEWERS + 1)
-    last = viewers[-1]
-    stream.push(video(40))  # pass in progress; `last` is in its second slice
+    stream, clock, viewers = _mid_pass()
+    last = viewers[-1]  # in the second slice: not served yet
     last.pauseProducing()  # before being served: misses 40
     stream.push(video(80))  # pending: missed too
     last.resumeProducing()
