@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 from rtmpd.codec.buffer import ByteBuffer
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
+from rtmpd.codec.sentinel import NEED_DATA as NEED_DATA
+from rtmpd.codec.sentinel import NeedData as NeedData
 
 # --------------------------------------------------------------------------- constants
 
@@ -228,17 +230,6 @@ class TagReceived:
 class EndOfStream:
     """The input ended cleanly, after a PreviousTagSize (a tag boundary)."""
 
-
-class NeedData:
-    """Sentinel type: :meth:`FlvReader.next_event` needs more bytes."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = NeedData()
 
 FlvEvent = FlvHeaderReceived | TagReceived | EndOfStream
 

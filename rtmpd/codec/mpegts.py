@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from rtmpd.codec import aac, avc
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
+from rtmpd.codec.sentinel import NEED_DATA as NEED_DATA
+from rtmpd.codec.sentinel import NeedData as NeedData
 
 # --------------------------------------------------------------------------- constants
 
@@ -519,18 +521,6 @@ class PesPacket:
     payload: bytes
     random_access: bool = False
     pcr_27m: int | None = None
-
-
-class NeedData:
-    """Sentinel type: :meth:`TsReader.next_event` needs more bytes."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = NeedData()
 
 
 class _PesAssembly:

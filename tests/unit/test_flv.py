@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import itertools
 import struct
@@ -512,29 +511,6 @@ def test_ffmpeg_file_reads_back_with_sequence_headers_keyframe_and_b_frames() ->
     assert all(i == info(codec=flv.AUDIO_AAC) for _, i in audio[1:])
     dts = [t.timestamp_ms for t, _ in video]
     assert dts == sorted(dts)
-
-
-# --------------------------------------------------------------------------- purity
-
-FORBIDDEN = {"twisted", "autobahn", "socket", "time", "os", "logging", "asyncio"}
-CODEC_DIR = Path(flv.__file__).resolve().parent
-MY_MODULES = ["flv.py", "buffer.py", "bits.py", "avc.py", "hevc.py", "aac.py"]
-
-
-@pytest.mark.parametrize("name", MY_MODULES)
-def test_codec_module_imports_no_io(name: str) -> None:
-    path = CODEC_DIR / name
-    if not path.exists():
-        pytest.skip(f"{name} not written yet")
-    tree = ast.parse(path.read_text())
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            imported.add(node.module.split(".")[0])
-    assert not imported & FORBIDDEN
-    assert "open(" not in path.read_text()
 
 
 def test_tag_header_struct_layout() -> None:

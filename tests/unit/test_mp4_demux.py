@@ -3,7 +3,6 @@ unsupported codecs and limits."""
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 import subprocess
@@ -25,7 +24,6 @@ from rtmpd.codec.mp4.progressive import write_progressive
 DATA = Path(__file__).parent.parent / "data" / "mp4"
 AVC_GOLDENS = ["tiny_bframes.mp4", "tiny_fragmented.mp4", "tiny_fragmented_implicit_base.mp4"]
 GOLDENS = [*AVC_GOLDENS, "tiny_hevc.mp4"]
-MP4_PACKAGE = Path(__file__).parent.parent.parent / "rtmpd" / "codec" / "mp4"
 
 AVCC = bytes.fromhex("01640015ffe1000a6764001583b49c0a00000001000468ee3cb0")
 VIDEO = TrackConfig(
@@ -312,26 +310,6 @@ def test_unknown_track_id_is_local_error() -> None:
     demuxer = _demux(_small_files()["progressive"])
     with pytest.raises(LocalProtocolError):
         demuxer.track(9)
-
-
-# -- purity ---------------------------------------------------------------------------------
-
-FORBIDDEN = {"twisted", "socket", "time", "os", "logging", "io", "pathlib", "autobahn"}
-
-
-@pytest.mark.parametrize("module", sorted(p.name for p in MP4_PACKAGE.glob("*.py")))
-def test_mp4_modules_import_nothing_impure(module: str) -> None:
-    tree = ast.parse((MP4_PACKAGE / module).read_text())
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module]
-        for name in names:
-            assert name.split(".")[0] not in FORBIDDEN, f"{module} imports {name}"
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            assert node.func.id != "open", f"{module} opens a file"
 
 
 @settings(max_examples=300, deadline=None)

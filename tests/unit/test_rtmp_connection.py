@@ -711,24 +711,3 @@ def test_random_commands_give_events_or_remote_protocol_error(bodies: list[bytes
         server.receive_data(wire)
         while (event := server.next_event()) is not NEED_DATA:
             auto_answer(server, event)
-
-
-def test_codec_modules_do_no_io_imports() -> None:
-    import ast
-    import pathlib
-
-    import rtmpd.codec.rtmp as package
-
-    forbidden = {"twisted", "autobahn", "socket", "time", "os", "logging", "asyncio", "random"}
-    root = pathlib.Path(package.__file__).parent
-    paths = [*root.glob("*.py"), root.parent / "amf0.py", root.parent / "amf3.py"]
-    for path in paths:
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            for name in names:
-                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"

@@ -22,11 +22,11 @@ header, for bytes shared by many viewers.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Final
 
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
+from rtmpd.codec.sentinel import NEED_DATA, NeedData
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -69,18 +69,6 @@ _COMPACT_AT: Final = 64 * 1024
 
 _TYPE_SET_CHUNK_SIZE: Final = 1
 _TYPE_ABORT: Final = 2
-
-
-class NeedData(enum.Enum):
-    """Type of :data:`NEED_DATA`: ``next_event()`` needs more bytes."""
-
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData.NEED_DATA
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
