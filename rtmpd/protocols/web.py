@@ -1,12 +1,19 @@
-"""The ``--web`` port: the ``--root`` tree, read-only, and nothing outside it."""
+"""The ``--web`` port: the ``--root`` tree, read-only, and nothing outside it;
+with an admission, the admin endpoints ``/api`` and ``/metrics`` beside it
+(:mod:`rtmpd.protocols.api`)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.filepath import FilePath
 from twisted.web import pages, resource, server, static
+
+if TYPE_CHECKING:
+    from rtmpd.admission import Admission
+    from rtmpd.services.stats import Metrics, StatsSampler
 
 #: MIME types the stock table lacks or gets wrong for streaming files.
 MEDIA_TYPES = {
@@ -72,9 +79,60 @@ class RootedFile(static.File):
         return pages.notFound("Not Found", "Directory listings are off.")
 
 
-def make_web_site(root: str) -> server.Site:
-    """A Site serving ``root`` read-only."""
+class WebSite(server.Site):
+    """The web port's Site; runs the stats sampler it was given to own while
+    it listens (so a Site that never listens, as in a test, sets no timer)."""
+
+    def __init__(
+        self, root: resource.IResource, *, owned_sampler: StatsSampler | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, **kwargs)
+        self.owned_sampler = owned_sampler
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self.owned_sampler is not None:
+            self.owned_sampler.start()
+
+    def stopFactory(self) -> None:
+        if self.owned_sampler is not None:
+            self.owned_sampler.stop()
+        super().stopFactory()
+
+
+def make_web_site(
+    root: str,
+    *,
+    reactor: IReactorTime | None = None,
+    admission: Admission | None = None,
+    metrics: Metrics | None = None,
+    api_token: str | None = None,
+    sampler: StatsSampler | None = None,
+) -> server.Site:
+    """A Site serving ``root`` read-only, with ``/api`` when given an
+    ``admission`` and ``/metrics`` when given ``metrics``; both follow
+    :func:`rtmpd.protocols.api.access_denied` with ``api_token``.
+
+    Without a ``sampler`` one is made on ``reactor`` (else the registry's
+    clock) and runs while the site listens; a given one is the caller's to
+    start. ``reactor`` also drives the Site's timeouts.
+    """
     FilePath(root).makedirs(ignoreExistingDirectory=True)
-    site = server.Site(RootedFile(root), timeout=30)
+    files = RootedFile(root)
+    owned: StatsSampler | None = None
+    if admission is not None or metrics is not None:
+        from rtmpd.protocols.api import ApiResource, MetricsResource
+        from rtmpd.services.stats import StatsSampler
+
+        # Children win over files of the same names under --root.
+        if admission is not None:
+            if sampler is None:
+                clock = reactor if reactor is not None else admission.clock
+                sampler = owned = StatsSampler(admission.registry, clock)
+            files.putChild(b"api", ApiResource(admission, sampler, token=api_token))
+        if metrics is not None:
+            files.putChild(b"metrics", MetricsResource(metrics, token=api_token))
+    site = WebSite(files, owned_sampler=owned, timeout=30, reactor=reactor)
     site.displayTracebacks = False
     return site

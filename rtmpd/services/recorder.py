@@ -423,6 +423,8 @@ class Recording:
             return
         self.state = State.FAILED
         log.error("{what} failed: {message}; recording stopped", what=self.path, message=message)
+        if self.recorder.on_failure is not None:
+            self.recorder.on_failure(self.fmt)
         if not self.done.called:
             self.done.callback(None)
 
@@ -470,6 +472,8 @@ class Recorder(service.Service):
         self.settings = settings
         self.recordings: dict[Stream, Recording] = {}
         self._unfinished: set[defer.Deferred[None]] = set()
+        #: Called with the format (``hls``...) when a recording fails (metrics).
+        self.on_failure: Callable[[str], None] | None = None
         self.setName(f"record-{self.recording_class.fmt}")
 
     @property
