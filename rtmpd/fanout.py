@@ -21,27 +21,22 @@ from __future__ import annotations
 
 import enum
 import fcntl
-import os
 import struct
 import termios
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from rtmpd._twisted import queued_bytes, socket_fd, write_now, write_one
+from rtmpd.interfaces import IViewer
 from rtmpd.media import Frame
 
 if TYPE_CHECKING:
+    from rtmpd.admission import Admission, AdmissionRequest
     from rtmpd.registry import Stream
-
-#: The kernel refuses more than this many buffers in one ``writev`` (IOV_MAX
-#: on Linux); longer lists are sent in several calls.
-IOV_MAX = 1024
-
-_write = os.write
 
 log = Logger()
 
@@ -91,9 +86,10 @@ class ViewerState(enum.Enum):
 _SENDING = (ViewerState.SYNCED, ViewerState.JOINED)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IViewer)
 class ViewerOutput:
-    """The sending side of one viewer: counters, backpressure and the writes.
+    """The sending side of one viewer: counters, backpressure, the writes,
+    and the one way a viewer ends (:meth:`finish`).
 
     Protocol adapters subclass it and implement :meth:`stream_ended` and
     :meth:`drop`. It registers itself as the push producer of the consumer
@@ -101,31 +97,55 @@ class ViewerOutput:
     """
 
     __slots__ = (
+        "_admission",
         "_fd",
         "_lag_base_bytes",
         "_lag_base_frames",
+        "_request",
         "bytes_sent",
+        "client_id",
         "description",
+        "finished",
         "frames_dropped",
         "frames_sent",
         "group",
+        "output",
+        "protocol",
         "state",
+        "stream",
         "transport",
     )
 
-    def __init__(self, transport: ITransport, description: str) -> None:
+    def __init__(
+        self,
+        transport: ITransport,
+        description: str,
+        *,
+        stream: Stream | None = None,
+        output: OutputFormat | None = None,
+        protocol: str = "",
+        client_id: int = 0,
+    ) -> None:
         self.transport = transport
         self.description = description
+        self.stream = stream
+        #: The format whose shared bytes this viewer gets.
+        self.output = output
+        self.protocol = protocol
+        self.client_id = client_id
         self.group: FanoutGroup | None = None
         self.state = ViewerState.SYNCED
+        self.finished = False
         self.bytes_sent = 0
         self.frames_sent = 0
         self.frames_dropped = 0
         self._lag_base_bytes = 0
         self._lag_base_frames = 0
+        self._admission: Admission | None = None
+        self._request: AdmissionRequest | None = None
         # The direct writev path is only for plain TCP; TLS must go through
         # its transport.
-        self._fd = transport.fileno() if isinstance(transport, tcp.Connection) else -1
+        self._fd = socket_fd(transport)
         self.allow_buffered(VIEWER_BUFFER_BYTES)
 
     def allow_buffered(self, size: int) -> None:
@@ -144,15 +164,48 @@ class ViewerOutput:
         """Close this viewer's connection now; ``reason`` is for the log."""
         raise NotImplementedError
 
+    # -- the end, once for every protocol -----------------------------------
+
+    def admitted(self, admission: Admission, request: AdmissionRequest) -> None:
+        """Admission let this viewer in for ``request``: it hears the end."""
+        self._admission = admission
+        self._request = request
+
+    def finish(self, why: str, *, dropped: bool = False) -> None:
+        """The viewer is gone: leave the stream, write the one stop line,
+        count it. Idempotent; adapters call it however the viewer ends."""
+        if self.finished:
+            return
+        self.finished = True
+        group = self.group
+        if group is not None:
+            group.remove(self)
+        self.state = ViewerState.CLOSED
+        admission = self._admission
+        request = self._request
+        if admission is not None and request is not None:
+            admission.viewer_finished(self, request, why, dropped=dropped)
+
+    def lag_ms(self) -> int:
+        """How far behind live this viewer is, in ms: frames skipped or
+        still queued, at the stream's frame rate (0 when in sync)."""
+        group = self.group
+        if group is None or self.stream is None:
+            return 0
+        rate = self.stream.frame_rate
+        sending = self.state in _SENDING
+        behind_frames = 0 if sending else group.total_frames - self._lag_base_frames
+        queued = self.buffered_bytes()
+        if queued and group.total_frames:
+            behind_frames += int(queued / max(1, group.total_bytes / group.total_frames))
+        return int(behind_frames * 1000 / rate) if rate > 0 else 0
+
     # -- writes ------------------------------------------------------------
 
     def buffered_bytes(self) -> int:
         """Bytes queued for this viewer and not yet sent: in the transport's
         buffer and in the kernel's socket send queue (0 when unknown)."""
-        t = self.transport
-        if not isinstance(t, tcp.Connection):
-            return 0
-        queued = len(t.dataBuffer) - t.offset + t._tempDataLen
+        queued = queued_bytes(self.transport)
         if self._fd >= 0:
             try:
                 raw = fcntl.ioctl(self._fd, termios.TIOCOUTQ, b"\0\0\0\0")
@@ -178,25 +231,10 @@ class ViewerOutput:
 
     def send_bytes(self, data: bytes, frames: int) -> None:
         """Send one pass's bytes (``frames`` frames joined): the per-viewer
-        hot path, one ``write`` when the transport holds nothing. It is
-        :func:`write_now` cut down to one buffer (no list, no batching, no
-        taking over queued bytes, which a synced viewer never has): this
-        runs once per viewer per pass."""
+        hot path, one ``write`` when the transport holds nothing."""
         self.bytes_sent += len(data)
         self.frames_sent += frames
-        t: Any = self.transport
-        fd = self._fd
-        if fd < 0 or t._tempDataLen or len(t.dataBuffer) != t.offset:
-            t.write(data)
-            return
-        try:
-            written = _write(fd, data)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            return  # the peer is gone; connectionLost follows
-        if written != len(data):
-            t.write(data[written:])
+        write_one(self.transport, self._fd, data)
 
     # -- IPushProducer -------------------------------------------------------
 
@@ -212,60 +250,7 @@ class ViewerOutput:
 
     def stopProducing(self) -> None:
         """The consumer is going away. The adapter's connection-lost handler
-        removes the viewer from its stream (and logs why), so nothing here."""
-
-
-def write_now(transport: Any, fd: int, chunks: Sequence[bytes], size: int) -> None:
-    """Write ``chunks`` (``size`` bytes) to a connection's socket now.
-
-    ``fd`` is the socket of a plain TCP transport, or -1 (TLS, tests), in
-    which case the transport writes them. Twisted's own ``write`` only
-    queues the bytes and sends them on the next reactor turn, two epoll
-    updates later; this sends at once when the transport holds nothing
-    already sent in part. Bytes it queued but never tried (response headers,
-    say) go first in the same ``writev``. What the kernel does not take is
-    handed back to the transport, which keeps the order and applies
-    backpressure.
-    """
-    t = transport
-    if fd < 0 or len(t.dataBuffer) != t.offset or not t.connected or t.disconnecting:
-        t.writeSequence(chunks)
-        return
-    if t._tempDataLen:
-        chunks = [*t._tempDataBuffer, *chunks]
-        size += t._tempDataLen
-        t._tempDataBuffer = []
-        t._tempDataLen = 0
-    for start in range(0, len(chunks), IOV_MAX):
-        batch = chunks[start : start + IOV_MAX] if len(chunks) > IOV_MAX else chunks
-        try:
-            written = os.writev(fd, batch)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            # The peer is gone; the reactor will notice and call
-            # connectionLost. Nothing more to send.
-            return
-        if written != (size if batch is chunks else sum(map(len, batch))):
-            _write_rest(t, chunks, start, written)
-            return
-
-
-def _write_rest(transport: Any, chunks: Sequence[bytes], start: int, written: int) -> None:
-    """Hand the transport what a partial ``writev`` starting at ``chunks[start]``
-    left unsent (``written`` bytes were taken)."""
-    index = start
-    for chunk in chunks[start:]:
-        n = len(chunk)
-        if written < n:
-            break
-        written -= n
-        index += 1
-    if index < len(chunks):
-        if written:
-            transport.write(chunks[index][written:])
-            index += 1
-        transport.writeSequence(chunks[index:])
+        calls :meth:`finish`, so nothing here."""
 
 
 class FanoutGroup:

@@ -37,3 +37,63 @@ class IStreamObserver(Interface):
 
     def stream_unpublished(stream: object) -> None:
         """A stream ended."""
+
+
+class IViewer(Interface):
+    """One viewer of one stream, whatever its protocol (RTMP, HTTP-FLV,
+    WS-FLV, a gateway's or a forward's client): what the fan-out sends to,
+    what the stats show, and what admission counts.
+
+    :class:`rtmpd.fanout.ViewerOutput` implements it; protocol adapters
+    subclass that and fill in :meth:`stream_ended` and :meth:`drop`.
+    """
+
+    description = Attribute("Short text for logs, e.g. 'http-flv 127.0.0.1:5000'.")
+    protocol = Attribute("The protocol's name: 'rtmp', 'http-flv', 'ws-flv'.")
+    client_id = Attribute("The connection's id (as in /api/clients/{id}), 0 if none.")
+    stream = Attribute("The Stream it plays.")
+    bytes_sent = Attribute("Bytes sent so far.")
+    frames_sent = Attribute("Frames sent so far.")
+    frames_dropped = Attribute("Frames skipped because the viewer was too slow.")
+
+    def stream_ended(reason: str) -> None:
+        """The stream is over: end this viewer's output politely."""
+
+    def drop(reason: str) -> None:
+        """Close this viewer's connection now (it broke a limit)."""
+
+    def finish(why: str) -> None:
+        """The viewer is gone, for ``why``: leave the stream, write the one
+        stop line, count it. Idempotent; every way a viewer ends calls it."""
+
+    def lag_ms() -> int:
+        """How far behind live this viewer is, in ms (0 when in sync)."""
+
+
+class IAuthorizer(Interface):
+    """Says whether a publish or play may go ahead (``ARCHITECTURE.md`` §8).
+
+    Authorizers compose: admission asks each in turn and the first refusal
+    wins. They are asked before any status says "started".
+    """
+
+    def authorize(request: object) -> object:
+        """Decide on a :class:`rtmpd.admission.AdmissionRequest`.
+
+        Returns a :class:`rtmpd.admission.Decision`, or a Deferred that fires
+        with one (an HTTP hook). A failure counts as a refusal.
+        """
+
+
+class IAdmissionListener(Interface):
+    """Hears what admission decided and when admitted clients end: done
+    hooks, metrics. Must not block; called on the reactor thread."""
+
+    def refused(request: object, refusal: object, message: str) -> None:
+        """A request was refused (:class:`rtmpd.admission.Refusal`)."""
+
+    def started(request: object) -> None:
+        """A publish or play was admitted and has started."""
+
+    def ended(request: object, why: str) -> None:
+        """An admitted publish or play ended, cleanly or not."""

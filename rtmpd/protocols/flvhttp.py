@@ -4,6 +4,10 @@
 ``POST`` (or ``PUT``) ``/{app}/{stream}`` publishes one: the body, chunked,
 ``Content-Length`` or close-delimited, is an FLV stream parsed as it arrives
 (twisted.web would otherwise buffer the whole body before rendering).
+
+Both go through admission (:mod:`rtmpd.admission`); refusals are answered
+with the status in :data:`HTTP_STATUS`. A publish is decided before its body
+is read.
 """
 
 from __future__ import annotations
@@ -14,25 +18,48 @@ from collections.abc import Hashable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from rtmpd._twisted import (
+    body_until_close,
+    read_body_until_close,
+    request_disconnected,
+    request_line,
+)
+from rtmpd.admission import (
+    MAX_QUERY_CHARS,
+    Action,
+    Admission,
+    AdmissionRefused,
+    AdmissionRequest,
+    Publisher,
+    Refusal,
+)
 from rtmpd.codec import flv
 from rtmpd.codec.errors import ProtocolError
-from rtmpd.errors import InvalidStreamName, StreamBusy
-from rtmpd.fanout import ViewerOutput, ViewerState
+from rtmpd.errors import InvalidStreamName
+from rtmpd.fanout import OutputFormat, ViewerOutput
 from rtmpd.media import Frame
 from rtmpd.protocols.flvingest import FlvIngest
-from rtmpd.registry import Stream, StreamRegistry, validate_name
+from rtmpd.registry import Stream, validate_name
 
 log = Logger()
 
+#: CORS for play: open to pages on any origin.
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",
-    b"Access-Control-Allow-Methods": b"GET, HEAD, POST, PUT, OPTIONS",
+    b"Access-Control-Allow-Methods": b"GET, HEAD, OPTIONS",
     b"Access-Control-Allow-Headers": b"Content-Type, Range, Authorization",
     b"Access-Control-Max-Age": b"86400",
+}
+#: ... and with ``--cors-publish``, for publish too.
+CORS_PUBLISH_HEADERS = {
+    **CORS_HEADERS,
+    b"Access-Control-Allow-Methods": b"GET, HEAD, POST, PUT, OPTIONS",
 }
 
 
@@ -81,44 +108,35 @@ PLAIN = FlvPlainFormat()
 class HttpFlvViewer(ViewerOutput):
     """One HTTP-FLV response being streamed."""
 
-    __slots__ = ("request", "stream")
+    __slots__ = ("request",)
 
-    def __init__(self, request: server.Request, stream: Stream, transport: ITransport) -> None:
+    def __init__(
+        self, request: server.Request, stream: Stream, output: OutputFormat,
+        transport: ITransport, client_id: int,
+    ) -> None:
         peer = request.getClientAddress()
         host = getattr(peer, "host", "?")
         port = getattr(peer, "port", 0)
-        super().__init__(transport, f"http-flv {host}:{port}")
+        super().__init__(
+            transport, f"http-flv {host}:{port}", stream=stream, output=output,
+            protocol="http-flv", client_id=client_id,
+        )
         self.request = request
-        self.stream = stream
 
     def stream_ended(self, reason: str) -> None:
-        self.stream.registry.viewer_log.line(
-            log, "stop", self.stream.path, "stop play {path} by {peer}: {reason}",
-            peer=self.description, reason=reason,
-        )
-        if not self.request.finished and not self.request._disconnected:
+        self.finish(f"stream ended: {reason}")
+        if not self.request.finished and not request_disconnected(self.request):
             self.request.unregisterProducer()
             self.request.finish()
 
     def drop(self, reason: str) -> None:
-        log.warn(
-            "play {path} by {peer} dropped: {reason}", path=self.stream.path,
-            peer=self.description, reason=reason,
-        )
+        self.finish(f"dropped: {reason}", dropped=True)
         self.request.unregisterProducer()
         self.request.channel.transport.abortConnection()  # type: ignore[union-attr]
 
     def connection_lost(self, reason: object) -> None:
         """The response ended: the client went away, or we finished it."""
-        if self.state is ViewerState.CLOSED:
-            return
-        self.stream.remove_viewer(self)
-        self.stream.registry.viewer_log.line(
-            log, "stop", self.stream.path,
-            "stop play {path} by {peer}: closed by the client ({bytes} bytes sent, "
-            "{dropped} frames skipped)",
-            peer=self.description, bytes=self.bytes_sent, dropped=self.frames_dropped,
-        )
+        self.finish("closed by the client")
 
 
 def _text(request: server.Request, code: int, message: str) -> bytes:
@@ -128,37 +146,73 @@ def _text(request: server.Request, code: int, message: str) -> bytes:
     return (message + "\n").encode()
 
 
-def parse_flv_path(path_segments: list[bytes], suffix: str) -> tuple[str, str]:
-    """Split ``[app, stream + suffix]`` into validated names.
+#: The HTTP status of each refusal.
+HTTP_STATUS: dict[Refusal, int] = {
+    Refusal.BAD_NAME: http.BAD_REQUEST,
+    Refusal.NOT_FOUND: http.NOT_FOUND,
+    Refusal.BUSY: http.CONFLICT,
+    Refusal.UNAUTHORIZED: http.UNAUTHORIZED,
+    Refusal.FORBIDDEN: http.FORBIDDEN,
+    Refusal.LIMIT: http.SERVICE_UNAVAILABLE,
+}
 
-    Raises InvalidStreamName for anything else, including dot segments and
-    percent-escapes (which twisted.web has already decoded).
+
+def parse_flv_path(path_segments: list[bytes], suffix: str) -> tuple[str, str]:
+    """Split ``[app, stream + suffix]`` into names (validated by admission).
+
+    Raises AdmissionRefused (``BAD_NAME``) for anything else, including dot
+    segments and percent-escapes (which twisted.web has already decoded).
     """
     if len(path_segments) != 2:
-        raise InvalidStreamName("the path must be /{app}/{stream}" + suffix)
+        raise AdmissionRefused(Refusal.BAD_NAME, "the path must be /{app}/{stream}" + suffix)
     try:
         app = path_segments[0].decode("ascii")
         name = path_segments[1].decode("ascii")
     except UnicodeDecodeError:
-        raise InvalidStreamName("names must be ASCII") from None
+        raise AdmissionRefused(Refusal.BAD_NAME, "names must be ASCII") from None
     if suffix:
         if not name.endswith(suffix):
-            raise InvalidStreamName(f"the path must end in {suffix}")
+            raise AdmissionRefused(Refusal.BAD_NAME, f"the path must end in {suffix}")
         name = name[: -len(suffix)]
-    return validate_name(app, "app name"), validate_name(name)
+    try:
+        return validate_name(app, "app name"), validate_name(name)
+    except InvalidStreamName as e:
+        raise AdmissionRefused(Refusal.BAD_NAME, str(e)) from None
+
+
+def _query(uri: bytes) -> str:
+    query = uri.partition(b"?")[2][:MAX_QUERY_CHARS]
+    return query.decode("latin-1")
+
+
+def _peer(request: server.Request) -> tuple[str, int]:
+    peer = request.getClientAddress()
+    return str(getattr(peer, "host", "?")), int(getattr(peer, "port", 0))
+
+
+def client_id_of(request: server.Request) -> int:
+    """The admission id of the connection carrying ``request`` (0 if none)."""
+    return int(getattr(getattr(request, "channel", None), "client_id", 0))
 
 
 class FlvHttpResource(resource.Resource):
-    """The root of the ``--http`` site: HTTP-FLV play (and, later, publish)."""
+    """The root of the ``--http`` site: HTTP-FLV play and publish, and the
+    WebSocket upgrade."""
 
     isLeaf = True
 
     def __init__(
-        self, registry: StreamRegistry, websocket: resource.IResource | None = None
+        self,
+        admission: Admission,
+        websocket: resource.IResource | None = None,
+        *,
+        cors_publish: bool = False,
     ) -> None:
         super().__init__()
-        self.registry = registry
+        self.admission = admission
         self.websocket = websocket
+        #: Whether browsers on other origins may publish (``--cors-publish``).
+        self.cors_publish = cors_publish
 
     def render(self, request: server.Request) -> bytes | int:
         """Upgrade requests go to the WebSocket resource, the rest by method."""
@@ -168,8 +222,15 @@ class FlvHttpResource(resource.Resource):
             return result
         return super().render(request)  # type: ignore[no-any-return]
 
-    def _cors(self, request: server.Request) -> None:
-        for name, value in CORS_HEADERS.items():
+    def cors_headers(self, *, publish: bool) -> dict[bytes, bytes]:
+        """CORS headers for a play answer or, with ``publish``, a publish one
+        (none unless ``--cors-publish``)."""
+        if publish and not self.cors_publish:
+            return {}
+        return CORS_PUBLISH_HEADERS if self.cors_publish else CORS_HEADERS
+
+    def _cors(self, request: server.Request, *, publish: bool = False) -> None:
+        for name, value in self.cors_headers(publish=publish).items():
             request.setHeader(name, value)
 
     def render_OPTIONS(self, request: server.Request) -> bytes:
@@ -185,10 +246,11 @@ class FlvHttpResource(resource.Resource):
         # warns about, and drops, a body returned for HEAD).
         try:
             app, name = parse_flv_path(request.postpath or [], ".flv")
-        except InvalidStreamName as e:
-            _text(request, http.BAD_REQUEST, str(e))
+            stream = self.admission.lookup(app, name)
+        except AdmissionRefused as e:
+            _text(request, HTTP_STATUS[e.refusal], e.message)
             return b""
-        if self.registry.get(app, name) is None:
+        if stream is None:
             _text(request, http.NOT_FOUND, f"stream {app}/{name} is not live")
             return b""
         request.setHeader(b"Content-Type", b"video/x-flv")
@@ -198,7 +260,7 @@ class FlvHttpResource(resource.Resource):
     def render_POST(self, request: server.Request) -> bytes | int:
         """Publish: the FLV body was streamed into the registry as it arrived
         (see :class:`FlvRequest`); now it has ended."""
-        self._cors(request)
+        self._cors(request, publish=True)
         if isinstance(request, FlvRequest) and request.refused:
             return server.NOT_DONE_YET  # answered already; the connection closes
         if not isinstance(request, FlvRequest):
@@ -211,77 +273,122 @@ class FlvHttpResource(resource.Resource):
     def render_GET(self, request: server.Request) -> bytes | int:
         """Play: an FLV header, metadata, sequence headers, the GOP, then live."""
         self._cors(request)
+        host, port = _peer(request)
         try:
             app, name = parse_flv_path(request.postpath or [], ".flv")
-        except InvalidStreamName as e:
-            log.info("http-flv play refused: {error}", error=str(e))
-            return _text(request, http.BAD_REQUEST, str(e))
-        stream = self.registry.get(app, name)
-        if stream is None:
-            log.info("http-flv play {app}/{name}: not found", app=app, name=name)
-            return _text(request, http.NOT_FOUND, f"stream {app}/{name} is not live")
-        request.setHeader(b"Content-Type", b"video/x-flv")
-        request.setHeader(b"Cache-Control", b"no-cache, no-store")
-        transport = request.channel.transport
-        assert transport is not None
-        # Start the response: status line and headers. Body bytes are then
-        # written pre-framed (one shared chunk per tag) straight to the socket.
-        request.write(b"")
-        output = CHUNKED if request.chunked else PLAIN
-        viewer = HttpFlvViewer(request, stream, transport)
-        set_no_delay = getattr(transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-        request.registerProducer(viewer, True)
-        request.notifyFinish().addBoth(viewer.connection_lost)
-        stream.registry.viewer_log.line(
-            log, "play", stream.path, "play {path} by {peer} (http-flv)", peer=viewer.description
+        except AdmissionRefused as e:
+            app, name = _raw_names(request.postpath or [])
+            refusal: AdmissionRefused | None = e
+        else:
+            refusal = None
+        play = AdmissionRequest(
+            action=Action.PLAY, app=app, stream=name, query=_query(request.uri),
+            peer_host=host, peer_port=port, protocol="http-flv",
+            client_id=client_id_of(request),
         )
-        stream.add_viewer(output, viewer)
+        if refusal is not None:
+            self.admission.refuse(play, refusal).addErrback(self._refused, request)
+            return server.NOT_DONE_YET
+
+        def start(stream: Stream) -> HttpFlvViewer | None:
+            if request_disconnected(request):
+                return None
+            request.setHeader(b"Content-Type", b"video/x-flv")
+            request.setHeader(b"Cache-Control", b"no-cache, no-store")
+            transport = request.channel.transport
+            assert transport is not None
+            # Start the response: status line and headers. Body bytes are then
+            # written pre-framed (one shared chunk per tag) straight to the socket.
+            request.write(b"")
+            output = CHUNKED if request.chunked else PLAIN
+            viewer = HttpFlvViewer(request, stream, output, transport, play.client_id)
+            set_no_delay = getattr(transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                set_no_delay(True)
+            request.registerProducer(viewer, True)
+            request.notifyFinish().addBoth(viewer.connection_lost)
+            return viewer
+
+        self.admission.play(play, start).addErrback(self._refused, request)
         return server.NOT_DONE_YET
+
+    def _refused(self, failure: Failure, request: server.Request) -> None:
+        failure.trap(AdmissionRefused)
+        error: AdmissionRefused = failure.value  # type: ignore[assignment]
+        if error.refusal is Refusal.GONE or request_disconnected(request):
+            return
+        body = _text(request, HTTP_STATUS[error.refusal], error.message)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
+def _raw_names(segments: list[bytes]) -> tuple[str, str]:
+    """App and stream of a path that did not parse, for the refusal's log line."""
+    text = [s.decode("ascii", "replace")[:130] for s in segments[:2]]
+    app, name = [*text, "", ""][:2]
+    return app, name
 
 
 #: How long a refused publisher may go on sending its body (discarded) after
 #: the refusal, so that it can read the answer before the connection closes.
 REFUSAL_LINGER_S = 2.0
 
-_STATUS_TEXT = {400: b"Bad Request", 403: b"Forbidden", 409: b"Conflict"}
+_STATUS_TEXT = {
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 409: b"Conflict",
+    503: b"Service Unavailable",
+}
 
 
 class FlvRequest(server.Request):
     """A Request that streams a publish body into the registry instead of
-    buffering it, and refuses a bad publish before reading its body."""
+    buffering it, and refuses a bad publish before reading its body.
+
+    The decision may take a while (an HTTP hook): reading from the socket
+    stops until it comes, and what already arrived is kept by the ingest.
+    """
 
     ingest: FlvIngest | None = None
     refused = False
+    _waiting = False
 
-    def _peer(self) -> str:
+    def _peer_text(self) -> str:
         peer = self.getClientAddress()
         return f"http {getattr(peer, 'host', '?')}:{getattr(peer, 'port', 0)}"
 
     def gotLength(self, length: int | None) -> None:
-        channel: Any = self.channel
-        command = getattr(channel, "_command", b"")
+        command, raw_path = request_line(self.channel)
         if command in (b"POST", b"PUT"):
             self.content = io.BytesIO()
-            self._start_publish(channel, length)
+            self._start_publish(raw_path, length)
             return
         super().gotLength(length)
 
-    def _start_publish(self, channel: Any, length: int | None) -> None:
-        raw_path = bytes(getattr(channel, "_path", b"/")).split(b"?", 1)[0]
-        segments = [unquote_to_bytes(part) for part in raw_path.split(b"/")[1:]]
+    def _start_publish(self, raw_path: bytes, length: int | None) -> None:
+        channel: Any = self.channel
+        path, _sep, query = raw_path.partition(b"?")
+        segments = [unquote_to_bytes(part) for part in path.split(b"/")[1:]]
         site: Any = channel.site
-        registry: StreamRegistry = site.resource.registry
+        root: FlvHttpResource = site.resource
+        admission = root.admission
+        host, port = _peer(self)
         try:
             app, name = parse_flv_path(segments, "")
-            self.ingest = FlvIngest(registry, app, name, self._peer(), self._stop)
-        except InvalidStreamName as e:
-            self._refuse(400, str(e))
+        except AdmissionRefused as e:
+            app, name = _raw_names(segments)
+            refusal: AdmissionRefused | None = e
+        else:
+            refusal = None
+        publish = AdmissionRequest(
+            action=Action.PUBLISH, app=app, stream=name,
+            query=query[:MAX_QUERY_CHARS].decode("latin-1"), peer_host=host,
+            peer_port=port, protocol="http-flv", client_id=client_id_of(self),
+        )
+        self._cors_headers = root.cors_headers(publish=True)
+        if refusal is not None:
+            admission.refuse(publish, refusal).addErrback(self._refused)
             return
-        except StreamBusy as e:
-            self._refuse(409, str(e))
-            return
+        ingest = self.ingest = FlvIngest(self._peer_text(), self._stop)
         transport = channel.transport
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -289,27 +396,53 @@ class FlvRequest(server.Request):
         if length == 0 and not self.requestHeaders.hasHeader(b"Content-Length"):
             # No Content-Length and not chunked: the body runs until the
             # client closes. twisted.web would read it as no body at all.
-            from twisted.web.http import _IdentityTransferDecoder
+            read_body_until_close(channel, self.handleContentChunk)
+        self._waiting = True
+        d = admission.publish(publish, ingest, alive=lambda: self.ingest is ingest)
+        d.addCallbacks(self._admitted, self._refused)
+        if self._waiting:
+            # Deciding takes a while: read nothing more until it is made.
+            transport.pauseProducing()
 
-            channel.length = None
-            channel._transferDecoder = _IdentityTransferDecoder(
-                None, self.handleContentChunk, channel._finishRequestBody
-            )
+    def _admitted(self, publisher: Publisher) -> None:
+        was_waiting, self._waiting = self._waiting, False
+        ingest = self.ingest
+        if ingest is None:
+            publisher.end("left before the publish started")
+            return
+        try:
+            ingest.started(publisher)
+        except ProtocolError as e:
+            self._bad_body(ingest, e)
+        if was_waiting and self.channel is not None and self.channel.transport is not None:
+            self.channel.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _refused(self, failure: Failure) -> None:
+        self._waiting = False
+        failure.trap(AdmissionRefused)
+        error: AdmissionRefused = failure.value  # type: ignore[assignment]
+        ingest, self.ingest = self.ingest, None
+        if ingest is not None:
+            ingest.finish("refused")
+        if error.refusal is Refusal.GONE or self.channel is None:
+            return
+        channel: Any = self.channel
+        if channel.transport is not None:
+            channel.transport.resumeProducing()
+        self._refuse(HTTP_STATUS[error.refusal], error.message)
 
     def _refuse(self, code: int, message: str) -> None:
         """Answer at once, before the body, and close the connection."""
         self.refused = True
-        log.info("http publish refused for {peer}: {code} {message}", peer=self._peer(),
-                 code=code, message=message)
         body = (message + "\n").encode()
         channel: Any = self.channel
         channel.persistent = False
         transport = channel.transport
+        cors = b"".join(b"%s: %s\r\n" % item for item in self._cors_headers.items())
         transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Access-Control-Allow-Origin: *\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s"
-            % (code, _STATUS_TEXT.get(code, b"Error"), len(body), body)
+            b"%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, _STATUS_TEXT.get(code, b"Error"), cors, len(body), body)
         )
         # Lingering close: closing while the client is still sending its
         # body would reset the connection and destroy the answer before the
@@ -329,6 +462,17 @@ class FlvRequest(server.Request):
         if channel is not None and channel.transport is not None:
             channel.transport.loseConnection()
 
+    def _bad_body(self, ingest: FlvIngest, error: ProtocolError) -> None:
+        self.ingest = None
+        if ingest.tags_in == 0:
+            self._refuse(400, f"the body is not an FLV stream: {error}")
+        else:
+            log.warn("http publish by {peer}: bad FLV, closing: {error}",
+                     peer=ingest.description, error=str(error))
+            channel: Any = self.channel
+            channel.transport.abortConnection()
+        ingest.finish(f"sent bad FLV ({error})")
+
     def handleContentChunk(self, data: bytes) -> None:
         ingest = self.ingest
         if ingest is None:
@@ -338,20 +482,12 @@ class FlvRequest(server.Request):
         try:
             ingest.feed(data)
         except ProtocolError as e:
-            self.ingest = None
-            if ingest.tags_in == 0:
-                self._refuse(400, f"the body is not an FLV stream: {e}")
-            else:
-                log.warn("http publish by {peer}: bad FLV, closing: {error}",
-                         peer=ingest.description, error=str(e))
-                channel: Any = self.channel
-                channel.transport.abortConnection()
-            ingest.finish(f"sent bad FLV ({e})")
+            self._bad_body(ingest, e)
 
     def end_of_body(self) -> tuple[int, str]:
         """The body ended: end the stream; the status and text to answer."""
         ingest = self.ingest
-        if ingest is None:
+        if ingest is None or ingest.publisher is None:
             return 400, "nothing was published"
         self.ingest = None
         try:
@@ -366,9 +502,111 @@ class FlvRequest(server.Request):
         ingest = self.ingest
         if ingest is not None:
             self.ingest = None
-            if self.channel is not None and getattr(self.channel, "length", 0) is None:
+            if self.channel is not None and body_until_close(self.channel):
                 # A close-delimited body: the close is its end.
                 with contextlib.suppress(ProtocolError):
                     ingest.feed(b"")
             ingest.finish("disconnected")
         super().connectionLost(reason)
+
+
+#: Bytes of request line and headers an HTTP client may send (Twisted's
+#: default too, named here): enough for any player's or encoder's request
+#: with a long signed query.
+MAX_HEADER_BYTES = 16384
+#: Seconds a client may take to send a complete request line and headers,
+#: so that one trickling a byte at a time cannot hold a connection open.
+HEADER_TIMEOUT_S = 10.0
+
+
+class FlvHttpChannel(http.HTTPChannel):
+    """An HTTP connection on the ``--http`` port: counted and limited by
+    admission, and given a deadline for each request's headers."""
+
+    site: Any
+    totalHeadersSize = MAX_HEADER_BYTES
+    client_id = 0
+    _header_deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        site: Any = self.site
+        admission: Admission = site.resource.admission
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host, port = str(getattr(peer, "host", "?")), int(getattr(peer, "port", 0))
+        try:
+            self.client_id = admission.open_connection(host, port, "http", self._kick)
+        except AdmissionRefused as e:
+            body = (e.message + "\n").encode()
+            transport: Any = self.transport
+            transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8"
+                b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            transport.loseConnection()
+            return
+        self._admission = admission
+        self._arm_header_deadline()
+
+    def _kick(self, reason: str) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def _arm_header_deadline(self) -> None:
+        site: Any = self.site
+        timeout = getattr(site, "header_timeout", HEADER_TIMEOUT_S)
+        if timeout:
+            self._header_deadline = self.callLater(timeout, self._headers_too_slow)
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        peer = self.transport.getPeer() if self.transport is not None else None
+        log.info("close http {host}:{port}: no complete request headers within {t:g} s",
+                 host=getattr(peer, "host", "?"), port=getattr(peer, "port", 0),
+                 t=getattr(self.site, "header_timeout", HEADER_TIMEOUT_S))
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def _cancel_header_deadline(self) -> None:
+        call = self._header_deadline
+        self._header_deadline = None
+        if call is not None and call.active():
+            call.cancel()
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_header_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        super().requestDone(request)
+        if self.persistent and self.transport is not None and not self.requests:
+            self._arm_header_deadline()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_header_deadline()
+        if self.client_id:
+            self._admission.close_connection(self.client_id)
+        super().connectionLost(reason)
+
+
+class FlvSite(server.Site):
+    """The ``--http`` site: FLV requests on counted, deadline-bound channels."""
+
+    protocol = FlvHttpChannel  # type: ignore[assignment]
+
+    def __init__(
+        self, root: FlvHttpResource, *, reactor: IReactorTime,
+        header_timeout: float = HEADER_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
+        timeout: float = 30,
+    ) -> None:
+        super().__init__(root, requestFactory=FlvRequest, timeout=timeout, reactor=reactor)
+        self.header_timeout = header_timeout
+        self.max_header_bytes = max_header_bytes
+        self.displayTracebacks = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.totalHeadersSize = self.max_header_bytes
+        return channel

@@ -8,49 +8,45 @@
   byte stream split anywhere.
 
 Close codes: 1000 stream ended, 1003 text message, 1009 message over
-:data:`MAX_MESSAGE_BYTES`, 4400 bad name, 4404 unknown stream, 4409 name
-busy, 4400 bad FLV.
+:data:`MAX_MESSAGE_BYTES`, 4400 bad name or bad FLV, 4401 no or wrong
+credentials, 4403 refused (a hook said no), 4404 unknown stream, 4409 name
+busy, 4503 a limit is full (:data:`CLOSE_CODES`).
 """
 
 from __future__ import annotations
 
-import pprint
 from collections.abc import Hashable
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
-import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from rtmpd._twisted import queued_bytes
+from rtmpd.admission import (
+    MAX_QUERY_CHARS,
+    Action,
+    Admission,
+    AdmissionRefused,
+    AdmissionRequest,
+    Publisher,
+    Refusal,
+)
 from rtmpd.codec import flv
 from rtmpd.codec.errors import ProtocolError
-from rtmpd.errors import InvalidStreamName, StreamBusy
-from rtmpd.fanout import ViewerOutput, ViewerState
+from rtmpd.fanout import ViewerOutput
 from rtmpd.media import Frame
-from rtmpd.protocols.flvhttp import flv_preamble, parse_flv_path
+from rtmpd.protocols.flvhttp import _raw_names, flv_preamble, parse_flv_path
 from rtmpd.protocols.flvingest import FlvIngest
-from rtmpd.registry import Stream, StreamRegistry
+from rtmpd.registry import Stream
 
 log = Logger()
 
 
-
-def _not_formatted(value: object, *args: object, **kwargs: object) -> str:
-    return f"({type(value).__name__}, not formatted)"
-
-
-# Autobahn pretty-prints its whole configuration (pprint.pformat) for a debug
-# line on every new connection, even with debug logging off: measured at
-# ~0.4 ms of a ~0.8 ms WebSocket join here. The module's other users of that
-# name are a debug line at handshake start and Timings.__str__ (only with
-# trackTimings, which rtmpd leaves off); all now say what they would have
-# shown instead.
-if _autobahn_protocol.__dict__.get("pformat") is pprint.pformat:
-    setattr(_autobahn_protocol, "pformat", _not_formatted)  # noqa: B010
 
 #: Largest WebSocket message (and frame) a publisher may send. FLV bytes may
 #: be split anywhere, so there is no reason for a big message; 8 MiB covers a
@@ -64,8 +60,26 @@ SUBPROTOCOLS = ("flv", "post", "publisher", "publish", "play", "player", "binary
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_BUSY = 4409
+CLOSE_LIMIT = 4503
+
+#: The close code of each refusal.
+CLOSE_CODES: dict[Refusal, int] = {
+    Refusal.BAD_NAME: CLOSE_BAD_REQUEST,
+    Refusal.NOT_FOUND: CLOSE_NOT_FOUND,
+    Refusal.BUSY: CLOSE_BUSY,
+    Refusal.UNAUTHORIZED: CLOSE_UNAUTHORIZED,
+    Refusal.FORBIDDEN: CLOSE_FORBIDDEN,
+    Refusal.LIMIT: CLOSE_LIMIT,
+}
+
+#: Bytes a connection may have queued and unread (pongs, closes) on top of
+#: what a viewer is allowed: a peer that floods pings and never reads the
+#: pongs is dropped past this, rather than grown without bound.
+CONTROL_BACKLOG_BYTES = 1024 * 1024
 
 
 def _ws_binary_frame(payload: bytes) -> bytes:
@@ -93,24 +107,24 @@ WS_FLV = WsFlvFormat()
 class WsFlvViewer(ViewerOutput):
     """The playing side of one WS-FLV connection."""
 
-    __slots__ = ("protocol", "stream")
+    __slots__ = ("connection",)
 
     def __init__(self, proto: WsFlvProtocol, stream: Stream) -> None:
         assert proto.transport is not None
-        super().__init__(proto.transport, proto.peer_name)
-        self.protocol = proto
-        self.stream = stream
+        super().__init__(
+            proto.transport, proto.peer_name, stream=stream, output=WS_FLV,
+            protocol="ws-flv", client_id=proto.client_id,
+        )
+        self.connection = proto
 
     def stream_ended(self, reason: str) -> None:
-        # The close that follows logs the one "stop play" line, with this.
-        self.protocol.close_reason = f"stream ended: {reason}"
-        self.protocol.sendClose(CLOSE_NORMAL, "stream ended")
+        self.finish(f"stream ended: {reason}")
+        self.connection.sendClose(CLOSE_NORMAL, "stream ended")
 
     def drop(self, reason: str) -> None:
-        log.warn("play {path} by {peer} dropped: {reason}", path=self.stream.path,
-                 peer=self.description, reason=reason)
-        self.protocol.close_reason = reason
-        transport: Any = self.protocol.transport
+        self.finish(f"dropped: {reason}", dropped=True)
+        self.connection.close_reason = reason
+        transport: Any = self.connection.transport
         if transport is not None:
             transport.abortConnection()
 
@@ -123,73 +137,131 @@ class WsFlvProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.peer_name = "ws ?"
-        self.mode: str | None = None
-        self.app = ""
-        self.name = ""
-        self.refusal: tuple[int, str] | None = None
+        self.peer_host = "?"
+        self.peer_port = 0
+        self.client_id = 0
+        self.request: AdmissionRequest | None = None
+        self.refusal: AdmissionRefused | None = None
         self.viewer: WsFlvViewer | None = None
         self.ingest: FlvIngest | None = None
         self.close_reason: str | None = None
+        self.opened = False
+
+    def connectionMade(self) -> None:
+        # The HTTP connection this upgrade came on was counted by admission:
+        # its id is handed over here (see WsFlvResource.render).
+        self.client_id, self.factory.handoff_client_id = self.factory.handoff_client_id, 0
+        if self.client_id:
+            self.factory.admission.rebind_connection(self.client_id, "ws", self._kick)
+        super().connectionMade()
+
+    def _kick(self, reason: str) -> None:
+        self.close_reason = reason
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         # "ws 127.0.0.1:5000", like "rtmp ..." and "http-flv ..." (Autobahn
         # says "tcp4:127.0.0.1:5000").
         peer = self.transport.getPeer() if self.transport is not None else None
         host = getattr(peer, "host", None)
-        port = getattr(peer, "port", 0)
-        self.peer_name = f"ws {host}:{port}" if host else f"ws {request.peer}"
+        self.peer_host = str(host or "?")
+        self.peer_port = int(getattr(peer, "port", 0))
+        self.peer_name = f"ws {host}:{self.peer_port}" if host else f"ws {request.peer}"
         path = request.path
         segments = [unquote(part).encode("utf-8", "surrogateescape")
                     for part in path.split("/")[1:]]
         playing = path.endswith(".flv")
-        self.mode = "play" if playing else "publish"
         try:
-            self.app, self.name = parse_flv_path(segments, ".flv" if playing else "")
-        except InvalidStreamName as e:
-            self.refusal = (CLOSE_BAD_REQUEST, str(e))
+            app, name = parse_flv_path(segments, ".flv" if playing else "")
+        except AdmissionRefused as e:
+            app, name = _raw_names(segments)
+            self.refusal = e
+        self.request = AdmissionRequest(
+            action=Action.PLAY if playing else Action.PUBLISH, app=app, stream=name,
+            query=urlencode(request.params, doseq=True)[:MAX_QUERY_CHARS],
+            peer_host=self.peer_host, peer_port=self.peer_port, protocol="ws-flv",
+            client_id=self.client_id,
+        )
         for offered in request.protocols:
             if offered in SUBPROTOCOLS:
                 return str(offered)
         return None
 
     def onOpen(self) -> None:
+        self.opened = True
         transport: Any = self.transport
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        request = self.request
+        assert request is not None
+        admission = self.factory.admission
         if self.refusal is not None:
-            self._refuse(*self.refusal)
+            admission.refuse(request, self.refusal).addErrback(self._refused)
             return
-        registry = self.factory.registry
-        if self.mode == "play":
-            stream = registry.get(self.app, self.name)
-            if stream is None:
-                self._refuse(CLOSE_NOT_FOUND, f"stream {self.app}/{self.name} is not live")
-                return
-            # The HTTP channel that carried the upgrade is still the socket's
-            # producer; the viewer takes its place.
-            transport.unregisterProducer()
-            self.viewer = WsFlvViewer(self, stream)
-            transport.registerProducer(self.viewer, True)
-            registry.viewer_log.line(log, "play", stream.path, "play {path} by {peer} (ws-flv)",
-                                     peer=self.peer_name)
-            stream.add_viewer(WS_FLV, self.viewer)
+        if request.action is Action.PLAY:
+            admission.play(request, self._start_viewer).addErrback(self._refused)
+            return
+        ingest = self.ingest = FlvIngest(self.peer_name, self._stop)
+        d = admission.publish(request, ingest, alive=lambda: self.ingest is ingest)
+        d.addCallbacks(self._admitted, self._refused)
+
+    def _alive(self) -> bool:
+        return self.transport is not None and self.close_reason is None and (
+            self.state == WebSocketServerProtocol.STATE_OPEN
+        )
+
+    def _start_viewer(self, stream: Stream) -> WsFlvViewer | None:
+        if not self._alive():
+            return None
+        transport: Any = self.transport
+        # The HTTP channel that carried the upgrade is still the socket's
+        # producer; the viewer takes its place.
+        transport.unregisterProducer()
+        viewer = self.viewer = WsFlvViewer(self, stream)
+        transport.registerProducer(viewer, True)
+        return viewer
+
+    def _admitted(self, publisher: Publisher) -> None:
+        ingest = self.ingest
+        if ingest is None:
+            publisher.end("left before the publish started")
             return
         try:
-            self.ingest = FlvIngest(registry, self.app, self.name, self.peer_name, self._stop)
-        except InvalidStreamName as e:
-            self._refuse(CLOSE_BAD_REQUEST, str(e))
-        except StreamBusy as e:
-            self._refuse(CLOSE_BUSY, str(e))
+            ingest.started(publisher)
+        except ProtocolError as e:
+            self._bad_flv(ingest, e)
 
-    def _refuse(self, code: int, reason: str) -> None:
-        log.info("ws {mode} refused for {peer}: {code} {reason}", mode=self.mode,
-                 peer=self.peer_name, code=code, reason=reason)
-        self.close_reason = reason
-        self.sendClose(code, reason[:120])
+    def _refused(self, failure: Failure) -> None:
+        failure.trap(AdmissionRefused)
+        error: AdmissionRefused = failure.value  # type: ignore[assignment]
+        ingest, self.ingest = self.ingest, None
+        if ingest is not None:
+            ingest.finish("refused")
+        if error.refusal is Refusal.GONE or not self._alive():
+            return
+        self.close_reason = f"refused: {error.message}"
+        self.sendClose(CLOSE_CODES.get(error.refusal, CLOSE_FORBIDDEN), error.message[:120])
 
     def _stop(self, reason: str) -> None:
+        self.close_reason = reason
         self.sendClose(CLOSE_NORMAL, reason[:120])
+
+    def onPing(self, payload: bytes) -> None:
+        transport = self.transport
+        queued = queued_bytes(transport)
+        if queued > CONTROL_BACKLOG_BYTES:
+            limit = CONTROL_BACKLOG_BYTES + max(
+                getattr(transport, "bufferSize", 0), self.factory.viewer_queue_bytes
+            )
+            if queued > limit:
+                log.warn("{peer} reads nothing: {queued} bytes queued for it, over {limit}; "
+                         "dropped", peer=self.peer_name, queued=queued, limit=limit)
+                self._kick(f"dropped: {queued} bytes of output unread")
+                return
+        super().onPing(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if not isBinary:
@@ -202,12 +274,15 @@ class WsFlvProtocol(WebSocketServerProtocol):
         try:
             ingest.feed(payload)
         except ProtocolError as e:
-            self.ingest = None
-            log.warn("ws publish by {peer}: bad FLV, closing: {error}", peer=self.peer_name,
-                     error=str(e))
-            ingest.finish(f"sent bad FLV ({e})")
-            self.close_reason = f"bad FLV: {e}"
-            self.sendClose(CLOSE_BAD_REQUEST, f"bad FLV: {e}"[:120])
+            self._bad_flv(ingest, e)
+
+    def _bad_flv(self, ingest: FlvIngest, error: ProtocolError) -> None:
+        self.ingest = None
+        log.warn("ws publish by {peer}: bad FLV, closing: {error}", peer=self.peer_name,
+                 error=str(error))
+        ingest.finish(f"sent bad FLV ({error})")
+        self.close_reason = f"bad FLV: {error}"
+        self.sendClose(CLOSE_BAD_REQUEST, f"bad FLV: {error}"[:120])
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         ingest = self.ingest
@@ -223,27 +298,29 @@ class WsFlvProtocol(WebSocketServerProtocol):
         viewer = self.viewer
         if viewer is None:
             log.info("close {peer}: {why}", peer=self.peer_name, why=why)
-            return
-        self.viewer = None
-        if viewer.state is not ViewerState.CLOSED:
-            viewer.stream.remove_viewer(viewer)
-        # One line for a viewer's end: what it got and why it closed.
-        viewer.stream.registry.viewer_log.line(
-            log, "stop", viewer.stream.path,
-            "stop play {path} by {peer}: {why} ({bytes} bytes sent, {dropped} frames skipped)",
-            peer=self.peer_name, why=why, bytes=viewer.bytes_sent,
-            dropped=viewer.frames_dropped,
-        )
+        else:
+            self.viewer = None
+            viewer.finish(why)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        if self.client_id:
+            self.factory.admission.close_connection(self.client_id)
+            self.client_id = 0
 
 
 class WsFlvFactory(WebSocketServerFactory):
-    """Builds WS-FLV protocols; holds the registry."""
+    """Builds WS-FLV protocols; holds admission."""
 
     protocol = WsFlvProtocol  # type: ignore[assignment]
 
-    def __init__(self, registry: StreamRegistry) -> None:
-        super().__init__()
-        self.registry = registry
+    def __init__(self, admission: Admission, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.admission = admission
+        self.viewer_queue_bytes = admission.registry.config.viewer_queue_bytes
+        #: The admission id of the HTTP connection being upgraded right now
+        #: (set by WsFlvResource.render, taken by the protocol it builds).
+        self.handoff_client_id = 0
         self.setProtocolOptions(
             maxFramePayloadSize=MAX_MESSAGE_BYTES,
             maxMessagePayloadSize=MAX_MESSAGE_BYTES,
@@ -254,8 +331,45 @@ class WsFlvFactory(WebSocketServerFactory):
             # broke the protocol, so it learns why.
             failByDrop=False,
         )
+        # Autobahn copies every option from the factory onto each new
+        # protocol and pretty-prints the list for a debug line, even with
+        # debug logging off (measured at ~0.4 ms of a ~0.8 ms join). Options
+        # set on the protocol class are not copied, and an empty list is
+        # cheap to print: so each factory gets a protocol class that carries
+        # its options.
+        options = {
+            # A function stored on a class would become a method: keep it plain.
+            name: staticmethod(value) if callable(value) else value
+            for name in WsFlvProtocol.CONFIG_ATTRS
+            for value in (getattr(self, name),)
+        }
+        self.protocol = type("ConfiguredWsFlvProtocol", (WsFlvProtocol,),  # type: ignore[assignment]
+                             {**options, "CONFIG_ATTRS": ()})
 
 
-def make_ws_resource(registry: StreamRegistry) -> WebSocketResource:
+class WsFlvResource(WebSocketResource):
+    """The WebSocket upgrade on the ``--http`` port: hands the HTTP
+    connection's admission id to the WebSocket protocol that takes it over."""
+
+    def __init__(self, factory: WsFlvFactory) -> None:
+        super().__init__(factory)
+        self.ws_factory = factory
+
+    def render(self, request: Any) -> Any:
+        channel = request.channel
+        client_id = int(getattr(channel, "client_id", 0))
+        self.ws_factory.handoff_client_id = client_id
+        channel.client_id = 0
+        try:
+            return super().render(request)
+        finally:
+            if self.ws_factory.handoff_client_id:
+                # No protocol took it (the upgrade failed): the HTTP
+                # connection keeps it.
+                channel.client_id = self.ws_factory.handoff_client_id
+                self.ws_factory.handoff_client_id = 0
+
+
+def make_ws_resource(admission: Admission, reactor: Any) -> WsFlvResource:
     """The resource the HTTP-FLV root hands upgrade requests to."""
-    return WebSocketResource(WsFlvFactory(registry))
+    return WsFlvResource(WsFlvFactory(admission, reactor))

@@ -4,14 +4,25 @@ pure :class:`rtmpd.codec.rtmp.connection.ServerConnection`."""
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
-from twisted.internet import protocol, tcp
+from twisted.internet import protocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rtmpd._twisted import queued_bytes, socket_fd, write_now
+from rtmpd.admission import (
+    MAX_QUERY_CHARS,
+    Action,
+    Admission,
+    AdmissionRefused,
+    AdmissionRequest,
+    Publisher,
+    Refusal,
+)
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.codec.rtmp import chunk, events
 from rtmpd.codec.rtmp.chunk import NEED_DATA
@@ -21,16 +32,21 @@ from rtmpd.codec.rtmp.connection import (
     VIDEO_CSID,
     ServerConnection,
 )
-from rtmpd.errors import InvalidStreamName, StreamBusy
-from rtmpd.fanout import ViewerOutput, write_now
+from rtmpd.errors import InvalidStreamName
+from rtmpd.fanout import ViewerOutput
 from rtmpd.interfaces import IMediaSource
 from rtmpd.media import Frame, FrameKind
-from rtmpd.registry import Stream, StreamRegistry, validate_name
+from rtmpd.registry import Stream, validate_name
 
 log = Logger()
 
 #: The close reason of a connection the peer ended normally.
 _PEER_CLOSED = "closed by the peer"
+
+#: Bytes a connection may have queued and unread (replies to its pings and
+#: commands) on top of what its viewers are allowed: past that, a peer that
+#: sends but never reads is dropped rather than grown without bound.
+CONTROL_BACKLOG_BYTES = 1024 * 1024
 
 _CSID_BY_KIND = {
     FrameKind.AUDIO: AUDIO_CSID,
@@ -65,25 +81,47 @@ class RtmpFormat:
 
 
 class RtmpViewer(ViewerOutput):
-    """The playing side of one RTMP connection."""
+    """The playing side of one RTMP message stream."""
 
-    __slots__ = ("protocol", "stream", "stream_id")
+    __slots__ = ("connection", "stream_id")
 
     def __init__(
         self, proto: RtmpServerProtocol, stream: Stream, stream_id: int, transport: ITransport
     ) -> None:
-        super().__init__(transport, proto.peer)
-        self.protocol = proto
-        self.stream = stream
+        super().__init__(
+            transport, proto.peer, stream=stream, output=proto.factory.format_for(stream_id),
+            protocol="rtmp", client_id=proto.client_id,
+        )
+        self.connection = proto
         self.stream_id = stream_id
 
     def stream_ended(self, reason: str) -> None:
-        self.protocol.viewer_stream_ended(self, reason)
+        self.finish(f"stream ended: {reason}")
+        self.connection.viewer_stream_ended(self)
 
     def drop(self, reason: str) -> None:
-        log.warn("play {path} by {peer} dropped: {reason}", path=self.stream.path,
-                 peer=self.description, reason=reason)
-        self.protocol.close(f"dropped: {reason}", abort=True)
+        self.finish(f"dropped: {reason}", dropped=True)
+        self.connection.close(f"dropped: {reason}", abort=True)
+
+
+#: How each refusal of a publish reaches an RTMP client: the onStatus code,
+#: and whether the connection is closed after it. A busy name keeps the
+#: classic BadName (encoders and rtmpd-push retry it); a refusal of
+#: credentials or for a full server is final for this connection.
+_PUBLISH_REFUSALS: dict[Refusal, tuple[str, bool]] = {
+    Refusal.BAD_NAME: ("NetStream.Publish.BadName", False),
+    Refusal.BUSY: ("NetStream.Publish.BadName", False),
+    Refusal.UNAUTHORIZED: ("NetStream.Publish.Unauthorized", True),
+    Refusal.FORBIDDEN: ("NetStream.Publish.Rejected", True),
+    Refusal.LIMIT: ("NetStream.Publish.Rejected", True),
+}
+_PLAY_REFUSALS: dict[Refusal, tuple[str, bool]] = {
+    Refusal.BAD_NAME: ("NetStream.Play.StreamNotFound", False),
+    Refusal.NOT_FOUND: ("NetStream.Play.StreamNotFound", False),
+    Refusal.UNAUTHORIZED: ("NetStream.Play.Unauthorized", True),
+    Refusal.FORBIDDEN: ("NetStream.Play.Failed", True),
+    Refusal.LIMIT: ("NetStream.Play.Failed", True),
+}
 
 
 @implementer(IMediaSource)
@@ -93,16 +131,20 @@ class RtmpServerProtocol(protocol.Protocol):
 
     def __init__(self, factory: RtmpServerFactory) -> None:
         self.factory = factory
-        self.registry = factory.registry
+        self.admission = factory.admission
         self.clock = factory.clock
         self.conn = ServerConnection(out_chunk_size=factory.chunk_size)
         self.peer = "rtmp ?"
+        self.peer_host = "?"
+        self.peer_port = 0
+        self.client_id = 0
         self.app: str | None = None
-        self.publishing: dict[int, Stream] = {}
+        #: The connect's query (``rtmp://host/app?key=…`` or its tcUrl).
+        self.connect_query = ""
+        self.publishing: dict[int, Publisher] = {}
         self.viewers: dict[int, RtmpViewer] = {}
-        self.paused: dict[int, Stream] = {}
+        self.paused: dict[int, RtmpViewer] = {}
         self.close_reason: str | None = None
-        self._last_data = 0.0
         self._timer: IDelayedCall | None = None
         self._started = False
         #: The socket, for direct writes (-1: let the transport write).
@@ -125,48 +167,55 @@ class RtmpServerProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer = f"rtmp {getattr(peer, 'host', '?')}:{getattr(peer, 'port', 0)}"
+        self.peer_host = str(getattr(peer, "host", "?"))
+        self.peer_port = int(getattr(peer, "port", 0))
+        self.peer = f"rtmp {self.peer_host}:{self.peer_port}"
+        try:
+            self.client_id = self.admission.open_connection(
+                self.peer_host, self.peer_port, "rtmp", self._kick
+            )
+        except AdmissionRefused as e:
+            # Nothing can be said before the handshake: close at once.
+            self.close(f"refused: {e.message}", abort=False)
+            return
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        transport: object = self.transport
-        if isinstance(transport, tcp.Connection):
-            self._fd = transport.fileno()
-        self._last_data = self.clock.seconds()
+        self._fd = socket_fd(self.transport)
         self._timer = self.clock.callLater(self.factory.handshake_timeout, self._check_timeout)
+
+    def _kick(self, reason: str) -> None:
+        self.close(reason, abort=True)
 
     def _check_timeout(self) -> None:
         self._timer = None
-        now = self.clock.seconds()
         if not self._started:
             self.close(
                 f"timed out: no publish or play within {self.factory.handshake_timeout:g} s",
                 abort=True,
             )
-            return
-        if self.publishing:
-            idle = now - self._last_data
-            if idle >= self.factory.idle_timeout:
-                self.close(f"timed out: publisher sent nothing for {idle:.0f} s", abort=True)
-                return
-            self._timer = self.clock.callLater(
-                self.factory.idle_timeout - idle, self._check_timeout
-            )
 
     def dataReceived(self, data: bytes) -> None:
         if self.close_reason is not None:
             return
-        self._last_data = self.clock.seconds()
+        try:
+            self.conn.receive_data(data)
+        except ProtocolError as e:
+            self._flush()
+            self.close(f"protocol error: {e}", abort=False)
+            return
+        self._drain()
+
+    def _drain(self) -> None:
+        """Handle the events the codec has, until it needs more data (or
+        waits for a decision)."""
         conn = self.conn
         try:
-            conn.receive_data(data)
-            while True:
+            while not self.closing:
                 event = conn.next_event()
                 if event is NEED_DATA:
                     break
                 self._handle(event)
-                if self.closing:
-                    break
         except ProtocolError as e:
             self._flush()
             self.close(f"protocol error: {e}", abort=False)
@@ -179,6 +228,21 @@ class RtmpServerProtocol(protocol.Protocol):
             # At once, not on the next reactor turn: a handshake or a play
             # takes four round trips, and each would wait for one.
             write_now(self.transport, self._fd, (out,), len(out))
+            self._check_output_bound()
+
+    def _check_output_bound(self) -> None:
+        """A peer that never reads (flooding Ping Requests, say) must not
+        grow our replies without bound: past the limit it is dropped."""
+        transport = self.transport
+        queued = queued_bytes(transport)
+        if queued > CONTROL_BACKLOG_BYTES:
+            limit = CONTROL_BACKLOG_BYTES + max(
+                getattr(transport, "bufferSize", 0), self.factory.viewer_queue_bytes
+            )
+            if queued > limit:
+                log.warn("{peer} reads nothing: {queued} bytes queued for it, over {limit}; "
+                         "dropped", peer=self.peer, queued=queued, limit=limit)
+                self.close(f"dropped: {queued} bytes of output unread", abort=True)
 
     def close(self, reason: str, *, abort: bool) -> None:
         """Close the connection, remembering why for the close log line."""
@@ -199,23 +263,21 @@ class RtmpServerProtocol(protocol.Protocol):
         why = self.close_reason or (
             _PEER_CLOSED if reason.check(ConnectionDone) else reason.getErrorMessage()
         )
-        for stream in list(self.publishing.values()):
-            self.registry.unpublish(stream, f"publisher {self.peer} disconnected ({why})")
+        for publisher in list(self.publishing.values()):
+            publisher.end(f"disconnected ({why})")
         self.publishing.clear()
-        viewer_log = self.registry.viewer_log
-        for viewer in list(self.viewers.values()):
-            viewer.stream.remove_viewer(viewer)
-            viewer_log.line(
-                log, "stop", viewer.stream.path,
-                "stop play {path} by {peer}: {why} ({bytes} bytes sent, {dropped} frames skipped)",
-                peer=self.peer, why=why, bytes=viewer.bytes_sent, dropped=viewer.frames_dropped,
-            )
+        for viewer in [*self.viewers.values(), *self.paused.values()]:
+            viewer.finish(why)
         self.viewers.clear()
+        self.paused.clear()
+        if self.client_id:
+            self.admission.close_connection(self.client_id)
         if self._played is not None and not self._published and why == _PEER_CLOSED:
             # A viewer hanging up: bounded with the other viewer lines.
             # Errors, timeouts and drops are always logged.
-            viewer_log.line(log, "close", self._played, "close {peer}: {why}",
-                            peer=self.peer, why=why)
+            self.admission.registry.viewer_log.line(
+                log, "close", self._played, "close {peer}: {why}", peer=self.peer, why=why
+            )
         else:
             log.info("close {peer}: {why}", peer=self.peer, why=why)
 
@@ -228,14 +290,18 @@ class RtmpServerProtocol(protocol.Protocol):
 
     def _handle(self, event: object) -> None:
         if isinstance(event, events.MediaReceived):
-            stream = self.publishing.get(event.stream_id)
+            publisher = self.publishing.get(event.stream_id)
             # Some encoders send empty audio/video messages at start: skip them.
-            if stream is not None and event.payload:
-                stream.push(Frame.from_tag(event.type_id, event.timestamp_ms, event.payload))
+            if publisher is not None and event.payload:
+                publisher.stream.push(
+                    Frame.from_tag(event.type_id, event.timestamp_ms, event.payload)
+                )
         elif isinstance(event, events.DataReceived):
-            stream = self.publishing.get(event.stream_id)
-            if stream is not None and event.payload:
-                stream.push(Frame.from_tag(FrameKind.SCRIPT, event.timestamp_ms, event.payload))
+            publisher = self.publishing.get(event.stream_id)
+            if publisher is not None and event.payload:
+                publisher.stream.push(
+                    Frame.from_tag(FrameKind.SCRIPT, event.timestamp_ms, event.payload)
+                )
         elif isinstance(event, events.ConnectRequested):
             self._connect(event)
         elif isinstance(event, events.PublishRequested):
@@ -258,65 +324,106 @@ class RtmpServerProtocol(protocol.Protocol):
             self._flush()
             self.close(f"connect refused: {e}", abort=False)
             return
+        self.connect_query = event.query[:MAX_QUERY_CHARS]
         # No line for a connect: viewers connect by the thousand, and the
         # play or publish line that follows names the app and stream.
         self.conn.accept_connect(event.transaction_id)
 
+    def _request(self, action: Action, name: str, query: str) -> AdmissionRequest:
+        # The stream name's query first: its parameters win over the connect's.
+        both = "&".join(q for q in (query[:MAX_QUERY_CHARS], self.connect_query) if q)
+        return AdmissionRequest(
+            action=action, app=self.app or "", stream=name, query=both,
+            peer_host=self.peer_host, peer_port=self.peer_port, protocol="rtmp",
+            client_id=self.client_id,
+        )
+
+    def _alive(self) -> bool:
+        return not self.closing and self.transport is not None
+
     def _publish(self, event: events.PublishRequested) -> None:
+        stream_id = event.stream_id
         name = event.name
         if self.app is None:
-            self.conn.publish_bad_name(event.stream_id, name, "connect first")
+            self.conn.publish_bad_name(stream_id, name[:128], "connect first")
             return
-        try:
-            stream = self.registry.publish(self.app, name, self)
-        except (InvalidStreamName, StreamBusy) as e:
-            log.info("publish refused for {peer}: {error}", peer=self.peer, error=str(e))
-            self.conn.publish_bad_name(event.stream_id, name[:128], str(e))
-            return
-        self.publishing[event.stream_id] = stream
-        self._published = True
-        self._mark_started()
-        self.conn.publish_start(event.stream_id, name)
+        request = self._request(Action.PUBLISH, name, event.query)
+
+        def started(publisher: Publisher) -> None:
+            self.publishing[stream_id] = publisher
+            self._published = True
+            self._mark_started()
+            self.conn.publish_start(stream_id, name)
+            self._drain()
+
+        def refused(failure: Failure) -> None:
+            failure.trap(AdmissionRefused)
+            error: AdmissionRefused = failure.value  # type: ignore[assignment]
+            if error.refusal is Refusal.GONE or not self._alive():
+                return
+            code, final = _PUBLISH_REFUSALS.get(error.refusal, _PUBLISH_REFUSALS[Refusal.LIMIT])
+            self.conn.publish_rejected(stream_id, name[:128], error.message, code=code)
+            if final:
+                self._flush()
+                self.close(f"publish refused: {error.message}", abort=False)
+            else:
+                self._drain()
+
+        self.admission.publish(request, self, alive=self._alive).addCallbacks(started, refused)
 
     def _play(self, event: events.PlayRequested) -> None:
+        stream_id = event.stream_id
         name = event.name
-        stream: Stream | None = None
-        if self.app is not None:
-            try:
-                stream = self.registry.get(self.app, name)
-            except InvalidStreamName as e:
-                log.info("play refused for {peer}: {error}", peer=self.peer, error=str(e))
-                self.conn.play_not_found(event.stream_id, name[:128])
-                return
-        if stream is None:
-            log.info("play {app}/{name} by {peer}: not found", app=self.app, name=name[:128],
-                     peer=self.peer)
-            self.conn.play_not_found(event.stream_id, name[:128])
+        if self.app is None:
+            self.conn.play_not_found(stream_id, name[:128])
             return
-        old = self.viewers.pop(event.stream_id, None)
-        if old is not None:
-            old.stream.remove_viewer(old)
-        self._mark_started()
-        self.conn.play_start(event.stream_id, name)
-        # Status messages must reach the socket before any shared media.
-        self._flush()
-        self._add_viewer(stream, event.stream_id)
-        self._played = stream.path
-        self.registry.viewer_log.line(log, "play", stream.path, "play {path} by {peer} (rtmp)",
-                                      peer=self.peer)
+        request = self._request(Action.PLAY, name, event.query)
 
-    def _add_viewer(self, stream: Stream, stream_id: int) -> None:
-        transport = self.transport
-        assert transport is not None
-        viewer = RtmpViewer(self, stream, stream_id, transport)
-        self.viewers[stream_id] = viewer
+        def start(stream: Stream) -> RtmpViewer | None:
+            if not self._alive():
+                return None
+            old = self.viewers.pop(stream_id, None) or self.paused.pop(stream_id, None)
+            if old is not None:
+                old.finish("played again")
+            self._mark_started()
+            self.conn.play_start(stream_id, name)
+            # Status messages must reach the socket before any shared media.
+            self._flush()
+            viewer = RtmpViewer(self, stream, stream_id, self.transport)  # type: ignore[arg-type]
+            self._register(viewer)
+            self._played = stream.path
+            return viewer
+
+        def started(viewer: ViewerOutput) -> None:
+            self._drain()
+
+        def refused(failure: Failure) -> None:
+            failure.trap(AdmissionRefused)
+            error: AdmissionRefused = failure.value  # type: ignore[assignment]
+            if error.refusal is Refusal.GONE or not self._alive():
+                return
+            code, final = _PLAY_REFUSALS.get(error.refusal, _PLAY_REFUSALS[Refusal.LIMIT])
+            if code == "NetStream.Play.StreamNotFound":
+                self.conn.play_not_found(stream_id, name[:128])
+            else:
+                self.conn.play_rejected(stream_id, name[:128], error.message, code=code)
+            if final:
+                self._flush()
+                self.close(f"play refused: {error.message}", abort=False)
+            else:
+                self._drain()
+
+        self.admission.play(request, start).addCallbacks(started, refused)
+
+    def _register(self, viewer: RtmpViewer) -> None:
+        """Make the viewer one of the connection's; the first one is the
+        socket's producer (a play after a stop or an unpause replaces it)."""
+        self.viewers[viewer.stream_id] = viewer
+        transport: Any = self.transport
         if len(self.viewers) == 1:
-            # The socket's producer is the connection's first viewer; a play
-            # after a stop or an unpause replaces the old one.
             if getattr(transport, "producer", None) is not None:
-                transport.unregisterProducer()  # type: ignore[attr-defined]
-            transport.registerProducer(viewer, True)  # type: ignore[attr-defined]
-        stream.add_viewer(self.factory.format_for(stream_id), viewer)
+                transport.unregisterProducer()
+            transport.registerProducer(viewer, True)
 
     def _mark_started(self) -> None:
         if not self._started:
@@ -324,45 +431,40 @@ class RtmpServerProtocol(protocol.Protocol):
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None
-            if self.publishing:
-                self._timer = self.clock.callLater(self.factory.idle_timeout, self._check_timeout)
 
     def _end_stream(self, stream_id: int) -> None:
-        stream = self.publishing.pop(stream_id, None)
-        if stream is not None:
-            self.conn.unpublish_success(stream_id, stream.name)
-            self.registry.unpublish(stream, f"publisher {self.peer} stopped")
-        viewer = self.viewers.pop(stream_id, None)
+        publisher = self.publishing.pop(stream_id, None)
+        if publisher is not None:
+            self.conn.unpublish_success(stream_id, publisher.stream.name)
+            publisher.end("stopped")
+        viewer = self.viewers.pop(stream_id, None) or self.paused.pop(stream_id, None)
         if viewer is not None:
-            viewer.stream.remove_viewer(viewer)
-            self.registry.viewer_log.line(
-                log, "stop", viewer.stream.path,
-                "stop play {path} by {peer}: stopped by the player ({bytes} bytes sent, "
-                "{dropped} frames skipped)",
-                peer=self.peer, bytes=viewer.bytes_sent, dropped=viewer.frames_dropped,
-            )
-        self.paused.pop(stream_id, None)
+            viewer.finish("stopped by the player")
 
     def _pause(self, event: events.PauseRequested) -> None:
+        stream_id = event.stream_id
         if event.paused:
-            viewer = self.viewers.pop(event.stream_id, None)
-            if viewer is not None:
+            viewer = self.viewers.pop(stream_id, None)
+            if viewer is not None and viewer.stream is not None:
+                # Out of the fan-out, still this connection's viewer.
                 viewer.stream.remove_viewer(viewer)
-                self.paused[event.stream_id] = viewer.stream
-        else:
-            stream = self.paused.pop(event.stream_id, None)
-            if stream is not None and stream.live:
-                self._add_viewer(stream, event.stream_id)
+                self.paused[stream_id] = viewer
+            return
+        viewer = self.paused.pop(stream_id, None)
+        if viewer is None or viewer.stream is None:
+            return
+        if not viewer.stream.live:
+            viewer.finish("stream ended while paused")
+            return
+        self._register(viewer)
+        viewer.stream.add_viewer(viewer.output, viewer)  # type: ignore[arg-type]
 
-    def viewer_stream_ended(self, viewer: RtmpViewer, reason: str) -> None:
+    def viewer_stream_ended(self, viewer: RtmpViewer) -> None:
         """The publisher went away: tell the player, keep the connection."""
         if self.viewers.get(viewer.stream_id) is viewer:
             del self.viewers[viewer.stream_id]
-        self.registry.viewer_log.line(log, "stop", viewer.stream.path,
-                                      "stop play {path} by {peer}: {reason}",
-                                      peer=self.peer, reason=reason)
         if self.transport is not None and self.close_reason is None:
-            self.conn.play_unpublish_notify(viewer.stream_id, viewer.stream.name)
+            self.conn.play_unpublish_notify(viewer.stream_id, viewer.stream.name)  # type: ignore[union-attr]
             self._flush()
 
 
@@ -371,18 +473,17 @@ class RtmpServerFactory(protocol.Factory):
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        admission: Admission,
         *,
         clock: IReactorTime,
         chunk_size: int = 4096,
         handshake_timeout: float = 15.0,
-        idle_timeout: float = 30.0,
     ) -> None:
-        self.registry = registry
+        self.admission = admission
         self.clock = clock
         self.chunk_size = chunk_size
         self.handshake_timeout = handshake_timeout
-        self.idle_timeout = idle_timeout
+        self.viewer_queue_bytes = admission.registry.config.viewer_queue_bytes
         self._formats: dict[int, RtmpFormat] = {}
 
     def format_for(self, stream_id: int) -> RtmpFormat:

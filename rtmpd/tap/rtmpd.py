@@ -38,6 +38,25 @@ _CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
     "record": lambda v: ",".join(v) if isinstance(v, list) else str(v),
     "hls-fragment": float,
     "hls-window": int,
+    "publish-key": str,
+    "play-key": str,
+    "sign-secret": str,
+    "on-publish": str,
+    "on-play": str,
+    "on-publish-done": str,
+    "on-play-done": str,
+    "hook-timeout": float,
+    "cors-publish": bool,
+    "takeover": bool,
+    "max-connections": int,
+    "max-connections-per-ip": int,
+    "max-streams": int,
+    "max-viewers-per-stream": int,
+    "publisher-timeout": float,
+    "header-timeout": float,
+    "max-header-bytes": int,
+    "api-token": str,
+    "no-metrics": bool,
 }
 
 #: Outgoing RTMP chunk size bounds: RTMP allows 1..0x7FFFFFFF; below 128 is
@@ -62,6 +81,23 @@ def _positive_float(value: str) -> float:
     if number <= 0:
         raise ValueError("must be positive")
     return number
+
+
+def _limit(name: str) -> Callable[[str], int]:
+    def coerce(value: str) -> int:
+        number = int(value)
+        if number < 0:
+            raise ValueError(f"{name} must be 0 (no limit) or more")
+        return number
+
+    coerce.coerceDoc = "0 means no limit."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _hook_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("a hook must be an http:// or https:// URL")
+    return value
 
 
 class Options(usage.Options):
@@ -118,9 +154,14 @@ class Options(usage.Options):
             _positive_float,
         ],
         [
-            "idle-timeout", None, 30.0,
-            "Seconds a publisher may send nothing before it is disconnected.",
+            "publisher-timeout", None, 30.0,
+            "Seconds a publisher may send no media (pings do not count) before it is "
+            "disconnected and its name freed.",
             _positive_float,
+        ],
+        [
+            "idle-timeout", None, None,
+            "Old name of --publisher-timeout.", _positive_float,
         ],
         [
             "record", None, "hls",
@@ -135,6 +176,63 @@ class Options(usage.Options):
             "hls-window", None, 6, "Segments listed in the live HLS playlist.",
             _positive_int("hls-window"),
         ],
+        [
+            "publish-key", None, None,
+            "Publishing needs ?key=THIS (RTMP: on the stream name or the app/tcUrl).",
+        ],
+        ["play-key", None, None, "Playing needs ?key=THIS."],
+        [
+            "sign-secret", None, None,
+            "Publish and play need ?expires=UNIX&sig=HEX, the HMAC-SHA256 of "
+            "'publish|play:{app}/{stream}:{expires}' with this secret (rtmpd-sign makes them).",
+        ],
+        ["on-publish", None, None, "HTTP hook asked before a publish (2xx allows).", _hook_url],
+        ["on-play", None, None, "HTTP hook asked before a play (2xx allows).", _hook_url],
+        ["on-publish-done", None, None, "HTTP hook told when a publish ends.", _hook_url],
+        ["on-play-done", None, None, "HTTP hook told when a play ends.", _hook_url],
+        [
+            "hook-timeout", None, 5.0,
+            "Seconds an on-publish/on-play hook may take; past that it denies.", _positive_float,
+        ],
+        [
+            "max-connections", None, 30000,
+            "Most open connections on the RTMP and HTTP ports (0: no limit).",
+            _limit("max-connections"),
+        ],
+        [
+            "max-connections-per-ip", None, 0,
+            "Most open connections from one address on those ports (0: no limit).",
+            _limit("max-connections-per-ip"),
+        ],
+        ["max-streams", None, 1000, "Most live streams (0: no limit).", _limit("max-streams")],
+        [
+            "max-viewers-per-stream", None, 0,
+            "Most viewers of one stream, all protocols (0: no limit).",
+            _limit("max-viewers-per-stream"),
+        ],
+        [
+            "header-timeout", None, 10.0,
+            "Seconds an HTTP client may take to send its request headers.", _positive_float,
+        ],
+        [
+            "max-header-bytes", None, 16384,
+            "Most bytes of HTTP request line and headers.", _positive_int("max-header-bytes"),
+        ],
+        [
+            "api-token", None, None,
+            "Bearer token for /api/ and /metrics on the web port (without one, only "
+            "loopback clients may use them).",
+        ],
+    ]
+
+    optFlags: list[Sequence[Any]] = [
+        [
+            "takeover", None,
+            "A new publisher with valid credentials replaces the stream's current one "
+            "(an encoder reconnecting after a network drop), which is closed.",
+        ],
+        ["cors-publish", None, "Let pages on other origins publish over HTTP (CORS)."],
+        ["no-metrics", None, "Serve no /metrics."],
     ]
 
     def __init__(self) -> None:
@@ -158,6 +256,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["config"]:
             self._load_config(self["config"])
+        if self["idle-timeout"] is not None and "publisher-timeout" not in self._given:
+            self["publisher-timeout"] = self["idle-timeout"]
+        for name in ("publish-key", "play-key", "sign-secret", "api-token"):
+            if self[name] is not None and not str(self[name]).strip():
+                raise usage.UsageError(f"--{name} must not be empty")
         merge = str(self["merge-ms"]).strip().lower()
         if merge == "auto":
             self["merge-ms"] = None
@@ -254,6 +357,28 @@ class ListenerService(internet.StreamServerEndpointService):
             ) from None
 
 
+#: Seconds shutdown waits for done hooks still being posted.
+DONE_HOOK_SHUTDOWN_S = 5.0
+
+
+class DoneHookService(service.Service):
+    """Lets the last done-hook posts go out on shutdown (for at most
+    :data:`DONE_HOOK_SHUTDOWN_S`)."""
+
+    name = "done-hooks"
+
+    def __init__(self, notifier: Any, clock: Any) -> None:
+        self.notifier = notifier
+        self.clock = clock
+
+    def stopService(self) -> Any:
+        super().stopService()
+        d = self.notifier.idle()
+        d.addTimeout(DONE_HOOK_SHUTDOWN_S, self.clock)
+        d.addErrback(lambda _: None)
+        return d
+
+
 def makeService(
     options: Options | dict[str, Any], reactor: Any = None
 ) -> service.MultiService:
@@ -263,12 +388,13 @@ def makeService(
 
         reactor = global_reactor
 
-    from twisted.web import server
-
-    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvRequest
+    from rtmpd.admission import Admission, Limits
+    from rtmpd.auth import DoneHookNotifier, build_authorizers, build_listeners, make_agent
+    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
     from rtmpd.protocols.flvws import make_ws_resource
     from rtmpd.protocols.rtmp import RtmpServerFactory
     from rtmpd.protocols.web import make_web_site
+    from rtmpd.services.stats import Metrics
 
     config = StreamConfig(
         gop_cache_frames=options["gop-cache-frames"],
@@ -290,17 +416,56 @@ def makeService(
     top.setName("rtmpd")
     ViewerLogService(registry.viewer_log).setServiceParent(top)
 
-    rtmp_factory = RtmpServerFactory(
+    metrics = None if options.get("no-metrics") else Metrics(registry)
+    hooks = ("on-publish", "on-play", "on-publish-done", "on-play-done")
+    # One connection pool for every hook.
+    agent = make_agent(reactor) if any(options.get(h) for h in hooks) else None
+    try:
+        authorizers = build_authorizers(
+            options, reactor, agent,
+            on_latency=metrics.observe_hook if metrics is not None else None,
+        )
+        admission_listeners = build_listeners(options, reactor, agent)
+    except ValueError as e:
+        raise SystemExit(f"rtmpd: {e}") from None
+    admission = Admission(
         registry,
+        authorizers=authorizers,
+        limits=Limits(
+            max_connections=int(options.get("max-connections", 0)),
+            max_connections_per_ip=int(options.get("max-connections-per-ip", 0)),
+            max_streams=int(options.get("max-streams", 0)),
+            max_viewers_per_stream=int(options.get("max-viewers-per-stream", 0)),
+        ),
+        takeover=bool(options.get("takeover")),
+        publisher_timeout_s=float(options.get("publisher-timeout", 30.0)),
+    )
+    for admission_listener in admission_listeners:
+        admission.add_listener(admission_listener)
+        if isinstance(admission_listener, DoneHookNotifier):
+            DoneHookService(admission_listener, reactor).setServiceParent(top)
+    if metrics is not None:
+        metrics.attach(admission)
+
+    rtmp_factory = RtmpServerFactory(
+        admission,
         clock=reactor,
         chunk_size=options["chunk-size"],
         handshake_timeout=float(options["handshake-timeout"]),
-        idle_timeout=float(options["idle-timeout"]),
     )
-    http_root = FlvHttpResource(registry, websocket=make_ws_resource(registry))
-    http_site = server.Site(http_root, requestFactory=FlvRequest, timeout=30)
-    http_site.displayTracebacks = False
-    web_site = make_web_site(root)
+    http_root = FlvHttpResource(
+        admission, websocket=make_ws_resource(admission, reactor),
+        cors_publish=bool(options.get("cors-publish")),
+    )
+    http_site = FlvSite(
+        http_root, reactor=reactor,
+        header_timeout=float(options.get("header-timeout", 10.0)),
+        max_header_bytes=int(options.get("max-header-bytes", 16384)),
+    )
+    web_site = make_web_site(
+        root, reactor=reactor, admission=admission, metrics=metrics,
+        api_token=options.get("api-token"),
+    )
 
     for name, description, factory in (
         ("rtmp", options["rtmp"], rtmp_factory),
@@ -315,6 +480,7 @@ def makeService(
         listener.setName(name)
         listener.setServiceParent(top)
     # Recorders (the disk writer first, so it stops after them).
+    from rtmpd.services.recorder import Recorder
     from rtmpd.services.recorders import make_recorders
 
     for recorder in make_recorders(
@@ -325,6 +491,8 @@ def makeService(
         fragment_ms=int(float(options.get("hls-fragment", 2.0)) * 1000),
         window=int(options.get("hls-window", 6)),
     ):
+        if metrics is not None and isinstance(recorder, Recorder):
+            recorder.on_failure = metrics.count_recorder_error
         recorder.setServiceParent(top)
     log.info(
         "rtmpd {version}: rtmp {rtmp}, http {http}, web {web}, root {root}, record {record}",
@@ -332,4 +500,5 @@ def makeService(
         web=options["web"], root=root, record=",".join(options.get("record", ())) or "none",
     )
     top.registry = registry  # type: ignore[attr-defined]
+    top.admission = admission  # type: ignore[attr-defined]
     return top

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 
+from rtmpd.admission import Action, Admission, AdmissionRequest
 from rtmpd.codec import flv
 from rtmpd.codec.rtmp import events as ev
 from rtmpd.codec.rtmp.chunk import NEED_DATA
@@ -67,7 +68,8 @@ class Peer:
 def make_factory(clock: Clock | None = None) -> tuple[RtmpServerFactory, StreamRegistry, Clock]:
     clock = clock or Clock()
     registry = StreamRegistry(clock, StreamConfig(merge_ms=0))
-    factory = RtmpServerFactory(registry, clock=clock, handshake_timeout=5, idle_timeout=10)
+    admission = Admission(registry, publisher_timeout_s=10)
+    factory = RtmpServerFactory(admission, clock=clock, handshake_timeout=5)
     return factory, registry, clock
 
 
@@ -165,7 +167,9 @@ def test_rtmp_idle_publisher_times_out_and_frees_the_name() -> None:
     publisher.pump()
     clock.advance(10.5)
     assert publisher.server.close_reason is not None
-    assert "sent nothing" in publisher.server.close_reason
+    assert "no media" in publisher.server.close_reason
+    # The name is free at once, before the connection has even closed.
+    assert registry.get("live", "cam") is None
     publisher.server.connectionLost()
     assert registry.get("live", "cam") is None
 
@@ -229,11 +233,12 @@ def test_http_flv_play_of_unknown_stream_is_404() -> None:
     from rtmpd.protocols.flvhttp import FlvHttpResource
 
     registry = StreamRegistry(Clock())
-    resource = FlvHttpResource(registry)
+    resource = FlvHttpResource(Admission(registry))
     request = DummyRequest([b"live", b"nobody.flv"])
-    body = resource.render_GET(request)
+    resource.render_GET(request)
     assert request.responseCode == 404
-    assert isinstance(body, bytes) and b"not live" in body
+    assert b"not live" in b"".join(request.written)
+    assert request.finished
     bad = DummyRequest([b"live", b"..%2fx.flv"])
     resource.render_GET(bad)
     assert bad.responseCode == 400
@@ -246,15 +251,23 @@ def test_flv_ingest_publishes_frames_split_anywhere() -> None:
     from rtmpd.protocols.flvingest import FlvIngest
 
     registry = StreamRegistry(Clock(), StreamConfig(merge_ms=0))
+    admission = Admission(registry)
     data = (
         flv.encode_header(has_audio=False, has_video=True)
         + flv.encode_tag(9, 0, AVC_HEADER)
         + flv.encode_tag(9, 0, KEYFRAME)
         + flv.encode_tag(9, 40, INTER)
     )
-    ingest = FlvIngest(registry, "live", "cam", "test", lambda reason: None)
+    ingest = FlvIngest("test", lambda reason: None)
     assert verifyObject(IMediaSource, ingest)
-    for i in range(0, len(data), 7):
+    request = AdmissionRequest(
+        action=Action.PUBLISH, app="live", stream="cam", query="", peer_host="127.0.0.1",
+        peer_port=1, protocol="http-flv", client_id=0,
+    )
+    # Bytes that come before the decision are kept, then published.
+    ingest.feed(data[:5])
+    admission.publish(request, ingest).addCallback(ingest.started)
+    for i in range(5, len(data), 7):
         ingest.feed(data[i : i + 7])
     stream = registry.get("live", "cam")
     assert stream is not None
@@ -281,7 +294,7 @@ def test_http_flv_head_answers_with_status_and_no_body() -> None:
 
     from rtmpd.protocols.flvhttp import FlvHttpResource
 
-    resource = FlvHttpResource(StreamRegistry(Clock()))
+    resource = FlvHttpResource(Admission(StreamRegistry(Clock())))
     missing = DummyRequest([b"live", b"nobody.flv"])
     missing.method = b"HEAD"
     assert resource.render_HEAD(missing) == b""

@@ -788,16 +788,18 @@ class ServerConnection(_Connection):
             stream_id, "error", "NetStream.Publish.BadName", description, details=name
         )
 
-    def publish_rejected(self, stream_id: int, name: str, description: str) -> None:
-        """Refuse ``publish`` for lack of permission: onStatus error NetStream.Publish.Rejected.
+    def publish_rejected(
+        self, stream_id: int, name: str, description: str,
+        code: str = "NetStream.Publish.Rejected",
+    ) -> None:
+        """Refuse ``publish`` for lack of permission or room: onStatus error
+        ``code`` (NetStream.Publish.Rejected, or e.g. NetStream.Publish.Unauthorized).
 
-        Any level-"error" onStatus fails FFmpeg; OBS's librtmp knows this code.
+        Any level-"error" onStatus fails FFmpeg; OBS's librtmp knows Rejected.
         """
         self._answer(stream_id, _Role.IDLE)
         self._publish_names.pop(stream_id, None)
-        self._send_status(
-            stream_id, "error", "NetStream.Publish.Rejected", description, details=name
-        )
+        self._send_status(stream_id, "error", code, description, details=name)
 
     def unpublish_success(self, stream_id: int, name: str) -> None:
         """Confirm the end of a publish: onStatus NetStream.Unpublish.Success."""
@@ -845,10 +847,13 @@ class ServerConnection(_Connection):
             details=name,
         )
 
-    def play_rejected(self, stream_id: int, name: str, description: str) -> None:
-        """Refuse ``play`` (e.g. not authorized): onStatus error NetStream.Play.Failed."""
+    def play_rejected(
+        self, stream_id: int, name: str, description: str, code: str = "NetStream.Play.Failed"
+    ) -> None:
+        """Refuse ``play``: onStatus error ``code`` (NetStream.Play.Failed, or
+        e.g. NetStream.Play.Unauthorized)."""
         self._answer(stream_id, _Role.IDLE)
-        self._send_status(stream_id, "error", "NetStream.Play.Failed", description, details=name)
+        self._send_status(stream_id, "error", code, description, details=name)
 
     def play_unpublish_notify(self, stream_id: int, name: str) -> None:
         """The played stream ended: onStatus NetStream.Play.UnpublishNotify and Stream EOF."""

@@ -1,5 +1,7 @@
-"""Direct socket writes: what the kernel does not take is handed to the
-transport in order, after anything the transport had queued."""
+"""rtmpd._twisted, the one module that reads Twisted's private attributes:
+each name it uses exists in the installed Twisted (so an upgrade that renames
+one fails here, loudly), and direct socket writes hand what the kernel does
+not take to the transport in order, after anything the transport had queued."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import socket
 import pytest
 from twisted.internet.testing import StringTransport
 
-from rtmpd.fanout import _write_rest, write_now
+from rtmpd._twisted import _write_rest, write_now
 
 CHUNKS = [b"abc", b"defgh", b"i", b"jklm"]
 ALL = b"".join(CHUNKS)
@@ -90,3 +92,52 @@ def test_write_now_leaves_a_transport_with_unsent_data_in_charge() -> None:
         t.dataBuffer, t.offset = b"partly sent", 6
         write_now(t, ours.fileno(), [b"x"], 1)
         assert t.later == [b"x"] and _drain(theirs) == b""
+
+
+# -- the private names rtmpd._twisted relies on ------------------------------------
+
+
+def test_tcp_transports_keep_the_buffers_the_fast_path_reads() -> None:
+    """tcp.Connection (via FileDescriptor) still keeps its send buffer in
+    dataBuffer/offset/_tempDataBuffer/_tempDataLen."""
+    import inspect
+
+    from twisted.internet import abstract, tcp
+
+    assert issubclass(tcp.Connection, abstract.FileDescriptor)
+    fd = abstract.FileDescriptor()
+    assert fd.dataBuffer == b"" and fd.offset == 0
+    assert fd._tempDataBuffer == [] and fd._tempDataLen == 0
+    write = inspect.getsource(abstract.FileDescriptor.write)
+    assert "_tempDataBuffer" in write and "_tempDataLen" in write
+    assert "bufferSize" in dir(fd) and "connected" in dir(fd)
+    assert "disconnecting" in dir(fd)
+    source = inspect.getsource(abstract.FileDescriptor.doWrite)
+    assert "dataBuffer" in source and "offset" in source and "_tempDataBuffer" in source
+
+
+def test_twisted_web_keeps_the_names_the_publish_body_path_reads() -> None:
+    """HTTPChannel still records the request line in _command/_path and
+    reads the body through _transferDecoder/_finishRequestBody; Request
+    still flags a gone client in _disconnected."""
+    import inspect
+
+    from twisted.web import http
+
+    from rtmpd._twisted import body_until_close, read_body_until_close, request_line
+
+    channel = http.HTTPChannel()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"POST /live/cam?key=1 HTTP/1.1\r\nHost: x\r\n")
+    assert request_line(channel) == (b"POST", b"/live/cam?key=1")
+    assert hasattr(channel, "_finishRequestBody")
+    assert "self._transferDecoder" in inspect.getsource(http.HTTPChannel)
+    got: list[bytes] = []
+    read_body_until_close(channel, got.append)
+    assert body_until_close(channel)
+    channel._transferDecoder.dataReceived(b"body")
+    assert got == [b"body"]
+    request = http.Request(channel)
+    assert request._disconnected is False
+    decoder = inspect.signature(http._IdentityTransferDecoder)
+    assert list(decoder.parameters) == ["contentLength", "dataCallback", "finishCallback"]

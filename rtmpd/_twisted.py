@@ -1,0 +1,150 @@
+"""Every use of Twisted's private attributes, in one place.
+
+Two things need more than Twisted's public API:
+
+* the direct-write fast path of the fan-out (``PERFORMANCE.md``): writing
+  shared bytes straight to a TCP socket is only correct while the transport
+  holds nothing, and only the transport's private buffers say whether it
+  does;
+* streaming an HTTP publish body as it arrives, including a body delimited
+  only by the close, which twisted.web would read as no body at all.
+
+``tests/unit/test_twisted_private.py`` checks each name used here against the
+installed Twisted, so an upgrade that renames one fails loudly there, not
+silently in production.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import tcp
+
+#: The kernel refuses more than this many buffers in one ``writev`` (IOV_MAX
+#: on Linux); longer lists are sent in several calls.
+IOV_MAX = 1024
+
+_write = os.write
+_writev = os.writev
+
+
+def socket_fd(transport: object) -> int:
+    """The socket of a plain TCP transport, or -1 (TLS, tests, wrappers):
+    only plain TCP may be written to directly."""
+    if isinstance(transport, tcp.Connection):
+        return int(transport.fileno())
+    return -1
+
+
+def queued_bytes(transport: object) -> int:
+    """Bytes a TCP transport holds and has not handed to the kernel yet (0
+    for other transports)."""
+    if not isinstance(transport, tcp.Connection):
+        return 0
+    t: Any = transport
+    return int(len(t.dataBuffer) - t.offset + t._tempDataLen)
+
+
+def write_now(transport: Any, fd: int, chunks: Sequence[bytes], size: int) -> None:
+    """Write ``chunks`` (``size`` bytes) to a connection's socket now.
+
+    ``fd`` is the socket of a plain TCP transport, or -1 (TLS, tests), in
+    which case the transport writes them. Twisted's own ``write`` only
+    queues the bytes and sends them on the next reactor turn, two epoll
+    updates later; this sends at once when the transport holds nothing
+    already sent in part. Bytes it queued but never tried (response headers,
+    say) go first in the same ``writev``. What the kernel does not take is
+    handed back to the transport, which keeps the order and applies
+    backpressure.
+    """
+    t = transport
+    if fd < 0 or len(t.dataBuffer) != t.offset or not t.connected or t.disconnecting:
+        t.writeSequence(chunks)
+        return
+    if t._tempDataLen:
+        chunks = [*t._tempDataBuffer, *chunks]
+        size += t._tempDataLen
+        t._tempDataBuffer = []
+        t._tempDataLen = 0
+    for start in range(0, len(chunks), IOV_MAX):
+        batch = chunks[start : start + IOV_MAX] if len(chunks) > IOV_MAX else chunks
+        try:
+            written = _writev(fd, batch)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            # The peer is gone; the reactor will notice and call
+            # connectionLost. Nothing more to send.
+            return
+        if written != (size if batch is chunks else sum(map(len, batch))):
+            _write_rest(t, chunks, start, written)
+            return
+
+
+def _write_rest(transport: Any, chunks: Sequence[bytes], start: int, written: int) -> None:
+    """Hand the transport what a partial ``writev`` starting at ``chunks[start]``
+    left unsent (``written`` bytes were taken)."""
+    index = start
+    for chunk in chunks[start:]:
+        n = len(chunk)
+        if written < n:
+            break
+        written -= n
+        index += 1
+    if index < len(chunks):
+        if written:
+            transport.write(chunks[index][written:])
+            index += 1
+        transport.writeSequence(chunks[index:])
+
+
+def write_one(transport: Any, fd: int, data: bytes) -> None:
+    """:func:`write_now` cut down to one buffer (no list, no batching, no
+    taking over queued bytes, which a synced viewer never has): the fan-out's
+    per-viewer hot path, one ``write`` when the transport holds nothing."""
+    t = transport
+    if fd < 0 or t._tempDataLen or len(t.dataBuffer) != t.offset:
+        t.write(data)
+        return
+    try:
+        written = _write(fd, data)
+    except BlockingIOError:
+        written = 0
+    except OSError:
+        return  # the peer is gone; connectionLost follows
+    if written != len(data):
+        t.write(data[written:])
+
+
+# -- twisted.web ---------------------------------------------------------------
+
+
+def request_disconnected(request: Any) -> bool:
+    """Whether the client of a twisted.web request has gone away."""
+    return bool(getattr(request, "_disconnected", False))
+
+
+def request_line(channel: Any) -> tuple[bytes, bytes]:
+    """The method and raw path (query included) of the request an
+    ``HTTPChannel`` is reading, available from ``Request.gotLength`` on
+    (before twisted.web has parsed anything into the request)."""
+    return bytes(getattr(channel, "_command", b"")), bytes(getattr(channel, "_path", b"/"))
+
+
+def read_body_until_close(channel: Any, on_data: Callable[[bytes], None]) -> None:
+    """Make a channel read the current request's body until the client
+    closes (no ``Content-Length``, not chunked): twisted.web would read it as
+    no body at all. ``on_data`` gets the body bytes."""
+    from twisted.web.http import _IdentityTransferDecoder
+
+    channel.length = None
+    channel._transferDecoder = _IdentityTransferDecoder(  # type: ignore[no-untyped-call]
+        None, on_data, channel._finishRequestBody
+    )
+
+
+def body_until_close(channel: Any) -> bool:
+    """Whether :func:`read_body_until_close` is in force on the channel."""
+    return getattr(channel, "length", 0) is None

@@ -1,0 +1,558 @@
+"""The one door: every connection, publish and play, whatever its protocol
+(``ARCHITECTURE.md`` section 8).
+
+A protocol adapter turns what its wire says into an :class:`AdmissionRequest`
+and hands it here; it gets back a Deferred of a :class:`Publisher` or of its
+viewer, or a failure carrying an :class:`AdmissionRefused` whose
+:class:`Refusal` code the adapter maps to its wire (RTMP status, HTTP status,
+WebSocket close code). In between, in this order:
+
+1. names are validated (the only strings that ever reach a file path);
+2. limits are checked (streams, viewers per stream);
+3. the authorizers are asked, in turn, the first refusal winning (static
+   keys, signed URLs, HTTP hooks: :mod:`rtmpd.auth`); they may answer later;
+4. the stream is looked up again (it may have started or ended while an
+   authorizer was thinking), a name held by another publisher is refused or,
+   with takeover, taken over;
+5. the publisher or viewer starts, and the listeners hear of it (done hooks,
+   metrics).
+
+Counting, logging and the listeners live here, once. With no authorizer that
+answers later, the whole path runs synchronously, so a join costs no reactor
+turn.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rtmpd.errors import InvalidStreamName, RtmpdError
+from rtmpd.interfaces import IAdmissionListener, IAuthorizer, IMediaSource
+from rtmpd.registry import Stream, StreamRegistry, validate_name
+
+if TYPE_CHECKING:
+    from rtmpd.fanout import ViewerOutput
+
+log = Logger()
+
+#: Longest query string kept from a request (keys, signatures, hook
+#: arguments). Longer ones are cut here, before they reach a log, a hook or
+#: an authorizer: nothing legitimate needs more.
+MAX_QUERY_CHARS = 2048
+
+
+class Action(enum.Enum):
+    """What a request asks for."""
+
+    PUBLISH = "publish"
+    PLAY = "play"
+
+
+class Refusal(enum.Enum):
+    """Why a request was refused: each adapter maps these to its wire."""
+
+    #: The app or stream name is not valid.
+    BAD_NAME = "bad_name"
+    #: Play of a stream that is not live.
+    NOT_FOUND = "not_found"
+    #: Publish of a name that already has a publisher.
+    BUSY = "busy"
+    #: No credentials, or wrong ones (key, signature, expiry).
+    UNAUTHORIZED = "unauthorized"
+    #: Credentials are not the question: a hook or policy said no.
+    FORBIDDEN = "forbidden"
+    #: A limit is full (connections, streams, viewers).
+    LIMIT = "limit"
+    #: The client went away before the decision.
+    GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An authorizer's answer."""
+
+    allowed: bool
+    refusal: Refusal = Refusal.FORBIDDEN
+    message: str = ""
+
+
+#: The answer of an authorizer that lets a request through.
+ALLOW = Decision(True)
+
+
+def deny(message: str, refusal: Refusal = Refusal.FORBIDDEN) -> Decision:
+    """An authorizer's refusal, with the reason for the log (never a secret)."""
+    return Decision(False, refusal, message)
+
+
+class AdmissionRefused(RtmpdError):
+    """A request was refused; ``refusal`` says why, for the wire mapping."""
+
+    def __init__(self, refusal: Refusal, message: str) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdmissionRequest:
+    """One publish or play, as every protocol describes it."""
+
+    action: Action
+    app: str
+    stream: str
+    #: The raw query string (``key=…&sig=…``), without the ``?``.
+    query: str
+    peer_host: str
+    peer_port: int
+    #: "rtmp", "http-flv" or "ws-flv".
+    protocol: str
+    #: The connection's id (see :meth:`Admission.open_connection`).
+    client_id: int
+
+    @property
+    def path(self) -> str:
+        """``app/stream``."""
+        return f"{self.app}/{self.stream}"
+
+    @property
+    def peer(self) -> str:
+        """The client as logs name it: ``rtmp 127.0.0.1:5000``."""
+        return f"{self.protocol} {self.peer_host}:{self.peer_port}"
+
+    def params(self) -> dict[str, str]:
+        """The query's parameters (the first value of each)."""
+        out: dict[str, str] = {}
+        for key, value in parse_qsl(self.query[:MAX_QUERY_CHARS], keep_blank_values=True):
+            out.setdefault(key, value)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What the server admits at most; 0 means no limit."""
+
+    #: Open connections on the media ports (RTMP, HTTP-FLV and WS-FLV).
+    max_connections: int = 0
+    #: Open connections from one address on those ports.
+    max_connections_per_ip: int = 0
+    #: Live streams.
+    max_streams: int = 0
+    #: Viewers of one stream, all protocols together.
+    max_viewers_per_stream: int = 0
+
+
+class Client:
+    """One open connection on a media port."""
+
+    __slots__ = ("client_id", "close", "host", "opened_at", "port", "protocol")
+
+    def __init__(
+        self, client_id: int, host: str, port: int, protocol: str,
+        close: Callable[[str], None], opened_at: float,
+    ) -> None:
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self.protocol = protocol
+        #: Closes the connection; the argument is the reason, for its log line.
+        self.close = close
+        self.opened_at = opened_at
+
+
+class Publisher:
+    """An admitted publisher: the stream it feeds and its watchdog.
+
+    The adapter pushes frames into :attr:`stream` and calls :meth:`end`
+    however the publish ends (idempotent). A publisher that sends no media
+    for the publisher timeout is stopped and its name freed; pings and other
+    chatter do not count.
+    """
+
+    def __init__(
+        self, admission: Admission, request: AdmissionRequest, stream: Stream,
+        source: IMediaSource,
+    ) -> None:
+        self.admission = admission
+        self.request = request
+        self.stream = stream
+        self.source = source
+        self.ended = False
+        self._timer: IDelayedCall | None = None
+        self._frames_seen = -1
+        self._media_at = admission.clock.seconds()
+        if admission.publisher_timeout_s > 0:
+            self._watch()
+
+    def _watch(self) -> None:
+        """Check for media every quarter of the timeout (no per-frame work:
+        it compares the stream's frame counter)."""
+        admission = self.admission
+        timeout = admission.publisher_timeout_s
+        now = admission.clock.seconds()
+        frames = self.stream.frames_in
+        if frames != self._frames_seen:
+            self._frames_seen = frames
+            self._media_at = now
+        elif now - self._media_at >= timeout:
+            self._timer = None
+            reason = f"timed out: no media for {now - self._media_at:.0f} s"
+            log.info("publish {path} by {peer}: {reason}", path=self.request.path,
+                     peer=self.request.peer, reason=reason)
+            self.end(reason)
+            self.source.stop_publishing(reason)
+            return
+        self._timer = admission.clock.callLater(timeout / 4, self._watch)
+
+    def end(self, reason: str) -> None:
+        """The publish is over: end the stream, free the name, tell the
+        listeners (once)."""
+        if self.ended:
+            return
+        self.ended = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.admission._publisher_ended(self, reason)
+
+
+class Admission:
+    """Admits connections, publishers and viewers for every protocol."""
+
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        *,
+        authorizers: Sequence[IAuthorizer] = (),
+        limits: Limits | None = None,
+        takeover: bool = False,
+        publisher_timeout_s: float = 30.0,
+    ) -> None:
+        self.registry = registry
+        self.clock = registry.clock
+        self.authorizers = list(authorizers)
+        self.limits = limits or Limits()
+        self.takeover = takeover
+        self.publisher_timeout_s = publisher_timeout_s
+        self.listeners: list[IAdmissionListener] = []
+        self.clients: dict[int, Client] = {}
+        self.publishers: dict[tuple[str, str], Publisher] = {}
+        self._per_ip: Counter[str] = Counter()
+        self._next_id = 1
+        #: Refusals so far, by code (connections included).
+        self.refusals: Counter[Refusal] = Counter()
+        #: Totals of viewers that have ended, by protocol, so counters only
+        #: go up: bytes sent, frames skipped.
+        self.ended_bytes_out: Counter[str] = Counter()
+        self.ended_frames_dropped: Counter[str] = Counter()
+        #: Bytes received from publishers whose streams have ended.
+        self.ended_bytes_in = 0
+
+    def add_listener(self, listener: IAdmissionListener) -> None:
+        """Hear every refusal, start and end."""
+        self.listeners.append(listener)
+
+    # -- connections ---------------------------------------------------------
+
+    def open_connection(
+        self, host: str, port: int, protocol: str, close: Callable[[str], None]
+    ) -> int:
+        """Count a new connection on a media port and give it its id.
+
+        Raises AdmissionRefused (``LIMIT``) when ``--max-connections`` or
+        ``--max-connections-per-ip`` is full; the adapter then closes it.
+        ``close(reason)`` must close the connection (``DELETE /api/clients``).
+        """
+        limits = self.limits
+        if limits.max_connections and len(self.clients) >= limits.max_connections:
+            self._count_refusal(Refusal.LIMIT)
+            self.registry.viewer_log.line(
+                log, "refused connection", "the server",
+                "refused {peer}: {count} connections open, the limit (--max-connections) "
+                "is {limit}",
+                peer=f"{protocol} {host}:{port}", count=len(self.clients),
+                limit=limits.max_connections,
+            )
+            raise AdmissionRefused(Refusal.LIMIT, "too many connections")
+        if limits.max_connections_per_ip and self._per_ip[host] >= limits.max_connections_per_ip:
+            self._count_refusal(Refusal.LIMIT)
+            self.registry.viewer_log.line(
+                log, "refused connection", host,
+                "refused {peer}: {count} connections open from {path}, the limit "
+                "(--max-connections-per-ip) is {limit}",
+                peer=f"{protocol} {host}:{port}", count=self._per_ip[host],
+                limit=limits.max_connections_per_ip,
+            )
+            raise AdmissionRefused(Refusal.LIMIT, "too many connections from this address")
+        client_id = self._next_id
+        self._next_id += 1
+        self.clients[client_id] = Client(
+            client_id, host, port, protocol, close, self.clock.seconds()
+        )
+        self._per_ip[host] += 1
+        return client_id
+
+    def close_connection(self, client_id: int) -> None:
+        """A connection counted by :meth:`open_connection` closed (idempotent)."""
+        client = self.clients.pop(client_id, None)
+        if client is None:
+            return
+        left = self._per_ip[client.host] - 1
+        if left > 0:
+            self._per_ip[client.host] = left
+        else:
+            del self._per_ip[client.host]
+
+    def rebind_connection(
+        self, client_id: int, protocol: str, close: Callable[[str], None]
+    ) -> None:
+        """A connection changed hands (an HTTP connection upgraded to a
+        WebSocket): the new protocol's name and way to close it."""
+        client = self.clients.get(client_id)
+        if client is not None:
+            client.protocol = protocol
+            client.close = close
+
+    def kick_client(self, client_id: int, reason: str) -> bool:
+        """Close a connection by id; False if there is none."""
+        client = self.clients.get(client_id)
+        if client is None:
+            return False
+        log.info("closing {protocol} {host}:{port} (client {id}): {reason}",
+                 protocol=client.protocol, host=client.host, port=client.port,
+                 id=client_id, reason=reason)
+        client.close(reason)
+        return True
+
+    def kick_publisher(self, app: str, name: str, reason: str) -> bool:
+        """Stop a stream's publisher; False if the stream is not live."""
+        publisher = self.publishers.get((app, name))
+        if publisher is None:
+            return False
+        log.info("stopping publish {path} by {peer}: {reason}", path=publisher.request.path,
+                 peer=publisher.request.peer, reason=reason)
+        publisher.end(reason)
+        publisher.source.stop_publishing(reason)
+        return True
+
+    # -- lookups ---------------------------------------------------------------
+
+    def lookup(self, app: str, name: str) -> Stream | None:
+        """The live stream by that name, or None (``HEAD``). Bad names raise
+        AdmissionRefused (``BAD_NAME``)."""
+        try:
+            return self.registry.get(app, name)
+        except InvalidStreamName as e:
+            raise AdmissionRefused(Refusal.BAD_NAME, str(e)) from None
+
+    # -- publish -------------------------------------------------------------
+
+    def publish(
+        self,
+        request: AdmissionRequest,
+        source: IMediaSource,
+        *,
+        alive: Callable[[], bool] | None = None,
+    ) -> defer.Deferred[Publisher]:
+        """Admit a publisher. The Deferred fires with its :class:`Publisher`
+        (synchronously when no authorizer answers later) or fails with
+        AdmissionRefused. ``alive()`` false when the decision comes means the
+        client left meanwhile: nothing starts (``GONE``)."""
+        try:
+            self._check_names(request)
+            self._check_publish(request)
+        except AdmissionRefused as e:
+            return self.refuse(request, e)
+        d: defer.Deferred[Any] = self._authorize(request)
+        d.addCallback(lambda _: self._start_publish(request, source, alive))
+        d.addErrback(self._refusal_errback, request)
+        return d
+
+    def _check_publish(self, request: AdmissionRequest) -> None:
+        key = (request.app, request.stream)
+        registry = self.registry
+        if key in registry.streams:
+            if not self.takeover:
+                raise AdmissionRefused(
+                    Refusal.BUSY, f"stream {request.path} already has a publisher"
+                )
+        elif self.limits.max_streams and len(registry.streams) >= self.limits.max_streams:
+            raise AdmissionRefused(
+                Refusal.LIMIT,
+                f"{len(registry.streams)} streams are live, the limit (--max-streams) is "
+                f"{self.limits.max_streams}",
+            )
+
+    def _start_publish(
+        self, request: AdmissionRequest, source: IMediaSource,
+        alive: Callable[[], bool] | None,
+    ) -> Publisher:
+        if alive is not None and not alive():
+            raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
+        self._check_publish(request)
+        key = (request.app, request.stream)
+        old = self.publishers.get(key)
+        if old is not None:
+            reason = f"replaced by a new publisher ({request.peer})"
+            log.info("publish {path}: {old} {reason}", path=request.path,
+                     old=old.request.peer, reason=reason)
+            old.end(reason)
+            old.source.stop_publishing(reason)
+        stream = self.registry.publish(request.app, request.stream, source)
+        publisher = Publisher(self, request, stream, source)
+        self.publishers[key] = publisher
+        for listener in self.listeners:
+            listener.started(request)
+        return publisher
+
+    def _publisher_ended(self, publisher: Publisher, reason: str) -> None:
+        request = publisher.request
+        key = (request.app, request.stream)
+        if self.publishers.get(key) is publisher:
+            del self.publishers[key]
+        self.ended_bytes_in += publisher.stream.bytes_in
+        self.registry.unpublish(publisher.stream, f"publisher {request.peer} {reason}")
+        for listener in self.listeners:
+            listener.ended(request, reason)
+
+    # -- play --------------------------------------------------------------------
+
+    def play(
+        self,
+        request: AdmissionRequest,
+        start: Callable[[Stream], ViewerOutput | None],
+    ) -> defer.Deferred[ViewerOutput]:
+        """Admit a viewer. Once allowed, ``start(stream)`` makes the adapter's
+        viewer (wire prelude sent, producer registered) or returns None if
+        the client left meanwhile; admission then adds it to the stream. The
+        Deferred fires with the viewer or fails with AdmissionRefused."""
+        try:
+            self._check_names(request)
+            self._check_play(request)
+        except AdmissionRefused as e:
+            return self.refuse(request, e)
+        d: defer.Deferred[Any] = self._authorize(request)
+        d.addCallback(lambda _: self._start_play(request, start))
+        d.addErrback(self._refusal_errback, request)
+        return d
+
+    def _check_play(self, request: AdmissionRequest) -> Stream:
+        stream = self.registry.streams.get((request.app, request.stream))
+        if stream is None:
+            raise AdmissionRefused(Refusal.NOT_FOUND, f"stream {request.path} is not live")
+        limit = self.limits.max_viewers_per_stream
+        if limit and stream.viewer_count() >= limit:
+            raise AdmissionRefused(
+                Refusal.LIMIT,
+                f"stream {request.path} has {stream.viewer_count()} viewers, the limit "
+                f"(--max-viewers-per-stream) is {limit}",
+            )
+        return stream
+
+    def _start_play(
+        self, request: AdmissionRequest, start: Callable[[Stream], ViewerOutput | None]
+    ) -> ViewerOutput:
+        stream = self._check_play(request)
+        viewer = start(stream)
+        if viewer is None:
+            raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
+        assert viewer.output is not None, "a viewer must say which output format it gets"
+        viewer.admitted(self, request)
+        self.registry.viewer_log.line(
+            log, "play", stream.path, "play {path} by {peer}", peer=viewer.description
+        )
+        stream.add_viewer(viewer.output, viewer)
+        for listener in self.listeners:
+            listener.started(request)
+        return viewer
+
+    def viewer_finished(self, viewer: ViewerOutput, request: AdmissionRequest, why: str,
+                        *, dropped: bool) -> None:
+        """A viewer admitted here ended (:meth:`ViewerOutput.finish`): its
+        one stop line, its totals, the listeners."""
+        protocol = request.protocol
+        self.ended_bytes_out[protocol] += viewer.bytes_sent
+        self.ended_frames_dropped[protocol] += viewer.frames_dropped
+        fmt = ("stop play {path} by {peer}: {why} ({bytes} bytes sent, "
+               "{dropped} frames skipped)")
+        fields: dict[str, Any] = {
+            "path": request.path, "peer": viewer.description, "why": why,
+            "bytes": viewer.bytes_sent, "dropped": viewer.frames_dropped,
+        }
+        if dropped:
+            # Drops are always logged, whatever the rate of viewer lines.
+            log.warn(fmt, **fields)
+        else:
+            fields.pop("path")
+            self.registry.viewer_log.line(log, "stop", request.path, fmt, **fields)
+        for listener in self.listeners:
+            listener.ended(request, why)
+
+    # -- shared steps ----------------------------------------------------------------
+
+    def _check_names(self, request: AdmissionRequest) -> None:
+        try:
+            validate_name(request.app, "app name")
+            validate_name(request.stream)
+        except InvalidStreamName as e:
+            raise AdmissionRefused(Refusal.BAD_NAME, str(e)) from None
+
+    def _authorize(self, request: AdmissionRequest) -> defer.Deferred[None]:
+        """Ask each authorizer in turn; fails with AdmissionRefused at the
+        first refusal. Synchronous answers chain synchronously."""
+        d: defer.Deferred[Any] = defer.succeed(None)
+        for authorizer in self.authorizers:
+            d.addCallback(_ask, authorizer, request)
+            d.addCallback(_require_allowed)
+        return d
+
+    def refuse(
+        self, request: AdmissionRequest, refusal: AdmissionRefused
+    ) -> defer.Deferred[Any]:
+        """Refuse a request an adapter could not even parse (counted and
+        logged like every other refusal): a failed Deferred."""
+        return defer.fail(self._note_refusal(request, refusal))
+
+    def _refusal_errback(self, failure: Failure, request: AdmissionRequest) -> defer.Deferred[Any]:
+        error = failure.value
+        if not isinstance(error, AdmissionRefused):
+            # An authorizer (or a start callback) broke: refuse, say why.
+            log.failure("admission of {action} {path} by {peer} failed", failure,
+                        action=request.action.value, path=request.path, peer=request.peer)
+            error = AdmissionRefused(Refusal.FORBIDDEN, "internal error while authorizing")
+        return defer.fail(self._note_refusal(request, error))
+
+    def _note_refusal(self, request: AdmissionRequest, error: AdmissionRefused) -> AdmissionRefused:
+        self._count_refusal(error.refusal)
+        if error.refusal is not Refusal.GONE:
+            # One line per refusal, never a secret (messages never carry one).
+            log.info("{action} {path} by {peer} refused: {message}",
+                     action=request.action.value, path=request.path[:270],
+                     peer=request.peer, message=error.message)
+        for listener in self.listeners:
+            listener.refused(request, error.refusal, error.message)
+        return error
+
+    def _count_refusal(self, refusal: Refusal) -> None:
+        self.refusals[refusal] += 1
+
+
+def _ask(_: object, authorizer: IAuthorizer, request: AdmissionRequest) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(authorizer.authorize, request)
+
+
+def _require_allowed(decision: object) -> None:
+    if not isinstance(decision, Decision):
+        raise TypeError(f"an authorizer answered {decision!r}, not a Decision")
+    if not decision.allowed:
+        raise AdmissionRefused(decision.refusal, decision.message or decision.refusal.value)
