@@ -480,7 +480,7 @@ class Admission:
                         *, dropped: bool) -> None:
         """A viewer admitted here ended (:meth:`ViewerOutput.finish`): its
         one stop line, its totals, the listeners."""
-        protocol = request.protocol
+        protocol = viewer.protocol or request.protocol
         self.ended_bytes_out[protocol] += viewer.bytes_sent
         self.ended_frames_dropped[protocol] += viewer.frames_dropped
         fmt = ("stop play {path} by {peer}: {why} ({bytes} bytes sent, "

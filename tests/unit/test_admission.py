@@ -1,0 +1,390 @@
+"""The one admission path: names, limits, authorizers that answer now or
+later, takeover, the publisher watchdog, connection counting, and what the
+listeners hear; then the same path through the RTMP and HTTP adapters with a
+decision that comes later."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from rtmpd.admission import (
+    ALLOW,
+    Action,
+    Admission,
+    AdmissionRefused,
+    AdmissionRequest,
+    Limits,
+    Publisher,
+    Refusal,
+    deny,
+)
+from rtmpd.codec import flv
+from rtmpd.fanout import ViewerOutput
+from rtmpd.interfaces import IAdmissionListener, IAuthorizer, IMediaSource, IViewer
+from rtmpd.media import Frame, FrameKind
+from rtmpd.protocols.flvhttp import CHUNKED
+from rtmpd.registry import Stream, StreamConfig, StreamRegistry
+
+AVC_HEADER = b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe1\x00\x04\x67\x64\x00\x1f"
+KEYFRAME = b"\x17\x01\x00\x00\x00" + b"k" * 200
+
+
+def request(action: Action = Action.PUBLISH, stream: str = "cam", *, app: str = "live",
+            query: str = "", client_id: int = 0) -> AdmissionRequest:
+    return AdmissionRequest(
+        action=action, app=app, stream=stream, query=query, peer_host="127.0.0.1",
+        peer_port=5000, protocol="rtmp", client_id=client_id,
+    )
+
+
+@implementer(IMediaSource)
+class Source:
+    description = "test source"
+
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def stop_publishing(self, reason: str) -> None:
+        self.stopped.append(reason)
+
+
+@implementer(IAdmissionListener)
+class Listener:
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, str, str]] = []
+
+    def refused(self, request: object, refusal: object, message: str) -> None:
+        assert isinstance(request, AdmissionRequest) and isinstance(refusal, Refusal)
+        self.heard.append(("refused", request.path, refusal.value))
+
+    def started(self, request: object) -> None:
+        assert isinstance(request, AdmissionRequest)
+        self.heard.append(("started", request.action.value, request.path))
+
+    def ended(self, request: object, why: str) -> None:
+        assert isinstance(request, AdmissionRequest)
+        self.heard.append(("ended", request.action.value, why))
+
+
+@implementer(IAuthorizer)
+class LaterAuthorizer:
+    """Answers each request when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred[Any]] = []
+        self.asked: list[AdmissionRequest] = []
+
+    def authorize(self, request: object) -> defer.Deferred[Any]:
+        assert isinstance(request, AdmissionRequest)
+        self.asked.append(request)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+class Viewer(ViewerOutput):
+    def __init__(self, stream: Stream) -> None:
+        super().__init__(StringTransport(), "test viewer", stream=stream, output=CHUNKED,
+                         protocol="http-flv")
+        self.ended: list[str] = []
+
+    def stream_ended(self, reason: str) -> None:
+        self.ended.append(reason)
+        self.finish(f"stream ended: {reason}")
+
+    def drop(self, reason: str) -> None:
+        self.finish(f"dropped: {reason}", dropped=True)
+
+
+def make(**kwargs: Any) -> tuple[Admission, StreamRegistry, Clock, Listener]:
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0))
+    admission = Admission(registry, **kwargs)
+    listener = Listener()
+    admission.add_listener(listener)
+    return admission, registry, clock, listener
+
+
+def fired(d: defer.Deferred[Any]) -> bool:
+    out: list[Any] = []
+    d.addBoth(lambda r: out.append(r) or r)
+    return bool(out)
+
+
+def result(d: defer.Deferred[Any]) -> Any:
+    """What a Deferred that has fired holds (a refusal raises)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], defer.Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def refusal_of(d: defer.Deferred[Any]) -> Refusal:
+    with pytest.raises(AdmissionRefused) as refused:
+        result(d)
+    return refused.value.refusal
+
+
+def test_with_no_authorizer_a_publish_is_decided_at_once() -> None:
+    admission, registry, _, listener = make()
+    publisher = result(admission.publish(request(), Source()))
+    assert isinstance(publisher, Publisher)
+    assert registry.streams[("live", "cam")] is publisher.stream
+    assert listener.heard == [("started", "publish", "live/cam")]
+
+
+@pytest.mark.parametrize(("app", "stream"), [("live", "../x"), ("", "cam"), ("live", "a" * 129)])
+def test_bad_names_are_refused_before_anything_else(app: str, stream: str) -> None:
+    authorizer = LaterAuthorizer()
+    admission, registry, _, listener = make(authorizers=[authorizer])
+    assert refusal_of(admission.publish(request(stream=stream, app=app), Source())) is (
+        Refusal.BAD_NAME
+    )
+    assert authorizer.asked == [] and registry.streams == {}
+    assert listener.heard[0][0] == "refused"
+
+
+def test_a_second_publisher_is_busy_unless_takeover() -> None:
+    admission, _, _, _ = make()
+    result(admission.publish(request(), Source()))
+    assert refusal_of(admission.publish(request(), Source())) is Refusal.BUSY
+
+
+def test_takeover_replaces_the_publisher_and_tells_the_old_one() -> None:
+    admission, registry, _, listener = make(takeover=True)
+    old_source = Source()
+    old = result(admission.publish(request(), old_source))
+    new = result(admission.publish(request(), Source()))
+    assert old.ended and not old.stream.live
+    assert old_source.stopped and "replaced by a new publisher" in old_source.stopped[0]
+    assert registry.streams[("live", "cam")] is new.stream
+    assert ("ended", "publish", old_source.stopped[0]) in listener.heard
+    # The old connection closing later ends nothing more.
+    old.end("disconnected")
+    assert registry.streams[("live", "cam")] is new.stream
+
+
+def test_stream_and_viewer_limits_refuse() -> None:
+    admission, _, _, _ = make(limits=Limits(max_streams=1, max_viewers_per_stream=1))
+    result(admission.publish(request(), Source()))
+    assert refusal_of(admission.publish(request(stream="two"), Source())) is Refusal.LIMIT
+    viewer = result(admission.play(request(Action.PLAY), Viewer))
+    assert isinstance(viewer, Viewer)
+    assert refusal_of(admission.play(request(Action.PLAY), Viewer)) is Refusal.LIMIT
+    viewer.finish("left")
+    assert isinstance(result(admission.play(request(Action.PLAY), Viewer)), Viewer)
+
+
+def test_play_of_a_stream_that_is_not_live_is_not_found() -> None:
+    admission, _, _, listener = make()
+    assert refusal_of(admission.play(request(Action.PLAY, "nobody"), Viewer)) is (
+        Refusal.NOT_FOUND
+    )
+    assert listener.heard == [("refused", "live/nobody", "not_found")]
+    assert admission.refusals[Refusal.NOT_FOUND] == 1
+
+
+def test_a_later_decision_holds_the_publish_until_it_comes() -> None:
+    authorizer = LaterAuthorizer()
+    admission, registry, _, _ = make(authorizers=[authorizer])
+    d = admission.publish(request(query="key=1"), Source())
+    assert not fired(d) and registry.streams == {}
+    assert authorizer.asked[0].params() == {"key": "1"}
+    authorizer.pending[0].callback(ALLOW)
+    assert isinstance(result(d), Publisher)
+
+
+def test_a_refusal_keeps_its_code_and_message() -> None:
+    authorizer = LaterAuthorizer()
+    admission, _, _, listener = make(authorizers=[authorizer])
+    published = admission.publish(request(), Source())
+    authorizer.pending.pop(0).callback(ALLOW)
+    result(published)
+    listener.heard.clear()
+    d = admission.play(request(Action.PLAY), Viewer)
+    authorizer.pending[0].callback(deny("no key given", Refusal.UNAUTHORIZED))
+    with pytest.raises(AdmissionRefused) as refused:
+        result(d)
+    assert refused.value.refusal is Refusal.UNAUTHORIZED
+    assert refused.value.message == "no key given"
+    assert listener.heard == [("refused", "live/cam", "unauthorized")]
+
+
+def test_an_authorizer_that_breaks_refuses_rather_than_allows() -> None:
+    authorizer = LaterAuthorizer()
+    admission, registry, _, _ = make(authorizers=[authorizer])
+    d = admission.publish(request(), Source())
+    authorizer.pending[0].errback(RuntimeError("hook client bug"))
+    assert refusal_of(d) is Refusal.FORBIDDEN
+    assert registry.streams == {}
+
+
+def test_a_client_gone_before_the_decision_starts_nothing() -> None:
+    authorizer = LaterAuthorizer()
+    admission, registry, _, listener = make(authorizers=[authorizer])
+    d = admission.publish(request(), Source(), alive=lambda: False)
+    authorizer.pending[0].callback(ALLOW)
+    assert refusal_of(d) is Refusal.GONE
+    assert registry.streams == {}
+    assert not any(h[0] == "started" for h in listener.heard)
+
+
+def test_a_publisher_that_sends_no_media_is_stopped_and_its_name_freed() -> None:
+    admission, registry, clock, listener = make(publisher_timeout_s=4)
+    source = Source()
+    publisher = result(admission.publish(request(), source))
+    for _ in range(6):
+        clock.advance(1)
+        publisher.stream.push(Frame.from_tag(FrameKind.VIDEO, 0, KEYFRAME))
+    assert not publisher.ended
+    for _ in range(6):
+        clock.advance(1)
+    assert publisher.ended and ("live", "cam") not in registry.streams
+    assert source.stopped and "no media" in source.stopped[0]
+    assert listener.heard[-1][0] == "ended"
+
+
+def test_connections_are_counted_limited_per_address_and_released() -> None:
+    admission, _, _, _ = make(limits=Limits(max_connections=3, max_connections_per_ip=2))
+    closed: list[str] = []
+    a = admission.open_connection("10.0.0.1", 1, "rtmp", closed.append)
+    admission.open_connection("10.0.0.1", 2, "rtmp", closed.append)
+    with pytest.raises(AdmissionRefused):
+        admission.open_connection("10.0.0.1", 3, "rtmp", closed.append)
+    admission.open_connection("10.0.0.2", 1, "http", closed.append)
+    with pytest.raises(AdmissionRefused):
+        admission.open_connection("10.0.0.3", 1, "http", closed.append)
+    admission.close_connection(a)
+    admission.close_connection(a)  # idempotent
+    b = admission.open_connection("10.0.0.1", 4, "rtmp", closed.append)
+    assert admission.kick_client(b, "through the API")
+    assert closed == ["through the API"]
+    assert not admission.kick_client(999, "nobody")
+    assert admission.refusals[Refusal.LIMIT] == 2
+
+
+def test_a_viewer_ends_once_with_one_line_and_its_totals_counted() -> None:
+    admission, _, _, listener = make()
+    publisher = result(admission.publish(request(), Source()))
+    publisher.stream.push(Frame.from_tag(FrameKind.VIDEO, 0, AVC_HEADER))
+    publisher.stream.push(Frame.from_tag(FrameKind.VIDEO, 0, KEYFRAME))
+    viewer = result(admission.play(request(Action.PLAY), Viewer))
+    assert verifyObject(IViewer, viewer)
+    sent = viewer.bytes_sent
+    assert sent > 0
+    publisher.end("stopped")
+    viewer.finish("closed by the client")
+    ends = [h for h in listener.heard if h[:2] == ("ended", "play")]
+    assert ends == [("ended", "play", "stream ended: publisher rtmp 127.0.0.1:5000 stopped")]
+    assert admission.ended_bytes_out["http-flv"] == sent
+
+
+# -- through the adapters, with a decision that comes later ----------------------------
+
+
+def test_rtmp_publish_waits_for_the_decision_then_starts() -> None:
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from tests.unit.test_protocols import Peer
+
+    authorizer = LaterAuthorizer()
+    admission, registry, clock, _ = make(authorizers=[authorizer])
+    factory = RtmpServerFactory(admission, clock=clock)
+    peer = Peer(factory)
+    sid = peer.open_stream()
+    peer.client.publish(sid, "cam?key=abc")
+    peer.pump()
+    assert peer.statuses() == [] and registry.streams == {}
+    assert authorizer.asked[0].params() == {"key": "abc"}
+    authorizer.pending[0].callback(ALLOW)
+    peer.pump()
+    assert peer.statuses() == ["NetStream.Publish.Start"]
+    assert ("live", "cam") in registry.streams
+
+
+def test_rtmp_publish_refused_for_credentials_is_told_and_closed() -> None:
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from tests.unit.test_protocols import Peer
+
+    authorizer = LaterAuthorizer()
+    admission, registry, clock, _ = make(authorizers=[authorizer])
+    peer = Peer(factory := RtmpServerFactory(admission, clock=clock))
+    assert factory.admission is admission
+    sid = peer.open_stream()
+    peer.client.publish(sid, "cam")
+    peer.pump()
+    authorizer.pending[0].callback(deny("wrong key", Refusal.UNAUTHORIZED))
+    peer.pump()
+    assert peer.statuses() == ["NetStream.Publish.Unauthorized"]
+    assert peer.transport.disconnecting
+    assert registry.streams == {}
+
+
+def test_http_publish_reads_no_body_until_the_decision_then_publishes_it() -> None:
+    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
+
+    authorizer = LaterAuthorizer()
+    admission, registry, clock, _ = make(authorizers=[authorizer])
+    site = FlvSite(FlvHttpResource(admission), reactor=clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(transport)
+    body = (flv.encode_header(has_audio=False, has_video=True)
+            + flv.encode_tag(9, 0, AVC_HEADER) + flv.encode_tag(9, 0, KEYFRAME))
+    channel.dataReceived(
+        b"POST /live/cam?key=1 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body[:30]
+    )
+    # Deciding: the socket is not read, what came is kept, nothing is live.
+    assert transport.producerState == "paused"
+    assert registry.streams == {}
+    authorizer.pending[0].callback(ALLOW)
+    assert transport.producerState == "producing"
+    channel.dataReceived(body[30:])
+    assert b"200 OK" in transport.value() and b"published 2 tags" in transport.value()
+    assert registry.streams == {}  # the body ended, so did the stream
+    assert admission.ended_bytes_in > 0
+
+
+def test_http_publish_refused_later_is_answered_before_its_body() -> None:
+    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
+
+    authorizer = LaterAuthorizer()
+    admission, registry, clock, _ = make(authorizers=[authorizer])
+    site = FlvSite(FlvHttpResource(admission), reactor=clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(transport)
+    channel.dataReceived(b"POST /live/cam HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    authorizer.pending[0].callback(deny("on-publish hook answered 403"))
+    assert transport.value().startswith(b"HTTP/1.1 403 Forbidden")
+    # No CORS on a publish answer without --cors-publish.
+    assert b"Access-Control-Allow-Origin" not in transport.value()
+    assert registry.streams == {}
+
+
+def test_http_headers_must_come_within_the_header_timeout() -> None:
+    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
+
+    admission, _, clock, _ = make()
+    site = FlvSite(FlvHttpResource(admission), reactor=clock, header_timeout=2)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(transport)
+    for byte in b"GET /live/cam.flv HTTP/1.1\r\n":
+        channel.dataReceived(bytes([byte]))
+        clock.advance(0.1)
+    assert transport.connected if hasattr(transport, "connected") else True
+    clock.advance(2)
+    assert transport.disconnecting
+    channel.connectionLost(None)  # type: ignore[arg-type]
+    assert admission.clients == {}
