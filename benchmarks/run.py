@@ -24,11 +24,13 @@ import json
 import os
 import resource
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -278,6 +280,8 @@ new NodeMediaServer({{
 
 class Rtmpd(Server):
     name = "rtmpd"
+    #: More command-line options for every rtmpd started (--rtmpd-args).
+    extra_args: list[str] = []
 
     def __init__(self, workdir: str, nice: int) -> None:
         super().__init__(workdir, nice)
@@ -292,7 +296,8 @@ class Rtmpd(Server):
         cmd = [TWISTD, "-n", "--pidfile", os.path.join(self.dir, "twistd.pid"), "rtmpd",
                "--rtmp", f"tcp:{self.rtmp_port}:interface=127.0.0.1",
                "--http", f"tcp:{self.http_port}:interface=127.0.0.1",
-               "--web", f"tcp:{self.web_port}:interface=127.0.0.1", "--root", root, "--record", "none"]  # fmt: skip
+               "--web", f"tcp:{self.web_port}:interface=127.0.0.1", "--root", root, "--record", "none",
+               *self.extra_args]  # fmt: skip
         self.proc = spawn(cmd, cpu=0, nice=self.nice, log_path=os.path.join(self.dir, "server.log"), cwd=self.dir)
         return wait_port(self.rtmp_port, 30, self.proc) and wait_port(self.http_port, 10, self.proc)
 
@@ -411,6 +416,7 @@ def bench_server(name: str, protos: list[str], ladder: list[int], a, manifest_pa
                    "--url", server.publish_url(), "--bitrate", a.bitrate, "--retry", "20",
                    "--duration", str(a.max_minutes * 60)]  # fmt: skip
         pub = spawn(pub_cmd, cpu=1, nice=a.nice, log_path=os.path.join(workdir, f"publish-{proto}.log"))
+        scraper = Scraper(server, a.scrape_s) if a.scrape_s > 0 and isinstance(server, Rtmpd) else None
         try:
             if not probe_stream(server, proto, manifest_path, a):
                 log(f"{name}/{proto}: no media reaches a viewer; skipping (see {workdir})")
@@ -443,9 +449,46 @@ def bench_server(name: str, protos: list[str], ladder: list[int], a, manifest_pa
                     break
                 time.sleep(a.pause)
         finally:
+            if scraper is not None:
+                scraper.stop()
+                log(f"{name}/{proto}: scraped /metrics and /api/streams {scraper.scrapes} times, "
+                    f"{scraper.errors} errors, slowest {scraper.slowest_ms:.0f} ms")
             stop(pub)
             server.stop()
             time.sleep(1)
+
+
+class Scraper:
+    """Reads rtmpd's /metrics and /api/streams every few seconds, as a
+    Prometheus server and a dashboard would, so their cost shows in the run."""
+
+    def __init__(self, server: "Rtmpd", every_s: float) -> None:
+        self.urls = [f"http://127.0.0.1:{server.web_port}/metrics",
+                     f"http://127.0.0.1:{server.web_port}/api/streams"]  # fmt: skip
+        self.every_s = every_s
+        self.scrapes = self.errors = 0
+        self.slowest_ms = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._done.wait(self.every_s):
+            for url in self.urls:
+                started = time.monotonic()
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as r:
+                        r.read()
+                    self.scrapes += 1
+                except OSError:
+                    self.errors += 1
+                self.slowest_ms = max(self.slowest_ms, (time.monotonic() - started) * 1000)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=15)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -572,8 +615,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-other", type=float, default=15, help="wait while other processes use more CPU %% than this")
     ap.add_argument("--quiet-wait", type=float, default=120, help="longest wait for quiet cores, s")
     ap.add_argument("--max-minutes", type=float, default=60, help="hard limit for the whole run")
+    ap.add_argument("--rtmpd-args", default="", help="more options for rtmpd, e.g. '--no-metrics'")
+    ap.add_argument("--scrape-s", type=float, default=0,
+                    help="GET rtmpd's /metrics and /api/streams every this many s during the run (0: never)")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/out/results-<time>)")
     a = ap.parse_args(argv)
+    Rtmpd.extra_args = shlex.split(a.rtmpd_args)
 
     names = sorted(SERVERS) if a.all or not a.server else a.server
     if a.all:

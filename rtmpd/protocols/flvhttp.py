@@ -265,6 +265,10 @@ class FlvHttpResource(resource.Resource):
             return server.NOT_DONE_YET  # answered already; the connection closes
         if not isinstance(request, FlvRequest):
             return _text(request, http.BAD_REQUEST, "publishing needs rtmpd's request factory")
+        if request.deciding:
+            # The whole body came before the decision: answer once it comes.
+            request.body_ended = True
+            return server.NOT_DONE_YET
         code, message = request.end_of_body()
         return _text(request, code, message)
 
@@ -336,7 +340,7 @@ REFUSAL_LINGER_S = 2.0
 
 _STATUS_TEXT = {
     400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 409: b"Conflict",
-    503: b"Service Unavailable",
+    413: b"Content Too Large", 503: b"Service Unavailable",
 }
 
 
@@ -350,7 +354,10 @@ class FlvRequest(server.Request):
 
     ingest: FlvIngest | None = None
     refused = False
-    _waiting = False
+    #: Admission has not decided yet; the socket is not being read.
+    deciding = False
+    #: The body ended while deciding (it was all in the first packets).
+    body_ended = False
 
     def _peer_text(self) -> str:
         peer = self.getClientAddress()
@@ -397,38 +404,43 @@ class FlvRequest(server.Request):
             # No Content-Length and not chunked: the body runs until the
             # client closes. twisted.web would read it as no body at all.
             read_body_until_close(channel, self.handleContentChunk)
-        self._waiting = True
+        self.deciding = True
         d = admission.publish(publish, ingest, alive=lambda: self.ingest is ingest)
         d.addCallbacks(self._admitted, self._refused)
-        if self._waiting:
+        if self.deciding:
             # Deciding takes a while: read nothing more until it is made.
             transport.pauseProducing()
 
     def _admitted(self, publisher: Publisher) -> None:
-        was_waiting, self._waiting = self._waiting, False
+        was_deciding, self.deciding = self.deciding, False
         ingest = self.ingest
         if ingest is None:
             publisher.end("left before the publish started")
             return
+        channel: Any = getattr(self, "channel", None)
+        if was_deciding and channel is not None and channel.transport is not None:
+            channel.transport.resumeProducing()
         try:
             ingest.started(publisher)
         except ProtocolError as e:
             self._bad_body(ingest, e)
-        if was_waiting and self.channel is not None and self.channel.transport is not None:
-            self.channel.transport.resumeProducing()  # type: ignore[attr-defined]
+            return
+        if self.body_ended:
+            code, message = self.end_of_body()
+            self.write(_text(self, code, message))
+            self.finish()
 
     def _refused(self, failure: Failure) -> None:
-        self._waiting = False
+        self.deciding = False
         failure.trap(AdmissionRefused)
         error: AdmissionRefused = failure.value  # type: ignore[assignment]
         ingest, self.ingest = self.ingest, None
         if ingest is not None:
             ingest.finish("refused")
-        if error.refusal is Refusal.GONE or self.channel is None:
+        channel: Any = getattr(self, "channel", None)
+        if error.refusal is Refusal.GONE or channel is None or channel.transport is None:
             return
-        channel: Any = self.channel
-        if channel.transport is not None:
-            channel.transport.resumeProducing()
+        channel.transport.resumeProducing()
         self._refuse(HTTP_STATUS[error.refusal], error.message)
 
     def _refuse(self, code: int, message: str) -> None:
@@ -465,7 +477,11 @@ class FlvRequest(server.Request):
     def _bad_body(self, ingest: FlvIngest, error: ProtocolError) -> None:
         self.ingest = None
         if ingest.tags_in == 0:
-            self._refuse(400, f"the body is not an FLV stream: {error}")
+            # The codec's hint says which status fits (413 for a tag over
+            # its limit); 400 otherwise.
+            hint = error.hint
+            self._refuse(hint if isinstance(hint, int) and 400 <= hint < 500 else 400,
+                         f"the body is not an FLV stream: {error}")
         else:
             log.warn("http publish by {peer}: bad FLV, closing: {error}",
                      peer=ingest.description, error=str(error))
@@ -591,6 +607,25 @@ class FlvHttpChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
+class _WithoutQuery:
+    """A request as the access log sees it: the query (keys, signatures) left out."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        path, sep, _query = request.uri.partition(b"?")
+        self.uri = path + (b"?..." if sep else b"")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def access_log_line(timestamp: str, request: Any) -> str:
+    """Twisted's combined access log line, without the query string: it
+    carries keys and signatures, which never go to a log."""
+    line: str = http.combinedLogFormatter(timestamp, _WithoutQuery(request))
+    return line
+
+
 class FlvSite(server.Site):
     """The ``--http`` site: FLV requests on counted, deadline-bound channels."""
 
@@ -601,7 +636,8 @@ class FlvSite(server.Site):
         header_timeout: float = HEADER_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
         timeout: float = 30,
     ) -> None:
-        super().__init__(root, requestFactory=FlvRequest, timeout=timeout, reactor=reactor)
+        super().__init__(root, requestFactory=FlvRequest, timeout=timeout, reactor=reactor,
+                         logFormatter=access_log_line)
         self.header_timeout = header_timeout
         self.max_header_bytes = max_header_bytes
         self.displayTracebacks = False

@@ -59,6 +59,7 @@ SUBPROTOCOLS = ("flv", "post", "publisher", "publish", "play", "player", "binary
 
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -282,7 +283,9 @@ class WsFlvProtocol(WebSocketServerProtocol):
                  error=str(error))
         ingest.finish(f"sent bad FLV ({error})")
         self.close_reason = f"bad FLV: {error}"
-        self.sendClose(CLOSE_BAD_REQUEST, f"bad FLV: {error}"[:120])
+        # The codec's hint: 413 (a tag over its limit) is WebSocket's 1009.
+        code = CLOSE_MESSAGE_TOO_BIG if error.hint == 413 else CLOSE_BAD_REQUEST
+        self.sendClose(code, f"bad FLV: {error}"[:120])
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         ingest = self.ingest

@@ -122,8 +122,11 @@ def ws_close_code(url: str, *, publish: bytes | None = None) -> int:
 def ws_frames(server: Server, name: str, query: str = "", count: int = 5) -> list[bytes]:
     """The first ``count`` messages a WS-FLV viewer gets."""
     got: list[bytes] = []
+    # max_queue=None: the client library stops reading the socket once 16
+    # messages wait unread, and would then not see the server's close frame
+    # until its own 10 s close timeout.
     with connect(ws_url(server, f"/live/{with_query(name + '.flv', query)}"),
-                 open_timeout=WAIT_S, max_size=None) as ws:
+                 open_timeout=WAIT_S, max_size=None, max_queue=None) as ws:
         while len(got) < count:
             message = ws.recv(timeout=WAIT_S)
             assert isinstance(message, bytes)
