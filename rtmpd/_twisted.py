@@ -1,13 +1,14 @@
 """Every use of Twisted's private attributes, in one place.
 
-Two things need more than Twisted's public API:
+Three things need more than Twisted's public API:
 
 * the direct-write fast path of the fan-out (``PERFORMANCE.md``): writing
   shared bytes straight to a TCP socket is only correct while the transport
   holds nothing, and only the transport's private buffers say whether it
   does;
 * streaming an HTTP publish body as it arrives, including a body delimited
-  only by the close, which twisted.web would read as no body at all.
+  only by the close, which twisted.web would read as no body at all;
+* reporting a port that cannot be listened on in one line (twistd).
 
 ``tests/unit/test_twisted_private.py`` checks each name used here against the
 installed Twisted, so an upgrade that renames one fails loudly there, not
@@ -100,22 +101,39 @@ def _write_rest(transport: Any, chunks: Sequence[bytes], start: int, written: in
         transport.writeSequence(chunks[index:])
 
 
-def write_one(transport: Any, fd: int, data: bytes) -> None:
-    """:func:`write_now` cut down to one buffer (no list, no batching, no
-    taking over queued bytes, which a synced viewer never has): the fan-out's
-    per-viewer hot path, one ``write`` when the transport holds nothing."""
-    t = transport
-    if fd < 0 or t._tempDataLen or len(t.dataBuffer) != t.offset:
-        t.write(data)
-        return
-    try:
-        written = _write(fd, data)
-    except BlockingIOError:
-        written = 0
-    except OSError:
-        return  # the peer is gone; connectionLost follows
-    if written != len(data):
-        t.write(data[written:])
+class DirectWrites:
+    """The fan-out's per-viewer hot path, as a base class of
+    :class:`rtmpd.fanout.ViewerOutput` (a method, not a helper it calls:
+    this runs once per viewer per pass). The subclass sets ``transport``,
+    ``_fd`` (:func:`socket_fd`), ``bytes_sent`` and ``frames_sent``."""
+
+    __slots__ = ("_fd", "bytes_sent", "frames_sent", "transport")
+
+    transport: Any
+    _fd: int
+    bytes_sent: int
+    frames_sent: int
+
+    def send_bytes(self, data: bytes, frames: int) -> None:
+        """Send one pass's bytes (``frames`` frames joined): one ``write``
+        when the transport holds nothing. :func:`write_now` cut down to one
+        buffer (no list, no batching, no taking over queued bytes, which a
+        synced viewer never has)."""
+        self.bytes_sent += len(data)
+        self.frames_sent += frames
+        t = self.transport
+        fd = self._fd
+        if fd < 0 or t._tempDataLen or len(t.dataBuffer) != t.offset:
+            t.write(data)
+            return
+        try:
+            written = _write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the peer is gone; connectionLost follows
+        if written != len(data):
+            t.write(data[written:])
 
 
 # -- twisted.web ---------------------------------------------------------------
@@ -145,6 +163,11 @@ def read_body_until_close(channel: Any, on_data: Callable[[bytes], None]) -> Non
     )
 
 
-def body_until_close(channel: Any) -> bool:
-    """Whether :func:`read_body_until_close` is in force on the channel."""
-    return getattr(channel, "length", 0) is None
+# -- twistd ------------------------------------------------------------------------
+
+
+def raise_listen_errors(listener: Any) -> None:
+    """Make a StreamServerEndpointService raise a failure to listen from
+    ``privilegedStartService`` (so it can be reported in one line) instead
+    of logging it later."""
+    listener._raiseSynchronously = True

@@ -393,19 +393,24 @@ class Admission:
                 f"{self.limits.max_streams}",
             )
 
+    def _gone(self, request: AdmissionRequest) -> bool:
+        """Whether the request's connection has closed (meanwhile)."""
+        return bool(request.client_id) and request.client_id not in self.clients
+
     def _start_publish(
         self, request: AdmissionRequest, source: IMediaSource,
         alive: Callable[[], bool] | None,
     ) -> Publisher:
-        if alive is not None and not alive():
+        if self._gone(request) or (alive is not None and not alive()):
             raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
         self._check_publish(request)
         key = (request.app, request.stream)
         old = self.publishers.get(key)
         if old is not None:
-            reason = f"replaced by a new publisher ({request.peer})"
-            log.info("publish {path}: {old} {reason}", path=request.path,
-                     old=old.request.peer, reason=reason)
+            # The log says who; the old client (told the reason) does not learn it.
+            reason = "replaced by a new publisher"
+            log.info("publish {path}: {old} {reason} ({new})", path=request.path,
+                     old=old.request.peer, reason=reason, new=request.peer)
             old.end(reason)
             old.source.stop_publishing(reason)
         stream = self.registry.publish(request.app, request.stream, source)
@@ -451,10 +456,11 @@ class Admission:
         if stream is None:
             raise AdmissionRefused(Refusal.NOT_FOUND, f"stream {request.path} is not live")
         limit = self.limits.max_viewers_per_stream
-        if limit and stream.viewer_count() >= limit:
+        # Paused viewers count: they come back without asking.
+        if limit and len(stream.viewers) >= limit:
             raise AdmissionRefused(
                 Refusal.LIMIT,
-                f"stream {request.path} has {stream.viewer_count()} viewers, the limit "
+                f"stream {request.path} has {len(stream.viewers)} viewers, the limit "
                 f"(--max-viewers-per-stream) is {limit}",
             )
         return stream
@@ -462,12 +468,15 @@ class Admission:
     def _start_play(
         self, request: AdmissionRequest, start: Callable[[Stream], ViewerOutput | None]
     ) -> ViewerOutput:
+        if self._gone(request):
+            raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
         stream = self._check_play(request)
         viewer = start(stream)
         if viewer is None:
             raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
         assert viewer.output is not None, "a viewer must say which output format it gets"
         viewer.admitted(self, request)
+        stream.viewers[viewer] = None
         self.registry.viewer_log.line(
             log, "play", stream.path, "play {path} by {peer}", peer=viewer.description
         )
@@ -480,6 +489,8 @@ class Admission:
                         *, dropped: bool) -> None:
         """A viewer admitted here ended (:meth:`ViewerOutput.finish`): its
         one stop line, its totals, the listeners."""
+        if viewer.stream is not None:
+            viewer.stream.viewers.pop(viewer, None)
         protocol = viewer.protocol or request.protocol
         self.ended_bytes_out[protocol] += viewer.bytes_sent
         self.ended_frames_dropped[protocol] += viewer.frames_dropped
@@ -535,16 +546,30 @@ class Admission:
     def _note_refusal(self, request: AdmissionRequest, error: AdmissionRefused) -> AdmissionRefused:
         self._count_refusal(error.refusal)
         if error.refusal is not Refusal.GONE:
-            # One line per refusal, never a secret (messages never carry one).
-            log.info("{action} {path} by {peer} refused: {message}",
-                     action=request.action.value, path=request.path[:270],
-                     peer=request.peer, message=error.message)
+            # One line per refusal, never a secret (messages never carry one),
+            # bounded per second with the viewer lines: a client can send
+            # hundreds of refused plays in one packet.
+            self.registry.viewer_log.line(
+                log, "refused", request.action.value,
+                "{path} {app}/{stream} by {peer} refused: {message}",
+                app=printable(request.app), stream=printable(request.stream),
+                peer=request.peer, message=error.message,
+            )
         for listener in self.listeners:
             listener.refused(request, error.refusal, error.message)
         return error
 
     def _count_refusal(self, refusal: Refusal) -> None:
         self.refusals[refusal] += 1
+
+
+def printable(text: str, limit: int = 130) -> str:
+    """``text`` safe for a log line: at most ``limit`` characters, control
+    characters escaped (names that failed validation come from the network)."""
+    cut = text[:limit]
+    if cut.isprintable():
+        return cut + ("..." if len(text) > limit else "")
+    return repr(cut)[1:-1] + ("..." if len(text) > limit else "")
 
 
 def _ask(_: object, authorizer: IAuthorizer, request: AdmissionRequest) -> defer.Deferred[Any]:

@@ -107,6 +107,12 @@ DEFAULT_HOOK_TIMEOUT_S = 5.0
 #: stops and the hook counts as failed.
 MAX_HOOK_ANSWER_BYTES = 64 * 1024
 
+#: Requests one hook may have unanswered at once. Past this a publish or
+#: play asking it is refused (as a full server): with a slow or hanging hook,
+#: connections arriving faster than it answers would otherwise pile up,
+#: each holding a socket, until file descriptors run out.
+MAX_HOOKS_IN_FLIGHT = 256
+
 #: Latest ``expires`` accepted: 9999-12-31T23:59:59Z, in unix seconds. Later
 #: values are no expiry at all, and the bound keeps the digits parsed few.
 MAX_EXPIRES = 253_402_300_799
@@ -481,6 +487,8 @@ class HttpHookAuthorizer:
         #: Seconds the last hook took to decide (None before the first).
         self.last_latency_s: float | None = None
         self._failures = _FailureLog(clock)
+        #: Requests sent to the hook and not answered yet.
+        self.in_flight = 0
 
     def __repr__(self) -> str:
         return f"HttpHookAuthorizer({self.action.value}, {self.url})"
@@ -490,10 +498,20 @@ class HttpHookAuthorizer:
         request = _admission_request(request)
         if request.action is not self.action:
             return ALLOW
+        if self.in_flight >= MAX_HOOKS_IN_FLIGHT:
+            # Connections arriving faster than the hook answers would
+            # otherwise pile up (sockets, memory, the hook server itself).
+            self._observe("busy", 0.0)
+            return deny(
+                f"on-{self.action.value} hook busy: {self.in_flight} requests waiting for it",
+                Refusal.LIMIT,
+            )
         started = self.clock.seconds()
+        self.in_flight += 1
         d = post_json(self.agent, self._url, hook_payload(request), self.clock, self.timeout_s)
 
         def decide(result: int | Failure) -> Decision:
+            self.in_flight -= 1
             outcome, decision = self._decision(result)
             self._observe(outcome, self.clock.seconds() - started)
             return decision

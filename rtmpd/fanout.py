@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rtmpd._twisted import queued_bytes, socket_fd, write_now, write_one
+from rtmpd._twisted import DirectWrites, queued_bytes, socket_fd, write_now
 from rtmpd.interfaces import IViewer
 from rtmpd.media import Frame
 
@@ -51,6 +51,28 @@ VIEWER_BUFFER_BYTES = 256 * 1024
 #: Viewers served per slice of a flush pass before the reactor gets a turn
 #: (1.5-3 ms of sends on loopback, more with tens of thousands of sockets).
 FLUSH_SLICE_VIEWERS = 128
+
+
+#: Bytes a connection may have queued and unread (replies to its pings and
+#: commands) on top of what a viewer is allowed: past that, a peer that sends
+#: but never reads is dropped rather than grown without bound.
+CONTROL_BACKLOG_BYTES = 1024 * 1024
+
+
+def unread_output_excess(transport: object, viewer_queue_bytes: int) -> str | None:
+    """Why a connection's unread output is over its bound, or None.
+
+    Checked when a connection's own replies (pongs, RTMP control answers)
+    are queued: the bound is :data:`CONTROL_BACKLOG_BYTES` on top of the
+    most a viewer may hold (its transport's buffer or the queue limit).
+    """
+    queued = queued_bytes(transport)
+    if queued <= CONTROL_BACKLOG_BYTES:
+        return None
+    limit = CONTROL_BACKLOG_BYTES + max(getattr(transport, "bufferSize", 0), viewer_queue_bytes)
+    if queued <= limit:
+        return None
+    return f"{queued} bytes of output unread, over {limit}"
 
 
 class OutputFormat(Protocol):
@@ -87,7 +109,7 @@ _SENDING = (ViewerState.SYNCED, ViewerState.JOINED)
 
 
 @implementer(IPushProducer, IViewer)
-class ViewerOutput:
+class ViewerOutput(DirectWrites):
     """The sending side of one viewer: counters, backpressure, the writes,
     and the one way a viewer ends (:meth:`finish`).
 
@@ -98,22 +120,18 @@ class ViewerOutput:
 
     __slots__ = (
         "_admission",
-        "_fd",
         "_lag_base_bytes",
         "_lag_base_frames",
         "_request",
-        "bytes_sent",
         "client_id",
         "description",
         "finished",
         "frames_dropped",
-        "frames_sent",
         "group",
         "output",
         "protocol",
         "state",
         "stream",
-        "transport",
     )
 
     def __init__(
@@ -186,6 +204,22 @@ class ViewerOutput:
         if admission is not None and request is not None:
             admission.viewer_finished(self, request, why, dropped=dropped)
 
+    def pause_output(self) -> None:
+        """Stop sending (an RTMP pause): out of the fan-out, still admitted
+        and counted."""
+        group = self.group
+        if group is not None:
+            group.remove(self)
+
+    def resume_output(self) -> bool:
+        """Send again after :meth:`pause_output`, from the stream's GOP cache
+        like a new viewer; False if the stream has ended meanwhile."""
+        stream = self.stream
+        if self.finished or stream is None or not stream.live or self.output is None:
+            return False
+        stream.add_viewer(self.output, self)
+        return True
+
     def lag_ms(self) -> int:
         """How far behind live this viewer is, in ms: frames skipped or
         still queued, at the stream's frame rate (0 when in sync)."""
@@ -228,13 +262,6 @@ class ViewerOutput:
         self.bytes_sent += size
         self.frames_sent += len(chunks)
         write_now(self.transport, self._fd, chunks, size)
-
-    def send_bytes(self, data: bytes, frames: int) -> None:
-        """Send one pass's bytes (``frames`` frames joined): the per-viewer
-        hot path, one ``write`` when the transport holds nothing."""
-        self.bytes_sent += len(data)
-        self.frames_sent += frames
-        write_one(self.transport, self._fd, data)
 
     # -- IPushProducer -------------------------------------------------------
 

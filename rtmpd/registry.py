@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -167,6 +166,10 @@ class Stream:
             max_ms=config.gop_cache_ms,
         )
         self.groups: dict[Hashable, FanoutGroup] = {}
+        #: Every viewer admitted to this stream and not finished yet, paused
+        #: ones included (kept by :mod:`rtmpd.admission`; the fan-out groups
+        #: hold only those being sent to).
+        self.viewers: dict[ViewerOutput, None] = {}
         self.sinks: list[IMediaSink] = []
         self.frames_in = 0
         self.bytes_in = 0
@@ -403,30 +406,6 @@ class Stream:
         for sink in list(self.sinks):
             sink.on_stream_end(reason)
         self.sinks.clear()
-
-    def stats(self) -> dict[str, Any]:
-        """Counters for the stats endpoints."""
-        return {
-            "app": self.app,
-            "name": self.name,
-            "publisher": self.source.description,
-            "uptime_s": round(self.clock.seconds() - self.started_at, 3),
-            "frames_in": self.frames_in,
-            "bytes_in": self.bytes_in,
-            "has_audio": self.has_audio,
-            "has_video": self.has_video,
-            "viewers": [
-                {
-                    "peer": v.description,
-                    "bytes_sent": v.bytes_sent,
-                    "frames_sent": v.frames_sent,
-                    "frames_dropped": v.frames_dropped,
-                    "state": v.state.value,
-                }
-                for group in self.groups.values()
-                for v in group.viewers()
-            ],
-        }
 
 
 class StreamRegistry:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import connectionDone
@@ -25,7 +25,6 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from rtmpd._twisted import (
-    body_until_close,
     read_body_until_close,
     request_disconnected,
     request_line,
@@ -180,6 +179,30 @@ def parse_flv_path(path_segments: list[bytes], suffix: str) -> tuple[str, str]:
         raise AdmissionRefused(Refusal.BAD_NAME, str(e)) from None
 
 
+def foreign_origin(
+    origins: Sequence[bytes] | None, hosts: Sequence[bytes] | None
+) -> AdmissionRefused | None:
+    """A refusal for a publish sent by a page on another site, or None.
+
+    Browsers add ``Origin`` to cross-site POSTs (which need no preflight)
+    and to every WebSocket; without ``--cors-publish`` a page may publish
+    only from the server's own host name (its own pages, on any of its
+    ports). Encoders send no ``Origin`` and are not affected.
+    """
+    if not origins:
+        return None
+    origin = origins[0].decode("latin-1").strip()
+    origin_host = urlsplit(origin).hostname if "://" in origin else None
+    host = hosts[0].decode("latin-1") if hosts else ""
+    own_host = urlsplit(f"//{host}").hostname
+    if origin_host is not None and own_host is not None and origin_host == own_host:
+        return None
+    return AdmissionRefused(
+        Refusal.FORBIDDEN,
+        "publishing from a page on another site needs --cors-publish on the server",
+    )
+
+
 def _query(uri: bytes) -> str:
     query = uri.partition(b"?")[2][:MAX_QUERY_CHARS]
     return query.decode("latin-1")
@@ -217,7 +240,10 @@ class FlvHttpResource(resource.Resource):
     def render(self, request: server.Request) -> bytes | int:
         """Upgrade requests go to the WebSocket resource, the rest by method."""
         upgrade = request.getHeader(b"upgrade")
-        if self.websocket is not None and upgrade is not None and upgrade.lower() == b"websocket":
+        if (
+            self.websocket is not None and request.method == b"GET"
+            and upgrade is not None and upgrade.lower() == b"websocket"
+        ):
             result: bytes | int = self.websocket.render(request)
             return result
         return super().render(request)  # type: ignore[no-any-return]
@@ -358,6 +384,8 @@ class FlvRequest(server.Request):
     deciding = False
     #: The body ended while deciding (it was all in the first packets).
     body_ended = False
+    #: The body has neither a length nor chunks: the close ends it.
+    close_delimited = False
 
     def _peer_text(self) -> str:
         peer = self.getClientAddress()
@@ -368,6 +396,13 @@ class FlvRequest(server.Request):
         if command in (b"POST", b"PUT"):
             self.content = io.BytesIO()
             self._start_publish(raw_path, length)
+            return
+        if length is None or length > 0:
+            # Only a publish has a body here; any other could trickle in
+            # forever, a byte at a time, past every timeout.
+            self.content = io.BytesIO()
+            self._cors_headers = CORS_HEADERS
+            self._refuse(400, f"a {command.decode('latin-1')[:16]} request has no body here")
             return
         super().gotLength(length)
 
@@ -392,6 +427,9 @@ class FlvRequest(server.Request):
             peer_port=port, protocol="http-flv", client_id=client_id_of(self),
         )
         self._cors_headers = root.cors_headers(publish=True)
+        if refusal is None and not root.cors_publish:
+            refusal = foreign_origin(self.requestHeaders.getRawHeaders(b"origin"),
+                                     self.requestHeaders.getRawHeaders(b"host"))
         if refusal is not None:
             admission.refuse(publish, refusal).addErrback(self._refused)
             return
@@ -404,6 +442,7 @@ class FlvRequest(server.Request):
             # No Content-Length and not chunked: the body runs until the
             # client closes. twisted.web would read it as no body at all.
             read_body_until_close(channel, self.handleContentChunk)
+            self.close_delimited = True
         self.deciding = True
         d = admission.publish(publish, ingest, alive=lambda: self.ingest is ingest)
         d.addCallbacks(self._admitted, self._refused)
@@ -518,7 +557,7 @@ class FlvRequest(server.Request):
         ingest = self.ingest
         if ingest is not None:
             self.ingest = None
-            if self.channel is not None and body_until_close(self.channel):
+            if self.close_delimited:
                 # A close-delimited body: the close is its end.
                 with contextlib.suppress(ProtocolError):
                     ingest.feed(b"")
@@ -535,39 +574,30 @@ MAX_HEADER_BYTES = 16384
 HEADER_TIMEOUT_S = 10.0
 
 
-class FlvHttpChannel(http.HTTPChannel):
-    """An HTTP connection on the ``--http`` port: counted and limited by
-    admission, and given a deadline for each request's headers."""
+def refuse_connection(transport: Any, message: str) -> None:
+    """Answer a connection refused before its request is read with a 503,
+    and close it."""
+    body = (message + "\n").encode()
+    transport.write(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8"
+        b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
+    transport.loseConnection()
+
+
+class DeadlineChannel(http.HTTPChannel):
+    """An HTTP connection whose every request must bring its line and
+    headers within the site's ``header_timeout`` (and ``max_header_bytes``):
+    a client trickling a byte at a time is closed. Used on both HTTP ports."""
 
     site: Any
     totalHeadersSize = MAX_HEADER_BYTES
-    client_id = 0
     _header_deadline: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        site: Any = self.site
-        admission: Admission = site.resource.admission
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host, port = str(getattr(peer, "host", "?")), int(getattr(peer, "port", 0))
-        try:
-            self.client_id = admission.open_connection(host, port, "http", self._kick)
-        except AdmissionRefused as e:
-            body = (e.message + "\n").encode()
-            transport: Any = self.transport
-            transport.write(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8"
-                b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-            )
-            transport.loseConnection()
-            return
-        self._admission = admission
+        self.totalHeadersSize = getattr(self.site, "max_header_bytes", MAX_HEADER_BYTES)
         self._arm_header_deadline()
-
-    def _kick(self, reason: str) -> None:
-        transport: Any = self.transport
-        if transport is not None:
-            transport.abortConnection()
 
     def _arm_header_deadline(self) -> None:
         site: Any = self.site
@@ -602,6 +632,34 @@ class FlvHttpChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_header_deadline()
+        super().connectionLost(reason)
+
+
+class FlvHttpChannel(DeadlineChannel):
+    """An HTTP connection on the ``--http`` port: counted and limited by
+    admission (``--max-connections``), with a deadline for its headers."""
+
+    client_id = 0
+
+    def connectionMade(self) -> None:
+        admission: Admission = self.site.resource.admission
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host, port = str(getattr(peer, "host", "?")), int(getattr(peer, "port", 0))
+        try:
+            self.client_id = admission.open_connection(host, port, "http", self._kick)
+        except AdmissionRefused as e:
+            http.HTTPChannel.connectionMade(self)
+            refuse_connection(self.transport, e.message)
+            return
+        self._admission = admission
+        super().connectionMade()
+
+    def _kick(self, reason: str) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.client_id:
             self._admission.close_connection(self.client_id)
         super().connectionLost(reason)
@@ -642,7 +700,4 @@ class FlvSite(server.Site):
         self.max_header_bytes = max_header_bytes
         self.displayTracebacks = False
 
-    def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
-        channel.totalHeadersSize = self.max_header_bytes
-        return channel
+

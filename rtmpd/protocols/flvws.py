@@ -8,9 +8,9 @@
   byte stream split anywhere.
 
 Close codes: 1000 stream ended, 1003 text message, 1009 message over
-:data:`MAX_MESSAGE_BYTES`, 4400 bad name or bad FLV, 4401 no or wrong
-credentials, 4403 refused (a hook said no), 4404 unknown stream, 4409 name
-busy, 4503 a limit is full (:data:`CLOSE_CODES`).
+:data:`MAX_MESSAGE_BYTES`, 4400 bad name or bad FLV, 4403 not authorized
+(no or wrong key or signature, a hook said no, a page on another site), 4404
+unknown stream, 4409 name busy, 4503 a limit is full (:data:`CLOSE_CODES`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rtmpd._twisted import queued_bytes
 from rtmpd.admission import (
     MAX_QUERY_CHARS,
     Action,
@@ -38,9 +37,9 @@ from rtmpd.admission import (
 )
 from rtmpd.codec import flv
 from rtmpd.codec.errors import ProtocolError
-from rtmpd.fanout import ViewerOutput
+from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.media import Frame
-from rtmpd.protocols.flvhttp import _raw_names, flv_preamble, parse_flv_path
+from rtmpd.protocols.flvhttp import _raw_names, flv_preamble, foreign_origin, parse_flv_path
 from rtmpd.protocols.flvingest import FlvIngest
 from rtmpd.registry import Stream
 
@@ -61,7 +60,6 @@ CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_BAD_REQUEST = 4400
-CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_BUSY = 4409
@@ -72,15 +70,12 @@ CLOSE_CODES: dict[Refusal, int] = {
     Refusal.BAD_NAME: CLOSE_BAD_REQUEST,
     Refusal.NOT_FOUND: CLOSE_NOT_FOUND,
     Refusal.BUSY: CLOSE_BUSY,
-    Refusal.UNAUTHORIZED: CLOSE_UNAUTHORIZED,
+    # The issue's interface: every authorization refusal closes with 4403.
+    Refusal.UNAUTHORIZED: CLOSE_FORBIDDEN,
     Refusal.FORBIDDEN: CLOSE_FORBIDDEN,
     Refusal.LIMIT: CLOSE_LIMIT,
 }
 
-#: Bytes a connection may have queued and unread (pongs, closes) on top of
-#: what a viewer is allowed: a peer that floods pings and never reads the
-#: pongs is dropped past this, rather than grown without bound.
-CONTROL_BACKLOG_BYTES = 1024 * 1024
 
 
 def _ws_binary_frame(payload: bytes) -> bytes:
@@ -179,6 +174,13 @@ class WsFlvProtocol(WebSocketServerProtocol):
         except AdmissionRefused as e:
             app, name = _raw_names(segments)
             self.refusal = e
+        if not playing and self.refusal is None and not self.factory.cors_publish:
+            origin = request.headers.get("origin")
+            host = request.headers.get("host")
+            self.refusal = foreign_origin(
+                [origin.encode("latin-1", "replace")] if origin else None,
+                [host.encode("latin-1", "replace")] if host else None,
+            )
         self.request = AdmissionRequest(
             action=Action.PLAY if playing else Action.PUBLISH, app=app, stream=name,
             query=urlencode(request.params, doseq=True)[:MAX_QUERY_CHARS],
@@ -251,17 +253,13 @@ class WsFlvProtocol(WebSocketServerProtocol):
         self.sendClose(CLOSE_NORMAL, reason[:120])
 
     def onPing(self, payload: bytes) -> None:
-        transport = self.transport
-        queued = queued_bytes(transport)
-        if queued > CONTROL_BACKLOG_BYTES:
-            limit = CONTROL_BACKLOG_BYTES + max(
-                getattr(transport, "bufferSize", 0), self.factory.viewer_queue_bytes
-            )
-            if queued > limit:
-                log.warn("{peer} reads nothing: {queued} bytes queued for it, over {limit}; "
-                         "dropped", peer=self.peer_name, queued=queued, limit=limit)
-                self._kick(f"dropped: {queued} bytes of output unread")
-                return
+        # A peer flooding pings and reading no pongs is dropped past the bound.
+        excess = unread_output_excess(self.transport, self.factory.viewer_queue_bytes)
+        if excess is not None:
+            log.warn("{peer} reads nothing: {excess}; dropped", peer=self.peer_name,
+                     excess=excess)
+            self._kick(f"dropped: {excess}")
+            return
         super().onPing(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -317,9 +315,13 @@ class WsFlvFactory(WebSocketServerFactory):
 
     protocol = WsFlvProtocol  # type: ignore[assignment]
 
-    def __init__(self, admission: Admission, reactor: Any) -> None:
+    def __init__(self, admission: Admission, reactor: Any, *, cors_publish: bool = False) -> None:
+        # Autobahn's own timers (handshake, close) run on txaio's loop, which
+        # txaio keeps global for Twisted and will not set per factory.
         super().__init__(reactor=reactor)
         self.admission = admission
+        #: Pages on other sites may publish (``--cors-publish``).
+        self.cors_publish = cors_publish
         self.viewer_queue_bytes = admission.registry.config.viewer_queue_bytes
         #: The admission id of the HTTP connection being upgraded right now
         #: (set by WsFlvResource.render, taken by the protocol it builds).
@@ -373,6 +375,8 @@ class WsFlvResource(WebSocketResource):
                 self.ws_factory.handoff_client_id = 0
 
 
-def make_ws_resource(admission: Admission, reactor: Any) -> WsFlvResource:
+def make_ws_resource(
+    admission: Admission, reactor: Any, *, cors_publish: bool = False
+) -> WsFlvResource:
     """The resource the HTTP-FLV root hands upgrade requests to."""
-    return WsFlvResource(WsFlvFactory(admission, reactor))
+    return WsFlvResource(WsFlvFactory(admission, reactor, cors_publish=cors_publish))

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtmpd._twisted import queued_bytes, socket_fd, write_now
+from rtmpd._twisted import socket_fd, write_now
 from rtmpd.admission import (
     MAX_QUERY_CHARS,
     Action,
@@ -33,7 +33,7 @@ from rtmpd.codec.rtmp.connection import (
     ServerConnection,
 )
 from rtmpd.errors import InvalidStreamName
-from rtmpd.fanout import ViewerOutput
+from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.interfaces import IMediaSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.registry import Stream, validate_name
@@ -43,10 +43,8 @@ log = Logger()
 #: The close reason of a connection the peer ended normally.
 _PEER_CLOSED = "closed by the peer"
 
-#: Bytes a connection may have queued and unread (replies to its pings and
-#: commands) on top of what its viewers are allowed: past that, a peer that
-#: sends but never reads is dropped rather than grown without bound.
-CONTROL_BACKLOG_BYTES = 1024 * 1024
+#: Seconds a publisher told to stop may take to close before it is cut.
+STOP_LINGER_S = 2.0
 
 _CSID_BY_KIND = {
     FrameKind.AUDIO: AUDIO_CSID,
@@ -146,6 +144,8 @@ class RtmpServerProtocol(protocol.Protocol):
         self.paused: dict[int, RtmpViewer] = {}
         self.close_reason: str | None = None
         self._timer: IDelayedCall | None = None
+        #: Cuts a connection that does not finish closing (see stop_publishing).
+        self._linger: IDelayedCall | None = None
         self._started = False
         #: The socket, for direct writes (-1: let the transport write).
         self._fd = -1
@@ -153,6 +153,12 @@ class RtmpServerProtocol(protocol.Protocol):
         #: connection that only played logs its close as a viewer line.
         self._played: str | None = None
         self._published = False
+        #: connectionLost has run: nothing may start on this connection.
+        self._lost = False
+        #: A connection refused by the limits: its close is not logged again.
+        self._quiet_close = False
+        #: Inside _drain: a decision made synchronously must not drain again.
+        self._draining = False
 
     @property
     def description(self) -> str:
@@ -175,8 +181,11 @@ class RtmpServerProtocol(protocol.Protocol):
                 self.peer_host, self.peer_port, "rtmp", self._kick
             )
         except AdmissionRefused as e:
-            # Nothing can be said before the handshake: close at once.
+            # Nothing can be said before the handshake: close at once. The
+            # refusal was logged (bounded); the close line is not repeated.
+            self.client_id = 0
             self.close(f"refused: {e.message}", abort=False)
+            self._quiet_close = True
             return
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -208,7 +217,11 @@ class RtmpServerProtocol(protocol.Protocol):
 
     def _drain(self) -> None:
         """Handle the events the codec has, until it needs more data (or
-        waits for a decision)."""
+        waits for a decision). A decision made while draining (no authorizer
+        answers later) just lets the loop go on; one made later drains again."""
+        if self._draining:
+            return
+        self._draining = True
         conn = self.conn
         try:
             while not self.closing:
@@ -220,6 +233,8 @@ class RtmpServerProtocol(protocol.Protocol):
             self._flush()
             self.close(f"protocol error: {e}", abort=False)
             return
+        finally:
+            self._draining = False
         self._flush()
 
     def _flush(self) -> None:
@@ -233,16 +248,10 @@ class RtmpServerProtocol(protocol.Protocol):
     def _check_output_bound(self) -> None:
         """A peer that never reads (flooding Ping Requests, say) must not
         grow our replies without bound: past the limit it is dropped."""
-        transport = self.transport
-        queued = queued_bytes(transport)
-        if queued > CONTROL_BACKLOG_BYTES:
-            limit = CONTROL_BACKLOG_BYTES + max(
-                getattr(transport, "bufferSize", 0), self.factory.viewer_queue_bytes
-            )
-            if queued > limit:
-                log.warn("{peer} reads nothing: {queued} bytes queued for it, over {limit}; "
-                         "dropped", peer=self.peer, queued=queued, limit=limit)
-                self.close(f"dropped: {queued} bytes of output unread", abort=True)
+        excess = unread_output_excess(self.transport, self.factory.viewer_queue_bytes)
+        if excess is not None:
+            log.warn("{peer} reads nothing: {excess}; dropped", peer=self.peer, excess=excess)
+            self.close(f"dropped: {excess}", abort=True)
 
     def close(self, reason: str, *, abort: bool) -> None:
         """Close the connection, remembering why for the close log line."""
@@ -257,6 +266,10 @@ class RtmpServerProtocol(protocol.Protocol):
             transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost = True
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -272,6 +285,8 @@ class RtmpServerProtocol(protocol.Protocol):
         self.paused.clear()
         if self.client_id:
             self.admission.close_connection(self.client_id)
+        if self._quiet_close:
+            return
         if self._played is not None and not self._published and why == _PEER_CLOSED:
             # A viewer hanging up: bounded with the other viewer lines.
             # Errors, timeouts and drops are always logged.
@@ -284,7 +299,22 @@ class RtmpServerProtocol(protocol.Protocol):
     # -- IMediaSource --------------------------------------------------------------
 
     def stop_publishing(self, reason: str) -> None:
+        """Told to stop (takeover, timeout, kick, shutdown): say so on each
+        published stream, then close; a peer that does not take the close
+        (it stopped reading) is cut after :data:`STOP_LINGER_S`."""
+        if self.closing or self._lost:
+            return
+        for stream_id, publisher in list(self.publishing.items()):
+            self.conn.unpublish_success(stream_id, publisher.stream.name)
+        self._flush()
         self.close(reason, abort=False)
+        if self.transport is not None:
+            self._linger = self.clock.callLater(STOP_LINGER_S, self._cut)
+
+    def _cut(self) -> None:
+        self._linger = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- events --------------------------------------------------------------------
 
@@ -339,7 +369,7 @@ class RtmpServerProtocol(protocol.Protocol):
         )
 
     def _alive(self) -> bool:
-        return not self.closing and self.transport is not None
+        return not self.closing and not self._lost
 
     def _publish(self, event: events.PublishRequested) -> None:
         stream_id = event.stream_id
@@ -445,19 +475,18 @@ class RtmpServerProtocol(protocol.Protocol):
         stream_id = event.stream_id
         if event.paused:
             viewer = self.viewers.pop(stream_id, None)
-            if viewer is not None and viewer.stream is not None:
-                # Out of the fan-out, still this connection's viewer.
-                viewer.stream.remove_viewer(viewer)
+            if viewer is not None:
+                # Out of the fan-out, still this connection's (admitted) viewer.
+                viewer.pause_output()
                 self.paused[stream_id] = viewer
             return
         viewer = self.paused.pop(stream_id, None)
-        if viewer is None or viewer.stream is None:
-            return
-        if not viewer.stream.live:
-            viewer.finish("stream ended while paused")
+        if viewer is None:
             return
         self._register(viewer)
-        viewer.stream.add_viewer(viewer.output, viewer)  # type: ignore[arg-type]
+        if not viewer.resume_output():
+            del self.viewers[stream_id]
+            viewer.finish("stream ended while paused")
 
     def viewer_stream_ended(self, viewer: RtmpViewer) -> None:
         """The publisher went away: tell the player, keep the connection."""

@@ -8,8 +8,17 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.web import pages, resource, server, static
+from twisted.web import http, pages, resource, server, static
+
+from rtmpd.protocols.flvhttp import (
+    HEADER_TIMEOUT_S,
+    MAX_HEADER_BYTES,
+    DeadlineChannel,
+    refuse_connection,
+)
 
 if TYPE_CHECKING:
     from rtmpd.admission import Admission
@@ -79,16 +88,49 @@ class RootedFile(static.File):
         return pages.notFound("Not Found", "Directory listings are off.")
 
 
+class WebChannel(DeadlineChannel):
+    """A connection on the web port: a deadline for its headers, and counted
+    against the port's own connection limit (separate from the media ports'
+    so that ``/api`` stays reachable when those are full)."""
+
+    site: WebSite
+    _counted = False
+
+    def connectionMade(self) -> None:
+        site = self.site
+        if site.max_connections and site.open_connections >= site.max_connections:
+            http.HTTPChannel.connectionMade(self)
+            refuse_connection(self.transport, "too many connections")
+            return
+        site.open_connections += 1
+        self._counted = True
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._counted:
+            self._counted = False
+            self.site.open_connections -= 1
+        super().connectionLost(reason)
+
+
 class WebSite(server.Site):
     """The web port's Site; runs the stats sampler it was given to own while
     it listens (so a Site that never listens, as in a test, sets no timer)."""
 
+    protocol = WebChannel  # type: ignore[assignment]
+
     def __init__(
         self, root: resource.IResource, *, owned_sampler: StatsSampler | None = None,
-        **kwargs: Any,
+        max_connections: int = 0, header_timeout: float = HEADER_TIMEOUT_S,
+        max_header_bytes: int = MAX_HEADER_BYTES, **kwargs: Any,
     ) -> None:
         super().__init__(root, **kwargs)
         self.owned_sampler = owned_sampler
+        #: Most open connections on this port (0: no limit).
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.header_timeout = header_timeout
+        self.max_header_bytes = max_header_bytes
 
     def startFactory(self) -> None:
         super().startFactory()
@@ -109,6 +151,9 @@ def make_web_site(
     metrics: Metrics | None = None,
     api_token: str | None = None,
     sampler: StatsSampler | None = None,
+    max_connections: int = 0,
+    header_timeout: float = HEADER_TIMEOUT_S,
+    max_header_bytes: int = MAX_HEADER_BYTES,
 ) -> server.Site:
     """A Site serving ``root`` read-only, with ``/api`` when given an
     ``admission`` and ``/metrics`` when given ``metrics``; both follow
@@ -133,6 +178,10 @@ def make_web_site(
             files.putChild(b"api", ApiResource(admission, sampler, token=api_token))
         if metrics is not None:
             files.putChild(b"metrics", MetricsResource(metrics, token=api_token))
-    site = WebSite(files, owned_sampler=owned, timeout=30, reactor=reactor)
+    site = WebSite(
+        files, owned_sampler=owned, timeout=30, reactor=reactor,
+        max_connections=max_connections, header_timeout=header_timeout,
+        max_header_bytes=max_header_bytes,
+    )
     site.displayTracebacks = False
     return site

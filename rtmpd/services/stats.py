@@ -144,8 +144,12 @@ class _Sample:
 
 
 def _viewers(stream: Stream) -> Iterator[ViewerOutput]:
+    """Every viewer of the stream: those admitted (paused ones included, so
+    byte counters never go down while one pauses) and any in its groups."""
+    seen = dict.fromkeys(stream.viewers)
     for group in tuple(stream.groups.values()):
-        yield from group.viewers()
+        seen.update(dict.fromkeys(group.viewers()))
+    yield from seen
 
 
 class StatsSampler:
@@ -401,9 +405,8 @@ def stream_summary(
     else:
         rate_in, rate_out = lifetime_rates_bps(stream)
     counts: Counter[str] = Counter()
-    for group in stream.groups.values():
-        for viewer in group.viewers():
-            counts[viewer.protocol or "unknown"] += 1
+    for viewer in _viewers(stream):
+        counts[viewer.protocol or "unknown"] += 1
     return {
         "app": stream.app,
         "name": stream.name,

@@ -14,6 +14,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from rtmpd._twisted import raise_listen_errors
 from rtmpd._version import __version__
 from rtmpd.registry import StreamConfig, StreamRegistry
 from rtmpd.viewerlog import ViewerLogService
@@ -345,7 +346,7 @@ class ListenerService(internet.StreamServerEndpointService):
         super().__init__(endpoint, factory)
         self.option = option
         self.description = description
-        self._raiseSynchronously = True
+        raise_listen_errors(self)
 
     def privilegedStartService(self) -> None:
         try:
@@ -453,9 +454,10 @@ def makeService(
         chunk_size=options["chunk-size"],
         handshake_timeout=float(options["handshake-timeout"]),
     )
+    cors_publish = bool(options.get("cors-publish"))
     http_root = FlvHttpResource(
-        admission, websocket=make_ws_resource(admission, reactor),
-        cors_publish=bool(options.get("cors-publish")),
+        admission, websocket=make_ws_resource(admission, reactor, cors_publish=cors_publish),
+        cors_publish=cors_publish,
     )
     http_site = FlvSite(
         http_root, reactor=reactor,
@@ -465,6 +467,10 @@ def makeService(
     web_site = make_web_site(
         root, reactor=reactor, admission=admission, metrics=metrics,
         api_token=options.get("api-token"),
+        # Its own count, so /api answers while the media ports are full.
+        max_connections=int(options.get("max-connections", 0)),
+        header_timeout=float(options.get("header-timeout", 10.0)),
+        max_header_bytes=int(options.get("max-header-bytes", 16384)),
     )
 
     for name, description, factory in (

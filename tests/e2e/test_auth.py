@@ -4,7 +4,7 @@ WS-FLV: static keys (``--publish-key``, ``--play-key``), signed URLs
 (``--on-publish``, ``--on-play`` and the done hooks).
 
 A refusal of credentials is RTMP ``*.Unauthorized``, HTTP 401 or WS close
-4401; a hook's refusal (a denial, an error or a timeout) is RTMP
+4403; a hook's refusal (a denial, an error or a timeout) is RTMP
 ``NetStream.Publish.Rejected`` / ``NetStream.Play.Failed``, HTTP 403 or WS
 close 4403. Every refusal is one log line, and no secret ever reaches the log.
 
@@ -53,8 +53,8 @@ UNAUTHORIZED: dict[tuple[str, str], str | int] = {
     ("play", "rtmp"): "NetStream.Play.Unauthorized",
     ("publish", "http"): 401,
     ("play", "http"): 401,
-    ("publish", "ws"): 4401,
-    ("play", "ws"): 4401,
+    ("publish", "ws"): 4403,
+    ("play", "ws"): 4403,
 }
 #: What a client sees when a hook says no (or fails, or takes too long).
 FORBIDDEN: dict[tuple[str, str], str | int] = {
@@ -316,10 +316,10 @@ class TestStaticKeys:
         stop(proc)
 
     @pytest.mark.parametrize("query", ["", "key=wrong"], ids=["no-key", "wrong-key"])
-    def test_ws_publish_without_the_key_closes_4401(
+    def test_ws_publish_without_the_key_closes_4403(
         self, keyed: Server, clip: Path, query: str
     ) -> None:
-        assert_refused(keyed, "publish", "ws", "wspub", query, 4401, head(clip))
+        assert_refused(keyed, "publish", "ws", "wspub", query, 4403, head(clip))
         assert head_status(keyed, "wspub") == 404
 
     def test_ws_publish_with_the_key_goes_live(self, keyed: Server, clip: Path) -> None:

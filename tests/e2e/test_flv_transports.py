@@ -242,7 +242,7 @@ def test_post_with_a_16_mb_tag_is_cut_off(server: Server) -> None:
                 reply += chunk
         except ConnectionResetError:
             pass
-    assert reply.startswith(b"HTTP/1.1 400")
+    assert reply.startswith(b"HTTP/1.1 413")
     log = server.log()
     assert "MAX_TAG_SIZE" in log or "exceeds" in log, log[-2000:]
     assert not server.is_live("bigtag")

@@ -388,3 +388,126 @@ def test_http_headers_must_come_within_the_header_timeout() -> None:
     assert transport.disconnecting
     channel.connectionLost(None)  # type: ignore[arg-type]
     assert admission.clients == {}
+
+
+def test_rtmp_client_gone_while_deciding_starts_nothing() -> None:
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from tests.unit.test_protocols import Peer
+
+    authorizer = LaterAuthorizer()
+    admission, registry, clock, listener = make(authorizers=[authorizer])
+    peer = Peer(RtmpServerFactory(admission, clock=clock))
+    sid = peer.open_stream()
+    peer.client.publish(sid, "ghost")
+    peer.pump()
+    peer.server.connectionLost()
+    authorizer.pending[0].callback(ALLOW)
+    assert registry.streams == {}
+    assert not any(h[0] in ("started", "ended") for h in listener.heard)
+    assert admission.clients == {}
+
+
+def test_many_commands_in_one_packet_are_handled_without_recursion() -> None:
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from tests.unit.test_protocols import Peer
+
+    admission, _, clock, _ = make()
+    peer = Peer(RtmpServerFactory(admission, clock=clock))
+    sid = peer.open_stream()
+    for _ in range(400):
+        peer.client.play(sid, "nosuch")
+    peer.pump()
+    assert peer.statuses().count("NetStream.Play.StreamNotFound") == 400
+    assert not peer.transport.disconnecting
+
+
+def test_rtmp_paused_viewers_still_count_against_the_viewer_limit() -> None:
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from tests.unit.test_protocols import AVC_HEADER as HEADER
+    from tests.unit.test_protocols import KEYFRAME as KEY
+    from tests.unit.test_protocols import Peer
+
+    admission, _, clock, _ = make(limits=Limits(max_viewers_per_stream=1))
+    factory = RtmpServerFactory(admission, clock=clock)
+    publisher = result(admission.publish(request(), Source()))
+    publisher.stream.push(Frame.from_tag(FrameKind.VIDEO, 0, HEADER))
+    publisher.stream.push(Frame.from_tag(FrameKind.VIDEO, 0, KEY))
+    first = Peer(factory)
+    sid = first.open_stream()
+    first.client.play(sid, "cam")
+    first.pump()
+    first.client.send_command("pause", None, True, 0.0, stream_id=sid)
+    first.pump()
+    assert publisher.stream.viewer_count() == 0 and len(publisher.stream.viewers) == 1
+    second = Peer(factory)
+    sid2 = second.open_stream()
+    second.client.play(sid2, "cam")
+    second.pump()
+    assert second.statuses() == ["NetStream.Play.Failed"]
+    first.client.send_command("pause", None, False, 0.0, stream_id=sid)
+    first.pump()
+    assert publisher.stream.viewer_count() == 1
+
+
+def _http(admission: Admission, clock: Clock, data: bytes, **site: Any) -> StringTransport:
+    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
+
+    flv_site = FlvSite(FlvHttpResource(admission), reactor=clock, **site)
+    channel = flv_site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    return transport
+
+
+def test_a_request_that_is_not_a_publish_may_not_carry_a_body() -> None:
+    admission, _, clock, _ = make()
+    transport = _http(admission, clock,
+                      b"GET /live/cam.flv HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400")
+
+
+def test_a_post_asking_for_a_websocket_upgrade_is_a_plain_publish() -> None:
+    admission, registry, clock, _ = make()
+    body = flv.encode_header(has_audio=False, has_video=True) + flv.encode_tag(9, 0, AVC_HEADER)
+    transport = _http(
+        admission, clock,
+        b"POST /live/cam HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body,
+    )
+    assert b"200 OK" in transport.value()
+    assert registry.streams == {}
+
+
+@pytest.mark.parametrize(("origin", "allowed"), [
+    (b"http://evil.example", False),
+    (b"http://media.example:8080", True),  # the server's own pages, another port
+    (None, True),  # encoders send no Origin
+])
+def test_a_page_on_another_site_may_not_publish_without_cors_publish(
+    origin: bytes | None, allowed: bool
+) -> None:
+    admission, registry, clock, _ = make()
+    headers = b"Host: media.example:8501\r\n" + (b"Origin: %s\r\n" % origin if origin else b"")
+    transport = _http(
+        admission, clock,
+        b"POST /live/cam HTTP/1.1\r\n" + headers + b"Content-Length: 100000\r\n\r\n",
+    )
+    if allowed:
+        assert ("live", "cam") in registry.streams
+    else:
+        assert transport.value().startswith(b"HTTP/1.1 403")
+        assert registry.streams == {}
+
+
+def test_the_web_port_closes_clients_trickling_their_headers() -> None:
+    from rtmpd.protocols.web import make_web_site
+
+    clock = Clock()
+    site = make_web_site("/tmp", reactor=clock, header_timeout=2)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /hls/")
+    clock.advance(2.5)
+    assert transport.disconnecting

@@ -415,6 +415,20 @@ def test_hook_that_does_not_answer_in_time_refuses() -> None:
     )
 
 
+def test_hook_with_too_many_requests_waiting_refuses_the_next_as_a_full_server() -> None:
+    from rtmpd.auth import MAX_HOOKS_IN_FLIGHT
+
+    authorizer, agent, _ = hook()
+    waiting = [authorizer.authorize(make_request()) for _ in range(MAX_HOOKS_IN_FLIGHT)]
+    refused = authorizer.authorize(make_request())
+    assert isinstance(refused, Decision) and refused.refusal is Refusal.LIMIT
+    assert len(agent.sent) == MAX_HOOKS_IN_FLIGHT
+    # One answer makes room for one more.
+    agent.sent[0].answer.callback(CannedResponse(200))
+    assert decided(waiting[0]) == ALLOW
+    assert isinstance(authorizer.authorize(make_request()), Deferred)
+
+
 def test_hook_whose_body_never_ends_times_out_and_closes() -> None:
     """The timeout covers the body too; it closes the connection."""
     authorizer, agent, clock = hook(timeout_s=1)

@@ -124,7 +124,7 @@ def test_twisted_web_keeps_the_names_the_publish_body_path_reads() -> None:
 
     from twisted.web import http
 
-    from rtmpd._twisted import body_until_close, read_body_until_close, request_line
+    from rtmpd._twisted import read_body_until_close, request_line
 
     channel = http.HTTPChannel()
     channel.makeConnection(StringTransport())
@@ -134,10 +134,21 @@ def test_twisted_web_keeps_the_names_the_publish_body_path_reads() -> None:
     assert "self._transferDecoder" in inspect.getsource(http.HTTPChannel)
     got: list[bytes] = []
     read_body_until_close(channel, got.append)
-    assert body_until_close(channel)
+    assert channel.length is None
     channel._transferDecoder.dataReceived(b"body")
     assert got == [b"body"]
     request = http.Request(channel)
     assert request._disconnected is False
     decoder = inspect.signature(http._IdentityTransferDecoder)
     assert list(decoder.parameters) == ["contentLength", "dataCallback", "finishCallback"]
+
+
+def test_listener_services_keep_the_flag_that_raises_listen_errors() -> None:
+    from twisted.application import internet
+
+    from rtmpd._twisted import raise_listen_errors
+
+    service = internet.StreamServerEndpointService(None, None)
+    assert service._raiseSynchronously is False
+    raise_listen_errors(service)
+    assert service._raiseSynchronously is True
