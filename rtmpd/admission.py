@@ -127,8 +127,10 @@ class AdmissionRequest:
 
     @property
     def peer(self) -> str:
-        """The client as logs name it: ``rtmp 127.0.0.1:5000``."""
-        return f"{self.protocol} {self.peer_host}:{self.peer_port}"
+        """The client as every log line names it: ``rtmp 127.0.0.1:5000``,
+        ``http-flv …``, ``ws …``."""
+        label = "ws" if self.protocol == "ws-flv" else self.protocol
+        return f"{label} {self.peer_host}:{self.peer_port}"
 
     def params(self) -> dict[str, str]:
         """The query's parameters (the first value of each)."""

@@ -43,6 +43,7 @@ from rtmpd.codec.errors import ProtocolError
 from rtmpd.errors import InvalidStreamName
 from rtmpd.fanout import OutputFormat, ViewerOutput
 from rtmpd.media import Frame
+from rtmpd.protocols import host_and_port, set_no_delay
 from rtmpd.protocols.flvingest import FlvIngest
 from rtmpd.registry import Stream, validate_name
 
@@ -113,9 +114,7 @@ class HttpFlvViewer(ViewerOutput):
         self, request: server.Request, stream: Stream, output: OutputFormat,
         transport: ITransport, client_id: int,
     ) -> None:
-        peer = request.getClientAddress()
-        host = getattr(peer, "host", "?")
-        port = getattr(peer, "port", 0)
+        host, port = _peer(request)
         super().__init__(
             transport, f"http-flv {host}:{port}", stream=stream, output=output,
             protocol="http-flv", client_id=client_id,
@@ -157,7 +156,8 @@ HTTP_STATUS: dict[Refusal, int] = {
 
 
 def parse_flv_path(path_segments: list[bytes], suffix: str) -> tuple[str, str]:
-    """Split ``[app, stream + suffix]`` into names (validated by admission).
+    """Split ``[app, stream + suffix]`` into names, which admission then
+    validates like every protocol's (here only for an early HEAD answer).
 
     Raises AdmissionRefused (``BAD_NAME``) for anything else, including dot
     segments and percent-escapes (which twisted.web has already decoded).
@@ -210,7 +210,7 @@ def _query(uri: bytes) -> str:
 
 def _peer(request: server.Request) -> tuple[str, int]:
     peer = request.getClientAddress()
-    return str(getattr(peer, "host", "?")), int(getattr(peer, "port", 0))
+    return host_and_port(peer)
 
 
 def client_id_of(request: server.Request) -> int:
@@ -332,9 +332,7 @@ class FlvHttpResource(resource.Resource):
             request.write(b"")
             output = CHUNKED if request.chunked else PLAIN
             viewer = HttpFlvViewer(request, stream, output, transport, play.client_id)
-            set_no_delay = getattr(transport, "setTcpNoDelay", None)
-            if set_no_delay is not None:
-                set_no_delay(True)
+            set_no_delay(transport)
             request.registerProducer(viewer, True)
             request.notifyFinish().addBoth(viewer.connection_lost)
             return viewer
@@ -387,9 +385,6 @@ class FlvRequest(server.Request):
     #: The body has neither a length nor chunks: the close ends it.
     close_delimited = False
 
-    def _peer_text(self) -> str:
-        peer = self.getClientAddress()
-        return f"http {getattr(peer, 'host', '?')}:{getattr(peer, 'port', 0)}"
 
     def gotLength(self, length: int | None) -> None:
         command, raw_path = request_line(self.channel)
@@ -433,11 +428,9 @@ class FlvRequest(server.Request):
         if refusal is not None:
             admission.refuse(publish, refusal).addErrback(self._refused)
             return
-        ingest = self.ingest = FlvIngest(self._peer_text(), self._stop)
+        ingest = self.ingest = FlvIngest(publish.peer, self._stop)
         transport = channel.transport
-        set_no_delay = getattr(transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        set_no_delay(transport)
         if length == 0 and not self.requestHeaders.hasHeader(b"Content-Length"):
             # No Content-Length and not chunked: the body runs until the
             # client closes. twisted.web would read it as no body at all.
@@ -644,7 +637,7 @@ class FlvHttpChannel(DeadlineChannel):
     def connectionMade(self) -> None:
         admission: Admission = self.site.resource.admission
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host, port = str(getattr(peer, "host", "?")), int(getattr(peer, "port", 0))
+        host, port = host_and_port(peer)
         try:
             self.client_id = admission.open_connection(host, port, "http", self._kick)
         except AdmissionRefused as e:

@@ -39,6 +39,7 @@ from rtmpd.codec import flv
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.media import Frame
+from rtmpd.protocols import set_no_delay
 from rtmpd.protocols.flvhttp import _raw_names, flv_preamble, foreign_origin, parse_flv_path
 from rtmpd.protocols.flvingest import FlvIngest
 from rtmpd.registry import Stream
@@ -195,9 +196,7 @@ class WsFlvProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.opened = True
         transport: Any = self.transport
-        set_no_delay = getattr(transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        set_no_delay(transport)
         request = self.request
         assert request is not None
         admission = self.factory.admission

@@ -36,6 +36,7 @@ from rtmpd.errors import InvalidStreamName
 from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.interfaces import IMediaSource
 from rtmpd.media import Frame, FrameKind
+from rtmpd.protocols import host_and_port, set_no_delay
 from rtmpd.registry import Stream, validate_name
 
 log = Logger()
@@ -173,8 +174,7 @@ class RtmpServerProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer_host = str(getattr(peer, "host", "?"))
-        self.peer_port = int(getattr(peer, "port", 0))
+        self.peer_host, self.peer_port = host_and_port(peer)
         self.peer = f"rtmp {self.peer_host}:{self.peer_port}"
         try:
             self.client_id = self.admission.open_connection(
@@ -187,9 +187,7 @@ class RtmpServerProtocol(protocol.Protocol):
             self.close(f"refused: {e.message}", abort=False)
             self._quiet_close = True
             return
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        set_no_delay(self.transport)
         self._fd = socket_fd(self.transport)
         self._timer = self.clock.callLater(self.factory.handshake_timeout, self._check_timeout)
 
