@@ -3,7 +3,7 @@ pure :class:`rtmpd.codec.rtmp.connection.ServerConnection`."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from twisted.internet import protocol
@@ -384,20 +384,12 @@ class RtmpServerProtocol(protocol.Protocol):
             self.conn.publish_start(stream_id, name)
             self._drain()
 
-        def refused(failure: Failure) -> None:
-            failure.trap(AdmissionRefused)
-            error: AdmissionRefused = failure.value  # type: ignore[assignment]
-            if error.refusal is Refusal.GONE or not self._alive():
-                return
-            code, final = _PUBLISH_REFUSALS.get(error.refusal, _PUBLISH_REFUSALS[Refusal.LIMIT])
-            self.conn.publish_rejected(stream_id, name[:128], error.message, code=code)
-            if final:
-                self._flush()
-                self.close(f"publish refused: {error.message}", abort=False)
-            else:
-                self._drain()
+        def answer(code: str, message: str) -> None:
+            self.conn.publish_rejected(stream_id, name[:128], message, code=code)
 
-        self.admission.publish(request, self, alive=self._alive).addCallbacks(started, refused)
+        self.admission.publish(request, self, alive=self._alive).addCallbacks(
+            started, self._refused, errbackArgs=(_PUBLISH_REFUSALS, answer, "publish")
+        )
 
     def _play(self, event: events.PlayRequested) -> None:
         stream_id = event.stream_id
@@ -425,23 +417,33 @@ class RtmpServerProtocol(protocol.Protocol):
         def started(viewer: ViewerOutput) -> None:
             self._drain()
 
-        def refused(failure: Failure) -> None:
-            failure.trap(AdmissionRefused)
-            error: AdmissionRefused = failure.value  # type: ignore[assignment]
-            if error.refusal is Refusal.GONE or not self._alive():
-                return
-            code, final = _PLAY_REFUSALS.get(error.refusal, _PLAY_REFUSALS[Refusal.LIMIT])
+        def answer(code: str, message: str) -> None:
             if code == "NetStream.Play.StreamNotFound":
                 self.conn.play_not_found(stream_id, name[:128])
             else:
-                self.conn.play_rejected(stream_id, name[:128], error.message, code=code)
-            if final:
-                self._flush()
-                self.close(f"play refused: {error.message}", abort=False)
-            else:
-                self._drain()
+                self.conn.play_rejected(stream_id, name[:128], message, code=code)
 
-        self.admission.play(request, start).addCallbacks(started, refused)
+        self.admission.play(request, start).addCallbacks(
+            started, self._refused, errbackArgs=(_PLAY_REFUSALS, answer, "play")
+        )
+
+    def _refused(
+        self, failure: Failure, table: dict[Refusal, tuple[str, bool]],
+        answer: Callable[[str, str], None], what: str,
+    ) -> None:
+        """Answer a refused publish or play with its onStatus (``table``:
+        the code, and whether the connection closes after it)."""
+        failure.trap(AdmissionRefused)
+        error: AdmissionRefused = failure.value  # type: ignore[assignment]
+        if error.refusal is Refusal.GONE or not self._alive():
+            return
+        code, final = table.get(error.refusal, table[Refusal.LIMIT])
+        answer(code, error.message)
+        if final:
+            self._flush()
+            self.close(f"{what} refused: {error.message}", abort=False)
+        else:
+            self._drain()
 
     def _register(self, viewer: RtmpViewer) -> None:
         """Make the viewer one of the connection's; the first one is the

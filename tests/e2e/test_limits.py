@@ -87,6 +87,20 @@ def flood_until_dropped(sock: socket.socket, message: bytes, deadline_s: float) 
     return False
 
 
+def assert_flood_dropped(server: Server, sock: socket.socket, message: bytes) -> None:
+    """Flooding ``message`` without reading gets the client dropped, the
+    server's memory grows by a bounded amount, and the stream "other" is
+    still served."""
+    before = server.rss_kib()
+    try:
+        assert flood_until_dropped(sock, message, WAIT_S)
+    finally:
+        sock.close()
+    assert server.rss_kib() - before < RSS_GROWTH_LIMIT_KIB
+    assert "reads nothing" in server.log()
+    assert head_status(server, "other") == 200
+
+
 def head_status(server: Server, name: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=WAIT_S)
     try:
@@ -116,16 +130,8 @@ def test_ws_ping_flood_that_reads_no_pongs_is_dropped_with_bounded_memory(
     server = small_server
     server.publish(clip, "other")
     server.wait_live("other")
-    before = server.rss_kib()
     sock = ws_handshake(server.http_port, "/live/flood")
-    try:
-        assert flood_until_dropped(sock, ws_frame(0x9, b"p" * 125), WAIT_S)
-    finally:
-        sock.close()
-    assert server.rss_kib() - before < RSS_GROWTH_LIMIT_KIB
-    assert "reads nothing" in server.log()
-    # Everyone else is still served.
-    assert head_status(server, "other") == 200
+    assert_flood_dropped(server, sock, ws_frame(0x9, b"p" * 125))
 
 
 def test_rtmp_ping_request_flood_is_dropped_with_bounded_memory(
@@ -135,7 +141,6 @@ def test_rtmp_ping_request_flood_is_dropped_with_bounded_memory(
     server = server_defaults
     server.publish(clip, "other")
     server.wait_live("other")
-    before = server.rss_kib()
     client = RtmpTestClient(server.rtmp_port)
     assert client.publish("flooder") == "NetStream.Publish.Start"
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -143,13 +148,7 @@ def test_rtmp_ping_request_flood_is_dropped_with_bounded_memory(
         chunk_size=128, chunk_stream_id=2, type_id=msg.USER_CONTROL, stream_id=0,
         timestamp_ms=0, payload=msg.encode_user_control(msg.PING_REQUEST, 1234),
     )
-    try:
-        assert flood_until_dropped(client.sock, ping, WAIT_S)
-    finally:
-        client.close()
-    assert server.rss_kib() - before < RSS_GROWTH_LIMIT_KIB
-    assert "reads nothing" in server.log()
-    assert head_status(server, "other") == 200
+    assert_flood_dropped(server, client.sock, ping)
 
 
 def test_ws_publisher_that_sends_only_the_flv_header_loses_its_name(
