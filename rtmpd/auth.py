@@ -50,7 +50,9 @@ from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
+    RequestTransmissionFailed,
     ResponseDone,
+    ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -439,9 +441,28 @@ def post_json(
     headers = Headers({b"Content-Type": [b"application/json"], b"User-Agent": [_USER_AGENT]})
     if url.authorization is not None:
         headers.setRawHeaders(b"Authorization", [url.authorization])
-    d = defer.maybeDeferred(agent.request, b"POST", url.uri, headers, _BytesBody(body))
-    status = d.addCallback(_read_status)
+
+    def send() -> defer.Deferred[IResponse]:
+        return defer.maybeDeferred(agent.request, b"POST", url.uri, headers, _BytesBody(body))
+
+    def again_if_stale(failure: Failure) -> defer.Deferred[IResponse] | Failure:
+        # A kept-alive connection the hook server had just closed (servers
+        # close idle ones whenever they like, and many never say they will)
+        # fails before any answer; Twisted retries only idempotent methods,
+        # so this POST is sent once more, on a new connection.
+        if not isinstance(failure.value, _STALE_CONNECTION_ERRORS):
+            return failure
+        return send()
+
+    answered: defer.Deferred[IResponse] = send()
+    answered.addErrback(again_if_stale)
+    status: defer.Deferred[int] = answered.addCallback(_read_status)
     return status.addTimeout(timeout_s, clock)
+
+
+#: Failures of a request that never reached the hook or got no answer at
+#: all: what a pooled connection the server closed meanwhile gives.
+_STALE_CONNECTION_ERRORS = (ResponseNeverReceived, RequestTransmissionFailed)
 
 
 def _failure_text(failure: Failure, timeout_s: float, *, for_client: bool) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from twisted.internet import task
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -427,6 +427,29 @@ def test_hook_with_too_many_requests_waiting_refuses_the_next_as_a_full_server()
     agent.sent[0].answer.callback(CannedResponse(200))
     assert decided(waiting[0]) == ALLOW
     assert isinstance(authorizer.authorize(make_request()), Deferred)
+
+
+def test_hook_is_asked_again_once_when_a_kept_alive_connection_was_stale() -> None:
+    from twisted.web.client import ResponseNeverReceived
+
+    authorizer, agent, _ = hook()
+    answer = authorizer.authorize(make_request())
+    agent.sent[0].answer.errback(ResponseNeverReceived([Failure(ConnectionDone())]))
+    assert len(agent.sent) == 2 and agent.sent[1].body == agent.sent[0].body
+    agent.sent[1].answer.callback(CannedResponse(200))
+    assert decided(answer) == ALLOW
+
+
+def test_hook_stale_twice_refuses() -> None:
+    from twisted.web.client import ResponseNeverReceived
+
+    authorizer, agent, _ = hook()
+    answer = authorizer.authorize(make_request())
+    for sent in range(2):
+        agent.sent[sent].answer.errback(ResponseNeverReceived([Failure(ConnectionDone())]))
+    assert len(agent.sent) == 2
+    decision = decided(answer)
+    assert not decision.allowed and decision.refusal is Refusal.FORBIDDEN
 
 
 def test_hook_whose_body_never_ends_times_out_and_closes() -> None:
