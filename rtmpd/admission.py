@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 
 from rtmpd.errors import InvalidStreamName, RtmpdError
 from rtmpd.interfaces import IAdmissionListener, IAuthorizer, IMediaSource
+from rtmpd.media import Frame
 from rtmpd.registry import Stream, StreamRegistry, validate_name
 
 if TYPE_CHECKING:
@@ -216,16 +217,32 @@ class Publisher:
             return
         self._timer = admission.clock.callLater(timeout / 4, self._watch)
 
+    def push(self, frame: Frame) -> None:
+        """A frame from this publisher (dropped once it has ended or been
+        replaced: a replaced connection may still be closing)."""
+        if not self.ended:
+            self.stream.push(frame)
+
     def end(self, reason: str) -> None:
         """The publish is over: end the stream, free the name, tell the
         listeners (once)."""
+        if self._stop():
+            self.admission._publisher_ended(self, reason)
+
+    def hand_over(self, reason: str) -> None:
+        """Another publisher takes the stream over (``--takeover``): this
+        one is over, the stream and its viewers go on."""
+        if self._stop():
+            self.admission._publisher_replaced(self, reason)
+
+    def _stop(self) -> bool:
         if self.ended:
-            return
+            return False
         self.ended = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self.admission._publisher_ended(self, reason)
+        return True
 
 
 class Admission:
@@ -408,19 +425,33 @@ class Admission:
         self._check_publish(request)
         key = (request.app, request.stream)
         old = self.publishers.get(key)
-        if old is not None:
-            # The log says who; the old client (told the reason) does not learn it.
+        if old is not None and old.stream.live:
+            # Takeover: the stream goes on with its viewers, recorders, GOP
+            # cache and timestamps (rebased if the new encoder starts at 0),
+            # fed by the new publisher. The log says who took over; the old
+            # client (told the reason) does not learn it.
             reason = "replaced by a new publisher"
-            log.info("publish {path}: {old} {reason} ({new})", path=request.path,
-                     old=old.request.peer, reason=reason, new=request.peer)
-            old.end(reason)
+            log.info("publish {path}: {old} {reason} ({new}); its viewers stay",
+                     path=request.path, old=old.request.peer, reason=reason, new=request.peer)
+            old.hand_over(reason)
             old.source.stop_publishing(reason)
-        stream = self.registry.publish(request.app, request.stream, source)
+            stream = old.stream
+            stream.source = source
+        else:
+            stream = self.registry.publish(request.app, request.stream, source)
         publisher = Publisher(self, request, stream, source)
         self.publishers[key] = publisher
         for listener in self.listeners:
             listener.started(request)
         return publisher
+
+    def _publisher_replaced(self, publisher: Publisher, reason: str) -> None:
+        request = publisher.request
+        key = (request.app, request.stream)
+        if self.publishers.get(key) is publisher:
+            del self.publishers[key]
+        for listener in self.listeners:
+            listener.ended(request, reason)
 
     def _publisher_ended(self, publisher: Publisher, reason: str) -> None:
         request = publisher.request

@@ -472,8 +472,20 @@ def _failure_text(failure: Failure, timeout_s: float, *, for_client: bool) -> st
     if isinstance(failure.value, defer.TimeoutError):
         return f"timed out after {timeout_s:g} s"
     if isinstance(failure.value, HookAnswerTooLarge) or not for_client:
-        return f"failed: {failure.getErrorMessage()}"
+        return f"failed: {_error_message(failure)}"
     return f"failed ({type(failure.value).__name__})"
+
+
+def _error_message(failure: Failure) -> str:
+    """A failure's message; Twisted's request errors carry a list of the
+    failures underneath, shown by their own messages, not their reprs."""
+    reasons = getattr(failure.value, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        inner = "; ".join(
+            r.getErrorMessage() if isinstance(r, Failure) else str(r) for r in reasons
+        )
+        return f"{type(failure.value).__name__} ({inner})"
+    return failure.getErrorMessage()
 
 
 @implementer(IAuthorizer)

@@ -70,7 +70,6 @@ class FlvIngest:
             self._early.append(data)
             return
         self.bytes_in += len(data)
-        stream = publisher.stream
         reader = self.reader
         reader.receive_data(data)
         while True:
@@ -80,7 +79,7 @@ class FlvIngest:
             if isinstance(event, flv.TagReceived):
                 self.tags_in += 1
                 if event.body:  # an empty tag carries nothing to play
-                    stream.push(
+                    publisher.push(
                         Frame.from_tag(event.tag_type, event.timestamp_ms, event.body)
                     )
             elif isinstance(event, flv.EndOfStream):

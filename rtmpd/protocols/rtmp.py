@@ -321,15 +321,11 @@ class RtmpServerProtocol(protocol.Protocol):
             publisher = self.publishing.get(event.stream_id)
             # Some encoders send empty audio/video messages at start: skip them.
             if publisher is not None and event.payload:
-                publisher.stream.push(
-                    Frame.from_tag(event.type_id, event.timestamp_ms, event.payload)
-                )
+                publisher.push(Frame.from_tag(event.type_id, event.timestamp_ms, event.payload))
         elif isinstance(event, events.DataReceived):
             publisher = self.publishing.get(event.stream_id)
             if publisher is not None and event.payload:
-                publisher.stream.push(
-                    Frame.from_tag(FrameKind.SCRIPT, event.timestamp_ms, event.payload)
-                )
+                publisher.push(Frame.from_tag(FrameKind.SCRIPT, event.timestamp_ms, event.payload))
         elif isinstance(event, events.ConnectRequested):
             self._connect(event)
         elif isinstance(event, events.PublishRequested):

@@ -91,7 +91,7 @@ def _limit(name: str) -> Callable[[str], int]:
             raise ValueError(f"{name} must be 0 (no limit) or more")
         return number
 
-    coerce.coerceDoc = "0 means no limit."  # type: ignore[attr-defined]
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
 
 
@@ -232,7 +232,11 @@ class Options(usage.Options):
             "A new publisher with valid credentials replaces the stream's current one "
             "(an encoder reconnecting after a network drop), which is closed.",
         ],
-        ["cors-publish", None, "Let pages on other origins publish over HTTP (CORS)."],
+        [
+            "cors-publish", None,
+            "Let pages on other sites publish over HTTP or WebSocket (CORS); without it a "
+            "browser page may publish only from the server's own host name.",
+        ],
         ["no-metrics", None, "Serve no /metrics."],
     ]
 

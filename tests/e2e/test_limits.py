@@ -22,6 +22,7 @@ from websockets.sync.client import connect
 
 from rtmpd.codec import flv
 from rtmpd.codec.rtmp import chunk
+from rtmpd.codec.rtmp import events as ev
 from rtmpd.codec.rtmp import messages as msg
 from tests.e2e.conftest import WAIT_S, Server, start_server, stop_server
 from tests.e2e.hookserver import hook_server
@@ -294,9 +295,14 @@ def test_takeover_lets_a_reconnecting_encoder_in_and_fires_publish_done(
         try:
             stalled = server.publish(clip, "cam")
             server.wait_live("cam")
+            watcher = RtmpTestClient(server.rtmp_port)
+            assert watcher.play("cam") == "NetStream.Play.Start"
+            watcher.media(5)
             # The encoder's network stops without a close: TCP stays open,
             # nothing more arrives.
             os.kill(stalled.pid, signal.SIGSTOP)
+            time.sleep(0.5)
+            seen = sum(isinstance(e, ev.MediaReceived) for e in watcher.events)
             try:
                 fresh = server.publish(clip, "cam")
                 deadline = time.monotonic() + WAIT_S
@@ -314,6 +320,13 @@ def test_takeover_lets_a_reconnecting_encoder_in_and_fires_publish_done(
                 assert client.play("cam") == "NetStream.Play.Start"
                 assert client.media(10)
                 client.close()
+                # The viewer from before the drop stayed on and gets the new
+                # encoder's media, in the same stream.
+                assert len(watcher.media(seen + 50)) == seen + 50
+                assert not any(isinstance(e, ev.StatusReceived)
+                               and e.code == "NetStream.Play.UnpublishNotify"
+                               for e in watcher.events)
+                watcher.close()
             finally:
                 os.kill(stalled.pid, signal.SIGCONT)
         finally:

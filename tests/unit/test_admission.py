@@ -160,18 +160,29 @@ def test_a_second_publisher_is_busy_unless_takeover() -> None:
     assert refusal_of(admission.publish(request(), Source())) is Refusal.BUSY
 
 
-def test_takeover_replaces_the_publisher_and_tells_the_old_one() -> None:
+def test_takeover_hands_the_stream_to_the_new_publisher_and_keeps_its_viewers() -> None:
     admission, registry, _, listener = make(takeover=True)
     old_source = Source()
     old = result(admission.publish(request(), old_source))
+    old.push(Frame.from_tag(FrameKind.VIDEO, 0, AVC_HEADER))
+    old.push(Frame.from_tag(FrameKind.VIDEO, 0, KEYFRAME))
+    viewer = result(admission.play(request(Action.PLAY), Viewer))
+    sent = viewer.bytes_sent
     new = result(admission.publish(request(), Source()))
-    assert old.ended and not old.stream.live
-    assert old_source.stopped and "replaced by a new publisher" in old_source.stopped[0]
+    assert old.ended and old_source.stopped == ["replaced by a new publisher"]
+    assert ("ended", "publish", "replaced by a new publisher") in listener.heard
+    # The same stream goes on, fed by the new publisher, viewers and all.
+    assert new.stream is old.stream and new.stream.live
     assert registry.streams[("live", "cam")] is new.stream
-    assert ("ended", "publish", old_source.stopped[0]) in listener.heard
-    # The old connection closing later ends nothing more.
+    assert viewer.ended == [] and viewer.group is not None
+    new.push(Frame.from_tag(FrameKind.VIDEO, 0, KEYFRAME))
+    assert viewer.bytes_sent > sent
+    # What the old connection still sends while closing goes nowhere, and
+    # its close ends nothing.
+    frames = new.stream.frames_in
+    old.push(Frame.from_tag(FrameKind.VIDEO, 40, KEYFRAME))
     old.end("disconnected")
-    assert registry.streams[("live", "cam")] is new.stream
+    assert new.stream.frames_in == frames and new.stream.live
 
 
 def test_stream_and_viewer_limits_refuse() -> None:
