@@ -450,8 +450,13 @@ def post_json(
         # close idle ones whenever they like, and many never say they will)
         # fails before any answer; Twisted retries only idempotent methods,
         # so this POST is sent once more, on a new connection.
-        if not isinstance(failure.value, _STALE_CONNECTION_ERRORS):
+        error = failure.value
+        if not isinstance(error, _STALE_CONNECTION_ERRORS):
             return failure
+        if any(isinstance(getattr(r, "value", None), defer.CancelledError)
+               for r in error.reasons):
+            # The timeout cancelled it: no second try, and say it as one.
+            raise defer.CancelledError()
         return send()
 
     answered: defer.Deferred[IResponse] = send()

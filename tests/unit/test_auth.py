@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -129,6 +130,7 @@ class RecordingAgent:
 
     def __init__(self) -> None:
         self.sent: list[SentRequest] = []
+        self.canceller: Callable[[Deferred[IResponse]], None] | None = None
 
     def request(
         self, method: bytes, uri: bytes, headers: Headers | None = None,
@@ -138,7 +140,7 @@ class RecordingAgent:
         if bodyProducer is not None:
             assert bodyProducer.startProducing(consumer).called
             assert bodyProducer.length == len(consumer.data)
-        answer: Deferred[IResponse] = Deferred()
+        answer: Deferred[IResponse] = Deferred(self.canceller)
         self.sent.append(SentRequest(method, uri, headers or Headers(), consumer.data, answer))
         return answer
 
@@ -438,6 +440,24 @@ def test_hook_is_asked_again_once_when_a_kept_alive_connection_was_stale() -> No
     assert len(agent.sent) == 2 and agent.sent[1].body == agent.sent[0].body
     agent.sent[1].answer.callback(CannedResponse(200))
     assert decided(answer) == ALLOW
+
+
+def test_hook_that_times_out_is_not_asked_again() -> None:
+    """Twisted fails a cancelled request with ResponseNeverReceived around
+    the CancelledError; that is the timeout, not a stale connection."""
+    from twisted.internet.defer import CancelledError
+    from twisted.web.client import ResponseNeverReceived
+
+    authorizer, agent, clock = hook(timeout_s=1)
+
+    def cancelled(d: Deferred[IResponse]) -> None:
+        d.errback(ResponseNeverReceived([Failure(CancelledError())]))
+
+    agent.canceller = cancelled
+    answer = authorizer.authorize(make_request())
+    clock.advance(1.5)
+    assert len(agent.sent) == 1
+    assert decided(answer).message == "on-publish hook timed out after 1 s"
 
 
 def test_hook_stale_twice_refuses() -> None:
