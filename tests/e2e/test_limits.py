@@ -356,11 +356,17 @@ def test_api_and_metrics_need_the_token(tmp_path: Path, clip: Path) -> None:
         assert status == 200
         streams = json.loads(body)["streams"]
         assert [(s["app"], s["name"]) for s in streams] == [("live", "cam")]
-        status, body = _get(server, "/metrics", "s3cret-token")
-        assert status == 200
-        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-        assert families["rtmpd_streams"].samples[0].value == 1
-        assert any(s.value > 0 for s in families["rtmpd_bytes_in"].samples)
+        # Live from the publish on; media follows a moment later.
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            status, body = _get(server, "/metrics", "s3cret-token")
+            assert status == 200
+            families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+            assert families["rtmpd_streams"].samples[0].value == 1
+            if any(s.value > 0 for s in families["rtmpd_bytes_in"].samples):
+                break
+            assert time.monotonic() < deadline, "no bytes in after the stream went live"
+            time.sleep(0.2)
         assert "s3cret-token" not in server.log()
     finally:
         stop_server(server)
