@@ -434,13 +434,17 @@ class Admission:
             log.info("publish {path}: {old} {reason} ({new}); its viewers stay",
                      path=request.path, old=old.request.peer, reason=reason, new=request.peer)
             old.hand_over(reason)
-            old.source.stop_publishing(reason)
             stream = old.stream
-            stream.source = source
+            self.registry.take_over(stream, source, reason)
         else:
             stream = self.registry.publish(request.app, request.stream, source)
+            old = None
         publisher = Publisher(self, request, stream, source)
         self.publishers[key] = publisher
+        if old is not None:
+            # Last: whatever the old connection does as it closes, the name
+            # is the new publisher's already.
+            old.source.stop_publishing(reason)
         for listener in self.listeners:
             listener.started(request)
         return publisher

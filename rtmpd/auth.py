@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -445,21 +446,31 @@ def post_json(
     def send() -> defer.Deferred[IResponse]:
         return defer.maybeDeferred(agent.request, b"POST", url.uri, headers, _BytesBody(body))
 
+    def as_timeout(failure: Failure) -> Failure:
+        # The timeout cancelled the request: Twisted reports that as a
+        # request error around a CancelledError, or as
+        # ConnectingCancelledError; say it as the cancellation it is, which
+        # addTimeout turns into a TimeoutError.
+        error = failure.value
+        if isinstance(error, ConnectingCancelledError) or (
+            isinstance(error, _STALE_CONNECTION_ERRORS)
+            and any(isinstance(getattr(r, "value", None), defer.CancelledError)
+                    for r in error.reasons)
+        ):
+            raise defer.CancelledError()
+        return failure
+
     def again_if_stale(failure: Failure) -> defer.Deferred[IResponse] | Failure:
         # A kept-alive connection the hook server had just closed (servers
         # close idle ones whenever they like, and many never say they will)
         # fails before any answer; Twisted retries only idempotent methods,
         # so this POST is sent once more, on a new connection.
-        error = failure.value
-        if not isinstance(error, _STALE_CONNECTION_ERRORS):
+        if not isinstance(failure.value, _STALE_CONNECTION_ERRORS):
             return failure
-        if any(isinstance(getattr(r, "value", None), defer.CancelledError)
-               for r in error.reasons):
-            # The timeout cancelled it: no second try, and say it as one.
-            raise defer.CancelledError()
-        return send()
+        return send().addErrback(as_timeout)
 
     answered: defer.Deferred[IResponse] = send()
+    answered.addErrback(as_timeout)
     answered.addErrback(again_if_stale)
     status: defer.Deferred[int] = answered.addCallback(_read_status)
     return status.addTimeout(timeout_s, clock)

@@ -212,12 +212,12 @@ class ViewerOutput(DirectWrites):
             group.remove(self)
 
     def resume_output(self) -> bool:
-        """Send again after :meth:`pause_output`, from the stream's GOP cache
-        like a new viewer; False if the stream has ended meanwhile."""
+        """Send again after :meth:`pause_output`, from the next keyframe on;
+        False if the stream has ended meanwhile."""
         stream = self.stream
         if self.finished or stream is None or not stream.live or self.output is None:
             return False
-        stream.add_viewer(self.output, self)
+        stream.resume_viewer(self.output, self)
         return True
 
     def lag_ms(self) -> int:
@@ -344,6 +344,15 @@ class FanoutGroup:
         viewer.send(burst, size)
         if viewer.state is ViewerState.JOINED:
             self._joined[viewer] = len(self.pending)
+
+    def add_waiting(self, viewer: ViewerOutput) -> None:
+        """Add a viewer that has had its headers: it starts at the next
+        keyframe, like one whose socket drained."""
+        viewer.group = self
+        viewer.state = ViewerState.WAITING
+        viewer._lag_base_bytes = self.total_bytes
+        viewer._lag_base_frames = self.total_frames
+        self._held[viewer] = None
 
     def remove(self, viewer: ViewerOutput) -> None:
         """Forget a viewer (idempotent)."""

@@ -183,6 +183,7 @@ class Stream:
         self._rate_frames = 0
         self._last_in_ms: int | None = None
         self._offset_ms = 0
+        self._rebase_next = False
         self._last_out_ms = {FrameKind.AUDIO: 0, FrameKind.VIDEO: 0, FrameKind.SCRIPT: 0}
 
     @property
@@ -201,7 +202,12 @@ class Stream:
         every viewer (so the serialized bytes stay shareable)."""
         ts = frame.timestamp_ms
         last_in = self._last_in_ms
-        if last_in is not None and ts < last_in - BACKWARD_JUMP_MS:
+        if self._rebase_next:
+            # A new publisher took over: its first frame follows the last
+            # one sent, whatever its own clock says.
+            self._rebase_next = False
+            self._offset_ms = max(self._last_out_ms.values()) + 1 - ts
+        elif last_in is not None and ts < last_in - BACKWARD_JUMP_MS:
             # The publisher's clock restarted: continue from where we were.
             self._offset_ms = max(self._last_out_ms.values()) - ts
             log.info(
@@ -354,9 +360,8 @@ class Stream:
             if frame is not None:
                 yield frame if frame.timestamp_ms == start else replace(frame, timestamp_ms=start)
 
-    def add_viewer(self, output: OutputFormat, viewer: ViewerOutput) -> None:
-        """Start a viewer: preamble, metadata, sequence headers and the GOP
-        cache now, live frames from the next flush on."""
+    def _group(self, output: OutputFormat) -> FanoutGroup:
+        """The viewers of ``output``'s format (made with the GOP encoded)."""
         group = self.groups.get(output.key)
         if group is None:
             group = FanoutGroup(
@@ -367,10 +372,22 @@ class Stream:
             )
             group.gop = [output.encode(f) for f in self.gop.frames]
             self.groups[output.key] = group
+        return group
+
+    def add_viewer(self, output: OutputFormat, viewer: ViewerOutput) -> None:
+        """Start a viewer: preamble, metadata, sequence headers and the GOP
+        cache now, live frames from the next flush on."""
+        group = self._group(output)
         burst = output.preamble(self)
         burst.extend(output.encode(f) for f in self._initial_frames())
         burst.extend(group.gop)
         group.add(viewer, burst)
+
+    def resume_viewer(self, output: OutputFormat, viewer: ViewerOutput) -> None:
+        """Send to a viewer again from the next keyframe on (after an RTMP
+        pause): it has had the headers, and the GOP would take it back in time."""
+        group = self._group(output)
+        group.add_waiting(viewer)
 
     def remove_viewer(self, viewer: ViewerOutput) -> None:
         """Forget a viewer that went away (idempotent)."""
@@ -391,6 +408,26 @@ class Stream:
         if sink in self.sinks:
             self.sinks.remove(sink)
 
+    def restart(self, source: IMediaSource, reason: str) -> None:
+        """A new publisher feeds this stream (``--takeover``): the viewers
+        stay; the old publisher's metadata, codec headers and GOP are
+        forgotten (the new encoder sends its own), the sinks are told the
+        old media ended, and timestamps go on from the last one sent."""
+        self.source = source
+        self.metadata = self.audio_header = self.video_header = None
+        self.has_audio = self.has_video = False
+        self.gop = GopCache(
+            max_frames=self.config.gop_cache_frames,
+            max_bytes=self.config.gop_cache_bytes,
+            max_ms=self.config.gop_cache_ms,
+        )
+        for group in self.groups.values():
+            group.gop.clear()
+        self._rebase_next = True
+        for sink in list(self.sinks):
+            sink.on_stream_end(reason)
+        self.sinks.clear()
+
     def end(self, reason: str) -> None:
         """The stream is over: flush, tell every viewer and sink."""
         if not self.live:
@@ -403,6 +440,10 @@ class Stream:
         for group in list(self.groups.values()):
             group.end(reason)
         self.groups.clear()
+        # Viewers out of the fan-out (an RTMP pause) hear it too.
+        for viewer in list(self.viewers):
+            if viewer.group is None and not viewer.finished:
+                viewer.stream_ended(reason)
         for sink in list(self.sinks):
             sink.on_stream_end(reason)
         self.sinks.clear()
@@ -438,6 +479,18 @@ class StreamRegistry:
         for observer in list(self.observers):
             observer.stream_published(stream)
         return stream
+
+    def take_over(self, stream: Stream, source: IMediaSource, reason: str) -> None:
+        """A new publisher feeds a live stream (``--takeover``): its viewers
+        stay, and the recordings of the old publisher's media end and new
+        ones start, as for an unpublish and a publish."""
+        log.info("publish {path} by {source} (took it over)", path=stream.path,
+                 source=source.description)
+        stream.restart(source, reason)
+        for observer in list(self.observers):
+            observer.stream_unpublished(stream)
+        for observer in list(self.observers):
+            observer.stream_published(stream)
 
     def unpublish(self, stream: Stream, reason: str) -> None:
         """End a stream; its name is free again at once."""

@@ -239,6 +239,8 @@ class FlvHttpResource(resource.Resource):
 
     def render(self, request: server.Request) -> bytes | int:
         """Upgrade requests go to the WebSocket resource, the rest by method."""
+        if isinstance(request, FlvRequest) and request.refused:
+            return server.NOT_DONE_YET  # answered already; the connection closes
         upgrade = request.getHeader(b"upgrade")
         if (
             self.websocket is not None and request.method == b"GET"
@@ -287,8 +289,6 @@ class FlvHttpResource(resource.Resource):
         """Publish: the FLV body was streamed into the registry as it arrived
         (see :class:`FlvRequest`); now it has ended."""
         self._cors(request, publish=True)
-        if isinstance(request, FlvRequest) and request.refused:
-            return server.NOT_DONE_YET  # answered already; the connection closes
         if not isinstance(request, FlvRequest):
             return _text(request, http.BAD_REQUEST, "publishing needs rtmpd's request factory")
         if request.deciding:
@@ -567,13 +567,14 @@ MAX_HEADER_BYTES = 16384
 HEADER_TIMEOUT_S = 10.0
 
 
-def refuse_connection(transport: Any, message: str) -> None:
-    """Answer a connection refused before its request is read with a 503,
-    and close it."""
+def refuse_connection(transport: Any, message: str, *, code: int = 503) -> None:
+    """Answer a connection refused before its request is read (a 503 by
+    default), and close it."""
     body = (message + "\n").encode()
     transport.write(
-        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8"
-        b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8"
+        b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (code, _STATUS_TEXT.get(code, b"Error"), len(body), body)
     )
     transport.loseConnection()
 

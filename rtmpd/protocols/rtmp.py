@@ -374,6 +374,7 @@ class RtmpServerProtocol(protocol.Protocol):
         request = self._request(Action.PUBLISH, name, event.query)
 
         def started(publisher: Publisher) -> None:
+            self._end_stream(stream_id, "published again on its message stream")
             self.publishing[stream_id] = publisher
             self._published = True
             self._mark_started()
@@ -398,9 +399,7 @@ class RtmpServerProtocol(protocol.Protocol):
         def start(stream: Stream) -> RtmpViewer | None:
             if not self._alive():
                 return None
-            old = self.viewers.pop(stream_id, None) or self.paused.pop(stream_id, None)
-            if old is not None:
-                old.finish("played again")
+            self._end_stream(stream_id, "played again on its message stream")
             self._mark_started()
             self.conn.play_start(stream_id, name)
             # Status messages must reach the socket before any shared media.
@@ -458,14 +457,17 @@ class RtmpServerProtocol(protocol.Protocol):
                 self._timer.cancel()
             self._timer = None
 
-    def _end_stream(self, stream_id: int) -> None:
+    def _end_stream(self, stream_id: int, why: str | None = None) -> None:
+        """End what a message stream publishes or plays: the client stopped
+        it (``why`` None), or starts something new on it."""
         publisher = self.publishing.pop(stream_id, None)
         if publisher is not None:
-            self.conn.unpublish_success(stream_id, publisher.stream.name)
-            publisher.end("stopped")
+            if why is None:
+                self.conn.unpublish_success(stream_id, publisher.stream.name)
+            publisher.end(why or "stopped")
         viewer = self.viewers.pop(stream_id, None) or self.paused.pop(stream_id, None)
         if viewer is not None:
-            viewer.finish("stopped by the player")
+            viewer.finish(why or "stopped by the player")
 
     def _pause(self, event: events.PauseRequested) -> None:
         stream_id = event.stream_id
@@ -483,11 +485,16 @@ class RtmpServerProtocol(protocol.Protocol):
         if not viewer.resume_output():
             del self.viewers[stream_id]
             viewer.finish("stream ended while paused")
+            if viewer.stream is not None:
+                self.conn.play_unpublish_notify(stream_id, viewer.stream.name)
 
     def viewer_stream_ended(self, viewer: RtmpViewer) -> None:
-        """The publisher went away: tell the player, keep the connection."""
+        """The publisher went away: tell the player (paused or not), keep
+        the connection."""
         if self.viewers.get(viewer.stream_id) is viewer:
             del self.viewers[viewer.stream_id]
+        if self.paused.get(viewer.stream_id) is viewer:
+            del self.paused[viewer.stream_id]
         if self.transport is not None and self.close_reason is None:
             self.conn.play_unpublish_notify(viewer.stream_id, viewer.stream.name)  # type: ignore[union-attr]
             self._flush()

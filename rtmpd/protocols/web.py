@@ -88,6 +88,35 @@ class RootedFile(static.File):
         return pages.notFound("Not Found", "Directory listings are off.")
 
 
+#: Bytes of request body the web port reads: nothing it serves takes a
+#: body (files, GET/DELETE /api), so anything more is refused, not buffered.
+MAX_WEB_BODY_BYTES = 0
+
+
+class WebRequest(server.Request):
+    """A request on the web port: one with a body is answered 413 and the
+    connection closed, before the body is read."""
+
+    def gotLength(self, length: int | None) -> None:
+        if length is None or length > MAX_WEB_BODY_BYTES:
+            channel: Any = self.channel
+            channel.persistent = False
+            refuse_connection(channel.transport, "requests here have no body", code=413)
+            self.refused = True
+            return
+        super().gotLength(length)
+
+    refused = False
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if not self.refused:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self.refused:
+            super().process()
+
+
 class WebChannel(DeadlineChannel):
     """A connection on the web port: a deadline for its headers, and counted
     against the port's own connection limit (separate from the media ports'
@@ -179,7 +208,7 @@ def make_web_site(
         if metrics is not None:
             files.putChild(b"metrics", MetricsResource(metrics, token=api_token))
     site = WebSite(
-        files, owned_sampler=owned, timeout=30, reactor=reactor,
+        files, owned_sampler=owned, timeout=30, reactor=reactor, requestFactory=WebRequest,
         max_connections=max_connections, header_timeout=header_timeout,
         max_header_bytes=max_header_bytes,
     )

@@ -522,3 +522,101 @@ def test_the_web_port_closes_clients_trickling_their_headers() -> None:
     channel.dataReceived(b"GET /hls/")
     clock.advance(2.5)
     assert transport.disconnecting
+
+
+def test_a_refused_get_with_a_body_is_not_served_once_the_body_ends() -> None:
+    admission, registry, clock, _ = make()
+    result(admission.publish(request(stream="x"), Source()))
+    transport = _http(admission, clock,
+                      b"GET /live/x.flv HTTP/1.1\r\nHost: y\r\nContent-Length: 3\r\n\r\nabc")
+    assert transport.value().startswith(b"HTTP/1.1 400")
+    assert b"200 OK" not in transport.value()
+    assert registry.streams[("live", "x")].viewers == {}
+
+
+def test_the_web_port_refuses_request_bodies() -> None:
+    from rtmpd.protocols.web import make_web_site
+
+    site = make_web_site("/tmp", reactor=Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(transport)
+    channel.dataReceived(b"POST /hls/x HTTP/1.1\r\nHost: y\r\nContent-Length: 300000000\r\n\r\n"
+                         + b"z" * 70000)
+    assert transport.value().startswith(b"HTTP/1.1 413")
+
+
+def test_rtmp_publish_again_on_one_message_stream_ends_the_first() -> None:
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from tests.unit.test_protocols import Peer
+
+    admission, registry, clock, _ = make()
+    peer = Peer(RtmpServerFactory(admission, clock=clock))
+    sid = peer.open_stream()
+    peer.client.publish(sid, "one")
+    peer.pump()
+    peer.client.publish(sid, "two")
+    peer.pump()
+    assert list(registry.streams) == [("live", "two")]
+    peer.server.connectionLost()
+    assert registry.streams == {}
+
+
+def test_rtmp_resume_after_pause_starts_at_the_next_keyframe_not_back_in_time() -> None:
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from tests.unit.test_protocols import AVC_HEADER as HEADER
+    from tests.unit.test_protocols import KEYFRAME as KEY
+    from tests.unit.test_protocols import Peer
+
+    admission, _, clock, _ = make()
+    publisher = result(admission.publish(request(), Source()))
+    publisher.push(Frame.from_tag(FrameKind.VIDEO, 0, HEADER))
+    publisher.push(Frame.from_tag(FrameKind.VIDEO, 0, KEY))
+    peer = Peer(RtmpServerFactory(admission, clock=clock))
+    sid = peer.open_stream()
+    peer.client.play(sid, "cam")
+    peer.pump()
+    publisher.push(Frame.from_tag(FrameKind.VIDEO, 1000, KEY))
+    peer.pump()
+    peer.client.send_command("pause", None, True, 0.0, stream_id=sid)
+    peer.pump()
+    publisher.push(Frame.from_tag(FrameKind.VIDEO, 2000, KEY))
+    peer.client.send_command("pause", None, False, 0.0, stream_id=sid)
+    peer.pump()
+    publisher.push(Frame.from_tag(FrameKind.VIDEO, 3000, KEY))
+    peer.pump()
+    stamps = [m.timestamp_ms for m in peer.media()]
+    assert stamps == sorted(stamps) and stamps[-1] == 3000
+    # A stream that ends while its viewer is paused is reported to it.
+    peer.client.send_command("pause", None, True, 0.0, stream_id=sid)
+    peer.pump()
+    publisher.end("stopped")
+    peer.pump()
+    assert "NetStream.Play.UnpublishNotify" in peer.statuses()
+
+
+def test_takeover_forgets_the_old_encoders_headers_and_restarts_recordings() -> None:
+    admission, registry, _, _ = make(takeover=True)
+
+    class Observer:
+        def __init__(self) -> None:
+            self.heard: list[str] = []
+
+        def stream_published(self, stream: object) -> None:
+            self.heard.append("published")
+
+        def stream_unpublished(self, stream: object) -> None:
+            self.heard.append("unpublished")
+
+    observer = Observer()
+    registry.add_observer(observer)  # type: ignore[arg-type]
+    old = result(admission.publish(request(), Source()))
+    old.push(Frame.from_tag(FrameKind.VIDEO, 0, AVC_HEADER))
+    old.push(Frame.from_tag(FrameKind.VIDEO, 5000, KEYFRAME))
+    new = result(admission.publish(request(), Source()))
+    stream = new.stream
+    assert stream.video_header is None and stream.gop.frames == []
+    assert observer.heard == ["published", "unpublished", "published"]
+    # The new encoder starts at 0: its frames follow the last one sent.
+    new.push(Frame.from_tag(FrameKind.VIDEO, 0, KEYFRAME))
+    assert stream.gop.frames[0].timestamp_ms == 5001
