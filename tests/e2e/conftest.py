@@ -3,6 +3,7 @@ ports, a generated clip, and real clients (ffmpeg, ffprobe, rtmpdump)."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -146,6 +147,16 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+
+def head_status(server: Server, name: str, app: str = "live") -> int:
+    """The status a HEAD of the stream's HTTP-FLV URL gets (200 live, 404 not)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=WAIT_S)
+    try:
+        conn.request("HEAD", f"/{app}/{name}.flv")
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 def start_server(tmp: Path, *extra: str) -> Server:

@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from rtmpd.codec.rtmp import events as ev
-from tests.e2e.conftest import VENV_BIN, WAIT_S, Server, run, start_server, stop_server
+from tests.e2e.conftest import VENV_BIN, WAIT_S, Server, head_status, run, start_server, stop_server
 from tests.e2e.hookserver import HookServer, hook_server
 from tests.e2e.rtmpclient import RtmpTestClient
 from tests.e2e.test_flv_transports import check_clean, ws_url
@@ -72,15 +72,6 @@ FORBIDDEN: dict[tuple[str, str], str | int] = {
 
 def with_query(name: str, query: str) -> str:
     return f"{name}?{query}" if query else name
-
-
-def head_status(server: Server, name: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=WAIT_S)
-    try:
-        conn.request("HEAD", f"/live/{name}.flv")
-        return conn.getresponse().status
-    finally:
-        conn.close()
 
 
 def wait_live(server: Server, name: str) -> None:

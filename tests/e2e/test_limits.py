@@ -24,7 +24,7 @@ from rtmpd.codec import flv
 from rtmpd.codec.rtmp import chunk
 from rtmpd.codec.rtmp import events as ev
 from rtmpd.codec.rtmp import messages as msg
-from tests.e2e.conftest import WAIT_S, Server, start_server, stop_server
+from tests.e2e.conftest import WAIT_S, Server, head_status, start_server, stop_server
 from tests.e2e.hookserver import hook_server
 from tests.e2e.rtmpclient import RtmpTestClient
 
@@ -100,15 +100,6 @@ def assert_flood_dropped(server: Server, sock: socket.socket, message: bytes) ->
     assert server.rss_kib() - before < RSS_GROWTH_LIMIT_KIB
     assert "reads nothing" in server.log()
     assert head_status(server, "other") == 200
-
-
-def head_status(server: Server, name: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=WAIT_S)
-    try:
-        conn.request("HEAD", f"/live/{name}.flv")
-        return conn.getresponse().status
-    finally:
-        conn.close()
 
 
 @pytest.fixture
