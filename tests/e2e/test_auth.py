@@ -691,33 +691,28 @@ class TestHangingHook:
         result: dict[str, Any] = {}
 
         def watch() -> None:
-            started = time.monotonic()
-            try:
-                result["status"] = http_status(srv, "GET", "/live/cam.flv?viewer=waiting")
-            finally:
-                result["at"] = time.monotonic()
-                result["waited"] = result["at"] - started
+            result["status"] = http_status(srv, "GET", "/live/cam.flv?viewer=waiting")
 
         viewer = threading.Thread(target=watch, daemon=True)
         viewer.start()
         hook.wait_for("/hang", calls + 1, timeout_s=WAIT_S)
         # While the hook hangs, the server answers another client.
         assert head_status(srv, "other") == 200
-        answered_at = time.monotonic()
         viewer.join(WAIT_S)
         assert not viewer.is_alive()
         assert result["status"] == 403
-        assert answered_at < result["at"], "the HEAD was answered only after the refusal"
-        # Refused by the timeout (1 s), not by the hook's late answer.
-        assert 0.9 <= result["waited"] < HANG_S
+        # Refused by the timeout, not by the hook's late answer.
+        assert "refused: on-play hook timed out after 1 s" in srv.log()
 
     @pytest.mark.parametrize("protocol", ["rtmp", "ws"])
     def test_hook_past_the_timeout_refuses_play_as_forbidden(
         self, hanging: tuple[Server, HookServer], clip: Path, protocol: str
     ) -> None:
         srv, hook = hanging
-        started = time.monotonic()
+        timed_out = "refused: on-play hook timed out after 1 s"
+        before = srv.log().count(timed_out)
         assert_refused(srv, "play", protocol, "cam", f"viewer={protocol}",
                        FORBIDDEN["play", protocol], head(clip))
-        assert 0.9 <= time.monotonic() - started < HANG_S
+        # Refused by the timeout, not by the hook's late answer.
+        assert srv.log().count(timed_out) == before + 1
         hook_call(hook, "/hang", action="play", params={"viewer": protocol})

@@ -150,14 +150,13 @@ def test_ws_publisher_that_sends_only_the_flv_header_loses_its_name(
     url = f"ws://127.0.0.1:{server.http_port}/live/idle"
     with connect(url, open_timeout=WAIT_S) as ws:
         ws.send(flv.encode_header(has_audio=True, has_video=True))
-        started = time.monotonic()
         with pytest.raises(ConnectionClosed):
             while True:
                 ws.recv(timeout=WAIT_S)
-        # Dropped by the 2 s publisher timeout (checked four times per
-        # timeout), not by anything slower.
-        assert time.monotonic() - started < 2 + 2 + 1
-    assert "no media" in server.log()
+    # Dropped by the publisher timeout, which counts media (an FLV header
+    # is none), not by any other timeout.
+    assert "publish live/idle by ws" in server.log()
+    assert "timed out: no media" in server.log()
     # The name is free again: a new publisher gets it.
     with connect(url, open_timeout=WAIT_S) as ws:
         ws.send(flv.encode_header(has_audio=True, has_video=True))
@@ -168,7 +167,6 @@ def test_ws_publisher_that_sends_only_the_flv_header_loses_its_name(
 def test_http_client_trickling_its_headers_is_closed(small_server: Server) -> None:
     server = small_server
     sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=WAIT_S)
-    started = time.monotonic()
     closed = False
     try:
         for byte in b"GET /live/x.flv HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100:
@@ -190,9 +188,9 @@ def test_http_client_trickling_its_headers_is_closed(small_server: Server) -> No
     finally:
         sock.close()
     assert closed, "a client trickling header bytes was never closed"
-    # --header-timeout 2, well before Twisted's own 30 s idle timeout could.
-    assert time.monotonic() - started < 2 + 5
-    assert "no complete request headers" in server.log()
+    # Closed by --header-timeout, not by Twisted's idle timeout (which each
+    # byte restarts).
+    assert "no complete request headers within 2 s" in server.log()
 
 
 def test_connection_limits_refuse_the_next_client_and_keep_serving(
