@@ -303,6 +303,17 @@ def test_a_viewer_ends_once_with_one_line_and_its_totals_counted() -> None:
 # -- through the adapters, with a decision that comes later ----------------------------
 
 
+def _http_channel(admission: Admission, clock: Clock, **site: Any) -> tuple[Any, StringTransport]:
+    """A connection on the FLV port's Site, and the transport it writes to."""
+    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
+
+    flv_site = FlvSite(FlvHttpResource(admission), reactor=clock, **site)
+    channel = flv_site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(transport)
+    return channel, transport
+
+
 def test_rtmp_publish_waits_for_the_decision_then_starts() -> None:
     from rtmpd.protocols.rtmp import RtmpServerFactory
     from tests.unit.test_protocols import Peer
@@ -341,14 +352,10 @@ def test_rtmp_publish_refused_for_credentials_is_told_and_closed() -> None:
 
 
 def test_http_publish_reads_no_body_until_the_decision_then_publishes_it() -> None:
-    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
 
     authorizer = LaterAuthorizer()
     admission, registry, clock, _ = make(authorizers=[authorizer])
-    site = FlvSite(FlvHttpResource(admission), reactor=clock)
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-    channel.makeConnection(transport)
+    channel, transport = _http_channel(admission, clock)
     body = (flv.encode_header(has_audio=False, has_video=True)
             + flv.encode_tag(9, 0, AVC_HEADER) + flv.encode_tag(9, 0, KEYFRAME))
     channel.dataReceived(
@@ -367,14 +374,10 @@ def test_http_publish_reads_no_body_until_the_decision_then_publishes_it() -> No
 
 
 def test_http_publish_refused_later_is_answered_before_its_body() -> None:
-    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
 
     authorizer = LaterAuthorizer()
     admission, registry, clock, _ = make(authorizers=[authorizer])
-    site = FlvSite(FlvHttpResource(admission), reactor=clock)
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-    channel.makeConnection(transport)
+    channel, transport = _http_channel(admission, clock)
     channel.dataReceived(b"POST /live/cam HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
     authorizer.pending[0].callback(deny("on-publish hook answered 403"))
     assert transport.value().startswith(b"HTTP/1.1 403 Forbidden")
@@ -384,13 +387,9 @@ def test_http_publish_refused_later_is_answered_before_its_body() -> None:
 
 
 def test_http_headers_must_come_within_the_header_timeout() -> None:
-    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
 
     admission, _, clock, _ = make()
-    site = FlvSite(FlvHttpResource(admission), reactor=clock, header_timeout=2)
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-    channel.makeConnection(transport)
+    channel, transport = _http_channel(admission, clock, header_timeout=2)
     for byte in b"GET /live/cam.flv HTTP/1.1\r\n":
         channel.dataReceived(bytes([byte]))
         clock.advance(0.1)
@@ -461,12 +460,8 @@ def test_rtmp_paused_viewers_still_count_against_the_viewer_limit() -> None:
 
 
 def _http(admission: Admission, clock: Clock, data: bytes, **site: Any) -> StringTransport:
-    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
-
-    flv_site = FlvSite(FlvHttpResource(admission), reactor=clock, **site)
-    channel = flv_site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-    channel.makeConnection(transport)
+    """An HTTP connection on the FLV port that sent ``data``: what it got."""
+    channel, transport = _http_channel(admission, clock, **site)
     channel.dataReceived(data)
     return transport
 
