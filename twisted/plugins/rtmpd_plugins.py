@@ -9,3 +9,15 @@ rtmpd = ServiceMaker(
     "Live streaming: RTMP, HTTP-FLV and WS-FLV publish/play, GOP cache, HLS/FLV/MP4 recording.",
     "rtmpd",
 )
+flvgateway = ServiceMaker(
+    "flvgateway",
+    "rtmpd.tap.flvgateway",
+    "Edge: pulls HTTP-FLV streams from an origin once and fans them out over HTTP-FLV and WS-FLV.",
+    "flvgateway",
+)
+filegateway = ServiceMaker(
+    "filegateway",
+    "rtmpd.tap.filegateway",
+    "Static file server for recordings: Range, HEAD, CORS, MIME types.",
+    "filegateway",
+)
