@@ -11,6 +11,9 @@ WebSocket close code). In between, in this order:
 2. limits are checked (streams, viewers per stream);
 3. the authorizers are asked, in turn, the first refusal winning (static
    keys, signed URLs, HTTP hooks: :mod:`rtmpd.auth`); they may answer later;
+   a play of a stream that is not live here is then handed to the origin, if
+   there is one (a gateway's upstream, :mod:`rtmpd.services.upstream`),
+   which makes it live or says why not;
 4. the stream is looked up again (it may have started or ended while an
    authorizer was thinking), a name held by another publisher is refused or,
    with takeover, taken over;
@@ -37,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rtmpd.errors import InvalidStreamName, RtmpdError
-from rtmpd.interfaces import IAdmissionListener, IAuthorizer, IMediaSource
+from rtmpd.interfaces import IAdmissionListener, IAuthorizer, IMediaSource, IStreamOrigin
 from rtmpd.media import Frame
 from rtmpd.registry import Stream, StreamRegistry, validate_name
 
@@ -76,6 +79,9 @@ class Refusal(enum.Enum):
     LIMIT = "limit"
     #: The client went away before the decision.
     GONE = "gone"
+    #: The stream comes from elsewhere (a gateway's upstream) and that
+    #: could not be reached or answered with an error.
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +262,12 @@ class Admission:
         limits: Limits | None = None,
         takeover: bool = False,
         publisher_timeout_s: float = 30.0,
+        origin: IStreamOrigin | None = None,
     ) -> None:
         self.registry = registry
+        #: Where a played stream that is not live here comes from (None: it
+        #: is simply not found).
+        self.origin = origin
         self.clock = registry.clock
         self.authorizers = list(authorizers)
         self.limits = limits or Limits()
@@ -382,17 +392,20 @@ class Admission:
         source: IMediaSource,
         *,
         alive: Callable[[], bool] | None = None,
+        internal: bool = False,
     ) -> defer.Deferred[Publisher]:
         """Admit a publisher. The Deferred fires with its :class:`Publisher`
         (synchronously when no authorizer answers later) or fails with
         AdmissionRefused. ``alive()`` false when the decision comes means the
-        client left meanwhile: nothing starts (``GONE``)."""
+        client left meanwhile: nothing starts (``GONE``). An ``internal``
+        publisher (a gateway's upstream, which the server opened itself) is
+        not asked for credentials; names, limits and listeners apply."""
         try:
             self._check_names(request)
             self._check_publish(request)
         except AdmissionRefused as e:
             return self.refuse(request, e)
-        d: defer.Deferred[Any] = self._authorize(request)
+        d: defer.Deferred[Any] = defer.succeed(None) if internal else self._authorize(request)
         d.addCallback(lambda _: self._start_publish(request, source, alive))
         d.addErrback(self._refusal_errback, request)
         return d
@@ -478,14 +491,31 @@ class Admission:
         viewer (wire prelude sent, producer registered) or returns None if
         the client left meanwhile; admission then adds it to the stream. The
         Deferred fires with the viewer or fails with AdmissionRefused."""
+        origin = self.origin
         try:
             self._check_names(request)
-            self._check_play(request)
+            if origin is None or (request.app, request.stream) in self.registry.streams:
+                self._check_play(request)
         except AdmissionRefused as e:
             return self.refuse(request, e)
         d: defer.Deferred[Any] = self._authorize(request)
+        if origin is not None:
+            d.addCallback(lambda _: self._from_origin(origin, request))
         d.addCallback(lambda _: self._start_play(request, start))
         d.addErrback(self._refusal_errback, request)
+        return d
+
+    def _from_origin(
+        self, origin: IStreamOrigin, request: AdmissionRequest
+    ) -> defer.Deferred[Any] | None:
+        """A stream that is not live here is asked of the origin, which
+        fires once it is (or fails with AdmissionRefused)."""
+        if (request.app, request.stream) in self.registry.streams:
+            return None
+        if self._gone(request):
+            raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
+        d = origin.open(request)
+        assert isinstance(d, defer.Deferred)
         return d
 
     def _check_play(self, request: AdmissionRequest) -> Stream:

@@ -29,6 +29,33 @@ class IMediaSource(Interface):
         """Stop feeding the stream and close the ingest connection."""
 
 
+class IStreamOrigin(Interface):
+    """Where a played stream that is not live here comes from: a gateway's
+    upstream (later, a worker's relay). Admission asks it after the
+    authorizers, before the viewer starts."""
+
+    def open(request: object) -> object:
+        """Make the stream of a :class:`rtmpd.admission.AdmissionRequest`
+        live in the registry. Returns a Deferred that fires once it is (its
+        headers and first media in), or fails with
+        :class:`rtmpd.admission.AdmissionRefused` (``NOT_FOUND``,
+        ``UNAVAILABLE``, ...). Concurrent requests for one stream share one
+        attempt."""
+
+    def probe(app: str, name: str) -> object:
+        """Whether the stream could be played (``HEAD``): a Deferred of a
+        :class:`rtmpd.admission.Refusal`, or None when it could."""
+
+
+class IUpstreamSource(IMediaSource):
+    """A source that pulls a stream from elsewhere: what ``/api`` and the
+    periodic stats line show about it."""
+
+    def status() -> object:
+        """A JSON-ready dict: url, state, connects, bytes in, seconds since
+        the last data, last error."""
+
+
 class IStreamObserver(Interface):
     """Hears streams come and go (recorders, stats, directories)."""
 

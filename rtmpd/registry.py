@@ -3,7 +3,9 @@ recorders and gateways meet (``ARCHITECTURE.md`` section 4)."""
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, replace
 
@@ -154,6 +156,10 @@ class Stream:
         self.clock = clock
         self.config = config
         self.started_at = clock.seconds()
+        #: Names this publish among every stream this server ever had (a
+        #: gateway pulling it tells a reconnect to the same publish from a
+        #: new one by it: ``X-Stream-Id`` on HTTP-FLV answers).
+        self.publish_id = registry.next_publish_id()
         self.live = True
         self.metadata: Frame | None = None
         self.audio_header: Frame | None = None
@@ -416,6 +422,22 @@ class Stream:
         self.source = source
         self.metadata = self.audio_header = self.video_header = None
         self.has_audio = self.has_video = False
+        self._start_over()
+        for sink in list(self.sinks):
+            sink.on_stream_end(reason)
+        self.sinks.clear()
+
+    def rebase(self, reason: str) -> None:
+        """The same source starts over (a gateway's upstream came back with a
+        new publish): the GOP of the old media is forgotten and the next
+        frame follows the last one sent, whatever its own time. Headers stay
+        until new ones replace them; viewers and sinks go on."""
+        log.info("stream {path}: {reason}; timestamps go on from {ts} ms", path=self.path,
+                 reason=reason, ts=max(self._last_out_ms.values()))
+        self._start_over()
+
+    def _start_over(self) -> None:
+        """Forget the GOP and rebase the next frame onto the last one sent."""
         self.gop = GopCache(
             max_frames=self.config.gop_cache_frames,
             max_bytes=self.config.gop_cache_bytes,
@@ -424,9 +446,6 @@ class Stream:
         for group in self.groups.values():
             group.gop.clear()
         self._rebase_next = True
-        for sink in list(self.sinks):
-            sink.on_stream_end(reason)
-        self.sinks.clear()
 
     def end(self, reason: str) -> None:
         """The stream is over: flush, tell every viewer and sink."""
@@ -459,6 +478,13 @@ class StreamRegistry:
         self.observers: list[IStreamObserver] = []
         #: Viewer start/stop lines go through this (bounded per second).
         self.viewer_log = ViewerLog(clock)
+        self._instance = secrets.token_hex(4)
+        self._publishes = itertools.count(1)
+
+    def next_publish_id(self) -> str:
+        """A new stream's :attr:`Stream.publish_id`: unique to this process
+        run, and unlike any other run's."""
+        return f"{self._instance}-{next(self._publishes)}"
 
     def get(self, app: str, name: str) -> Stream | None:
         """The live stream by that name, or None. Invalid names raise."""

@@ -18,6 +18,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -61,6 +62,12 @@ CORS_PUBLISH_HEADERS = {
     **CORS_HEADERS,
     b"Access-Control-Allow-Methods": b"GET, HEAD, POST, PUT, OPTIONS",
 }
+
+
+#: Names the publish an HTTP-FLV answer carries (:attr:`Stream.publish_id`):
+#: a gateway that reconnects learns from it whether the stream it finds is
+#: the one it was relaying (its timestamps go on) or a new publish.
+STREAM_ID_HEADER = b"X-Stream-Id"
 
 
 def flv_preamble(stream: Stream) -> bytes:
@@ -152,6 +159,7 @@ HTTP_STATUS: dict[Refusal, int] = {
     Refusal.UNAUTHORIZED: http.UNAUTHORIZED,
     Refusal.FORBIDDEN: http.FORBIDDEN,
     Refusal.LIMIT: http.SERVICE_UNAVAILABLE,
+    Refusal.UNAVAILABLE: http.BAD_GATEWAY,
 }
 
 
@@ -278,12 +286,35 @@ class FlvHttpResource(resource.Resource):
         except AdmissionRefused as e:
             _text(request, HTTP_STATUS[e.refusal], e.message)
             return b""
-        if stream is None:
-            _text(request, http.NOT_FOUND, f"stream {app}/{name} is not live")
-            return b""
+        origin = self.admission.origin
+        if stream is None and origin is not None:
+            # A gateway: live if its upstream has it.
+            d = origin.probe(app, name)
+            assert isinstance(d, Deferred)
+            d.addCallback(self._probed, request, app, name)
+            return server.NOT_DONE_YET  # type: ignore[return-value]
+        self._head_answer(request, None if stream is not None else Refusal.NOT_FOUND, app, name)
+        return b""
+
+    def _probed(
+        self, refusal: Refusal | None, request: server.Request, app: str, name: str
+    ) -> None:
+        if request_disconnected(request):
+            return
+        self._head_answer(request, refusal, app, name)
+        request.finish()
+
+    @staticmethod
+    def _head_answer(
+        request: server.Request, refusal: Refusal | None, app: str, name: str
+    ) -> None:
+        if refusal is not None:
+            message = (f"stream {app}/{name} is not live" if refusal is Refusal.NOT_FOUND
+                       else f"stream {app}/{name}: {refusal.value}")
+            _text(request, HTTP_STATUS[refusal], message)
+            return
         request.setHeader(b"Content-Type", b"video/x-flv")
         request.setHeader(b"Cache-Control", b"no-cache")
-        return b""
 
     def render_POST(self, request: server.Request) -> bytes | int:
         """Publish: the FLV body was streamed into the registry as it arrived
@@ -325,6 +356,7 @@ class FlvHttpResource(resource.Resource):
                 return None
             request.setHeader(b"Content-Type", b"video/x-flv")
             request.setHeader(b"Cache-Control", b"no-cache, no-store")
+            request.setHeader(STREAM_ID_HEADER, stream.publish_id.encode("ascii"))
             transport = request.channel.transport
             assert transport is not None
             # Start the response: status line and headers. Body bytes are then
@@ -684,7 +716,7 @@ class FlvSite(server.Site):
     protocol = FlvHttpChannel  # type: ignore[assignment]
 
     def __init__(
-        self, root: FlvHttpResource, *, reactor: IReactorTime,
+        self, root: resource.Resource, *, reactor: IReactorTime,
         header_timeout: float = HEADER_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
         timeout: float = 30,
     ) -> None:

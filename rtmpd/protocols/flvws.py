@@ -10,7 +10,8 @@
 Close codes: 1000 stream ended, 1003 text message, 1009 message over
 :data:`MAX_MESSAGE_BYTES`, 4400 bad name or bad FLV, 4403 not authorized
 (no or wrong key or signature, a hook said no, a page on another site), 4404
-unknown stream, 4409 name busy, 4503 a limit is full (:data:`CLOSE_CODES`).
+unknown stream, 4409 name busy, 4502 a gateway's upstream failed, 4503 a
+limit is full (:data:`CLOSE_CODES`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_BUSY = 4409
 CLOSE_LIMIT = 4503
+CLOSE_UNAVAILABLE = 4502
 
 #: The close code of each refusal.
 CLOSE_CODES: dict[Refusal, int] = {
@@ -75,6 +77,7 @@ CLOSE_CODES: dict[Refusal, int] = {
     Refusal.UNAUTHORIZED: CLOSE_FORBIDDEN,
     Refusal.FORBIDDEN: CLOSE_FORBIDDEN,
     Refusal.LIMIT: CLOSE_LIMIT,
+    Refusal.UNAVAILABLE: CLOSE_UNAVAILABLE,
 }
 
 

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from rtmpd.admission import Admission, Refusal
 from rtmpd.codec import aac, avc, flv
 from rtmpd.codec.errors import ProtocolError
+from rtmpd.interfaces import IUpstreamSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.services.recorder import FORMATS, metadata_fields
 
@@ -420,6 +421,8 @@ def stream_summary(
         "bytes_in": stream.bytes_in,
         "viewers": dict(counts),
         "viewers_total": sum(counts.values()),
+        # A gateway's stream: its upstream pull (None for published ones).
+        "upstream": source.status() if (source := IUpstreamSource(stream.source, None)) else None,
     }
 
 
@@ -556,6 +559,10 @@ class Metrics:
         )
         for fmt in FORMATS:
             self._recorder_errors.labels(fmt)
+
+    def add_collector(self, collector: Collector) -> None:
+        """More series read at scrape time (a gateway's upstream)."""
+        self.collector_registry.register(collector)
 
     def attach(self, admission: Admission) -> None:
         """Read connections, refusals and ended totals from ``admission``."""

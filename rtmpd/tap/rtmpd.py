@@ -346,10 +346,14 @@ class ListenerService(internet.StreamServerEndpointService):
     """A listener that stops twistd with one clear line when its port is
     taken (rather than a traceback)."""
 
-    def __init__(self, option: str, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(
+        self, option: str, description: str, endpoint: Any, factory: Any, *,
+        program: str = "rtmpd",
+    ) -> None:
         super().__init__(endpoint, factory)
         self.option = option
         self.description = description
+        self.program = program
         raise_listen_errors(self)
 
     def privilegedStartService(self) -> None:
@@ -358,7 +362,7 @@ class ListenerService(internet.StreamServerEndpointService):
         except CannotListenError as e:
             reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
             raise SystemExit(
-                f"rtmpd: cannot listen on --{self.option} {self.description}: {reason}"
+                f"{self.program}: cannot listen on --{self.option} {self.description}: {reason}"
             ) from None
 
 
