@@ -171,3 +171,13 @@ def raise_listen_errors(listener: Any) -> None:
     ``privilegedStartService`` (so it can be reported in one line) instead
     of logging it later."""
     listener._raiseSynchronously = True
+
+
+def quiet_pool(pool: Any) -> Any:
+    """``pool`` (an ``HTTPConnectionPool``) making connections whose
+    factories do not log "Starting factory" / "Stopping factory": a gateway
+    opens one per pull and reconnect, and those lines would drown the log.
+    The pool's factory class is the private ``_factory`` attribute."""
+    factory = pool._factory
+    pool._factory = type("QuietHTTP11ClientFactory", (factory,), {"noisy": False})
+    return pool

@@ -28,6 +28,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: restarted encoder), not audio/video interleaving skew.
 BACKWARD_JUMP_MS = 1000
 
+#: The most a rebased frame is placed after the last one sent (a stream with
+#: seconds between frames does not need to wait that long).
+MAX_REBASE_STEP_MS = 100
+
 #: The adaptive send window (``--merge-ms auto``) keeps passes over the
 #: viewers to at most this share of the time: every frame goes out at once
 #: while (frames per second x the last pass's duration) stays under it, and
@@ -191,6 +195,10 @@ class Stream:
         self._offset_ms = 0
         self._rebase_next = False
         self._last_out_ms = {FrameKind.AUDIO: 0, FrameKind.VIDEO: 0, FrameKind.SCRIPT: 0}
+        #: The last gap between two frames of the track that paces the
+        #: stream (video, else audio): how far after the last frame a
+        #: rebased one goes.
+        self._step_ms = 1
 
     @property
     def path(self) -> str:
@@ -210,9 +218,11 @@ class Stream:
         last_in = self._last_in_ms
         if self._rebase_next:
             # A new publisher took over: its first frame follows the last
-            # one sent, whatever its own clock says.
+            # one sent by one frame's time, whatever its own clock says (a
+            # step off the frame grid makes players that count frames see
+            # two at one instant).
             self._rebase_next = False
-            self._offset_ms = max(self._last_out_ms.values()) + 1 - ts
+            self._offset_ms = max(self._last_out_ms.values()) + self._step_ms - ts
         elif last_in is not None and ts < last_in - BACKWARD_JUMP_MS:
             # The publisher's clock restarted: continue from where we were.
             self._offset_ms = max(self._last_out_ms.values()) - ts
@@ -224,10 +234,15 @@ class Stream:
             )
         self._last_in_ms = ts
         out = ts + self._offset_ms
-        last_out = self._last_out_ms[frame.kind]
+        kind = frame.kind
+        last_out = self._last_out_ms[kind]
         if out < last_out:
             out = last_out
-        self._last_out_ms[frame.kind] = out
+        elif out > last_out and (
+            kind is FrameKind.VIDEO or (kind is FrameKind.AUDIO and not self.has_video)
+        ):
+            self._step_ms = min(out - last_out, MAX_REBASE_STEP_MS)
+        self._last_out_ms[kind] = out
         if out != ts:
             return replace(frame, timestamp_ms=out)
         return frame

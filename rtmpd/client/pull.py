@@ -21,6 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from rtmpd import __version__
+from rtmpd._twisted import quiet_pool
 from rtmpd.codec import flv
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.media import Frame
@@ -66,7 +67,7 @@ def make_agent(reactor: Any, *, connect_timeout: float = RESPONSE_TIMEOUT_S) -> 
     connection for as long as the stream lasts), Twisted's default HTTPS
     policy (certificates verified)."""
     # twisted.web.client is untyped.
-    pool = HTTPConnectionPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
+    pool = quiet_pool(HTTPConnectionPool(reactor, persistent=False))  # type: ignore[no-untyped-call]
     agent: IAgent = Agent(  # type: ignore[no-untyped-call]
         reactor, connectTimeout=connect_timeout, pool=pool)
     return agent

@@ -437,8 +437,8 @@ class FlvRequest(server.Request):
         channel: Any = self.channel
         path, _sep, query = raw_path.partition(b"?")
         segments = [unquote_to_bytes(part) for part in path.split(b"/")[1:]]
-        site: Any = channel.site
-        root: FlvHttpResource = site.resource
+        site: FlvSite = channel.site
+        root = site.flv
         admission = root.admission
         host, port = _peer(self)
         try:
@@ -668,7 +668,7 @@ class FlvHttpChannel(DeadlineChannel):
     client_id = 0
 
     def connectionMade(self) -> None:
-        admission: Admission = self.site.resource.admission
+        admission: Admission = self.site.flv.admission
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host, port = host_and_port(peer)
         try:
@@ -716,12 +716,17 @@ class FlvSite(server.Site):
     protocol = FlvHttpChannel  # type: ignore[assignment]
 
     def __init__(
-        self, root: resource.Resource, *, reactor: IReactorTime,
+        self, flv: FlvHttpResource, *, reactor: IReactorTime,
         header_timeout: float = HEADER_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
-        timeout: float = 30,
+        timeout: float = 30, root: resource.Resource | None = None,
     ) -> None:
-        super().__init__(root, requestFactory=FlvRequest, timeout=timeout, reactor=reactor,
-                         logFormatter=access_log_line)
+        """``root`` is the site's resource when it is not ``flv`` itself (a
+        gateway's, which serves ``/api`` beside it)."""
+        super().__init__(root if root is not None else flv, requestFactory=FlvRequest,
+                         timeout=timeout, reactor=reactor, logFormatter=access_log_line)
+        #: The FLV resource: publishes and connection counts go through its
+        #: admission.
+        self.flv = flv
         self.header_timeout = header_timeout
         self.max_header_bytes = max_header_bytes
         self.displayTracebacks = False

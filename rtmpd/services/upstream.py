@@ -107,6 +107,8 @@ class PulledStream:
         self._linger: IDelayedCall | None = None
         self._backoff = BACKOFF_INITIAL_S
         self._connected_at = 0.0
+        #: When the connections before this one last had data.
+        self._data_at: float | None = None
         # What the viewers have: the publish's id, the last input time per
         # track, and the header/metadata payloads last passed on.
         self._stream_id: str | None = None
@@ -181,6 +183,7 @@ class PulledStream:
         if self.publisher is None:
             self._resync = False
         else:
+            self.state = STREAMING
             self._resync = True
             self._same_publish = stream_id is not None and stream_id == self._stream_id
             log.info("pull {path}: the upstream is back ({what})", path=self.path,
@@ -296,6 +299,7 @@ class PulledStream:
         pull, self._pull = self._pull, None
         if pull is not None:
             self.bytes_before += pull.bytes_in
+            self._data_at = pull.last_data_at or self._data_at
         if self.state is STOPPED:
             return
         self.last_error = reason
@@ -374,7 +378,7 @@ class PulledStream:
         pull = self._pull
         at = pull.last_data_at if pull is not None else None
         if at is None:
-            at = self._connected_at or None
+            at = self._data_at
         return None if at is None else max(0.0, self.upstream.clock.seconds() - at)
 
     def status(self) -> dict[str, Any]:

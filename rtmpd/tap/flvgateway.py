@@ -259,7 +259,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
     flv = FlvHttpResource(admission, websocket=make_ws_resource(admission, reactor))
     SamplerService(sampler).setServiceParent(top)
     site = FlvSite(
-        GatewayRoot(flv, admin), reactor=reactor,
+        flv, root=GatewayRoot(flv, admin), reactor=reactor,
         header_timeout=float(options.get("header-timeout", 10.0)),
         max_header_bytes=int(options.get("max-header-bytes", 16384)),
     )

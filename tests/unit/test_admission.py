@@ -607,11 +607,13 @@ def test_takeover_forgets_the_old_encoders_headers_and_restarts_recordings() -> 
     registry.add_observer(observer)  # type: ignore[arg-type]
     old = result(admission.publish(request(), Source()))
     old.push(Frame.from_tag(FrameKind.VIDEO, 0, AVC_HEADER))
+    old.push(Frame.from_tag(FrameKind.VIDEO, 4960, KEYFRAME))
     old.push(Frame.from_tag(FrameKind.VIDEO, 5000, KEYFRAME))
     new = result(admission.publish(request(), Source()))
     stream = new.stream
     assert stream.video_header is None and stream.gop.frames == []
     assert observer.heard == ["published", "unpublished", "published"]
-    # The new encoder starts at 0: its frames follow the last one sent.
+    # The new encoder starts at 0: its frames follow the last one sent, by
+    # the old stream's frame interval (40 ms: on its frame grid).
     new.push(Frame.from_tag(FrameKind.VIDEO, 0, KEYFRAME))
-    assert stream.gop.frames[0].timestamp_ms == 5001
+    assert stream.gop.frames[0].timestamp_ms == 5040

@@ -152,3 +152,19 @@ def test_listener_services_keep_the_flag_that_raises_listen_errors() -> None:
     assert service._raiseSynchronously is False
     raise_listen_errors(service)
     assert service._raiseSynchronously is True
+
+
+def test_connection_pools_keep_the_factory_class_quiet_pool_replaces() -> None:
+    from twisted.internet.task import Clock
+    from twisted.web.client import HTTPConnectionPool
+
+    from rtmpd._twisted import quiet_pool
+
+    pool = HTTPConnectionPool(Clock(), persistent=False)
+    original = pool._factory
+    assert original.noisy is True  # what the pulls would log without it
+    quiet_pool(pool)
+    assert issubclass(pool._factory, original)
+    assert pool._factory.noisy is False
+    # Other pools keep Twisted's class.
+    assert HTTPConnectionPool(Clock())._factory is original
