@@ -1,92 +1,34 @@
-"""The ``--web`` port: the ``--root`` tree, read-only, and nothing outside it;
-with an admission, the admin endpoints ``/api`` and ``/metrics`` beside it
-(:mod:`rtmpd.protocols.api`)."""
+"""The ``--web`` port: the ``--root`` tree, read-only, and nothing outside it
+(:class:`rtmpd.protocols.files.RootedFile`, no listings); with an admission,
+the admin endpoints ``/api`` and ``/metrics`` beside it
+(:mod:`rtmpd.protocols.api`).
+
+The site, its requests (no bodies) and channels (a header deadline, a
+connection limit of their own) also carry ``twistd filegateway``
+(:func:`make_file_site`)."""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.web import http, pages, resource, server, static
+from twisted.web import http, resource, server
 
+from rtmpd.protocols.files import RootedFile
 from rtmpd.protocols.flvhttp import (
     HEADER_TIMEOUT_S,
     MAX_HEADER_BYTES,
     DeadlineChannel,
+    access_log_line,
     refuse_connection,
 )
 
 if TYPE_CHECKING:
     from rtmpd.admission import Admission
     from rtmpd.services.stats import Metrics, StatsSampler
-
-#: MIME types the stock table lacks or gets wrong for streaming files.
-MEDIA_TYPES = {
-    ".m3u8": "application/vnd.apple.mpegurl",
-    ".ts": "video/mp2t",
-    ".m4s": "video/iso.segment",
-    ".mp4": "video/mp4",
-    ".m4a": "audio/mp4",
-    ".flv": "video/x-flv",
-    ".js": "text/javascript",
-    ".mjs": "text/javascript",
-    ".wasm": "application/wasm",
-    ".json": "application/json",
-}
-
-
-#: A live playlist changes with every segment, so caches must revalidate it;
-#: a segment never changes under its name while its playlist lives (names go
-#: on across republishes), so a CDN may keep it. FLV/MP4 files grow while live
-#: or are replaced by the next publish.
-CACHE_CONTROL = {
-    ".m3u8": "no-cache",
-    ".ts": "public, max-age=86400",
-    ".m4s": "public, max-age=86400",
-}
-DEFAULT_CACHE_CONTROL = "no-cache"
-
-
-class RootedFile(static.File):
-    """static.File that lists no directories and follows no symlink out of
-    its root."""
-
-    def __init__(self, path: str, root: str | None = None, **kwargs: Any) -> None:
-        super().__init__(path, **kwargs)
-        self.root = os.path.realpath(root or path)
-        self.contentTypes = {**self.contentTypes, **MEDIA_TYPES}
-
-    def createSimilarFile(self, path: str) -> static.File:
-        f = RootedFile(path, self.root, defaultType=self.defaultType)
-        f.processors = self.processors
-        f.indexNames = self.indexNames[:]
-        f.childNotFound = self.childNotFound
-        return f
-
-    def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
-        child: resource.IResource = super().getChild(path, request)
-        if isinstance(child, static.File):
-            real = os.path.realpath(child.path)
-            if real != self.root and not real.startswith(self.root + os.sep):
-                return self.childNotFound
-        return child
-
-    def render(self, request: server.Request) -> bytes | int:
-        """Serve the file with cache rules per type and open CORS (players on
-        other origins, e.g. hls.js, fetch recordings)."""
-        ext = os.path.splitext(self.path)[1].lower()
-        request.setHeader(b"Cache-Control", CACHE_CONTROL.get(ext, DEFAULT_CACHE_CONTROL))
-        request.setHeader(b"Access-Control-Allow-Origin", b"*")
-        result: bytes | int = super().render(request)
-        return result
-
-    def directoryListing(self) -> resource.IResource:
-        return pages.notFound("Not Found", "Directory listings are off.")
-
 
 #: Bytes of request body the web port reads: nothing it serves takes a
 #: body (files, GET/DELETE /api), so anything more is refused, not buffered.
@@ -172,6 +114,47 @@ class WebSite(server.Site):
         super().stopFactory()
 
 
+#: Characters of a request's ``Range`` value shown in its access log line
+#: (an abusive one may fill the whole header block).
+MAX_LOGGED_RANGE_CHARS = 100
+
+
+def file_access_log_line(timestamp: str, request: Any) -> str:
+    """The access log line of a file request: the combined format without
+    the query string (:func:`rtmpd.protocols.flvhttp.access_log_line`), and
+    the ``Range`` asked for, if any, so range requests show in the log."""
+    line = access_log_line(timestamp, request)
+    wanted = request.getHeader(b"range")
+    if wanted is None:
+        return line
+    shown = wanted[:MAX_LOGGED_RANGE_CHARS].decode("latin-1")
+    shown = shown.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    more = "..." if len(wanted) > MAX_LOGGED_RANGE_CHARS else ""
+    return f'{line} range="{shown}{more}"'
+
+
+def make_file_site(
+    files: resource.IResource,
+    *,
+    reactor: IReactorTime | None = None,
+    owned_sampler: StatsSampler | None = None,
+    max_connections: int = 0,
+    header_timeout: float = HEADER_TIMEOUT_S,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> WebSite:
+    """The Site of a port that serves files (the web port, filegateway):
+    bodiless requests, a header deadline, its own connection limit (0: none),
+    tracebacks kept out of answers, range requests in the access log."""
+    site = WebSite(
+        files, owned_sampler=owned_sampler, timeout=30, reactor=reactor,
+        requestFactory=WebRequest, logFormatter=file_access_log_line,
+        max_connections=max_connections, header_timeout=header_timeout,
+        max_header_bytes=max_header_bytes,
+    )
+    site.displayTracebacks = False
+    return site
+
+
 def make_web_site(
     root: str,
     *,
@@ -193,7 +176,7 @@ def make_web_site(
     start. ``reactor`` also drives the Site's timeouts.
     """
     FilePath(root).makedirs(ignoreExistingDirectory=True)
-    files = RootedFile(root)
+    files = RootedFile(root, clock=reactor)
     owned: StatsSampler | None = None
     if admission is not None or metrics is not None:
         from rtmpd.protocols.api import ApiResource, MetricsResource
@@ -207,10 +190,7 @@ def make_web_site(
             files.putChild(b"api", ApiResource(admission, sampler, token=api_token))
         if metrics is not None:
             files.putChild(b"metrics", MetricsResource(metrics, token=api_token))
-    site = WebSite(
-        files, owned_sampler=owned, timeout=30, reactor=reactor, requestFactory=WebRequest,
-        max_connections=max_connections, header_timeout=header_timeout,
-        max_header_bytes=max_header_bytes,
+    return make_file_site(
+        files, reactor=reactor, owned_sampler=owned, max_connections=max_connections,
+        header_timeout=header_timeout, max_header_bytes=max_header_bytes,
     )
-    site.displayTracebacks = False
-    return site
