@@ -199,6 +199,8 @@ class Stream:
         #: stream (video, else audio): how far after the last frame a
         #: rebased one goes.
         self._step_ms = 1
+        self._video_seen = False
+        self._last_video_pts_ms = 0
 
     @property
     def path(self) -> str:
@@ -222,7 +224,7 @@ class Stream:
             # step off the frame grid makes players that count frames see
             # two at one instant).
             self._rebase_next = False
-            self._offset_ms = max(self._last_out_ms.values()) + self._step_ms - ts
+            self._offset_ms = self._rebase_target() - ts
         elif last_in is not None and ts < last_in - BACKWARD_JUMP_MS:
             # The publisher's clock restarted: continue from where we were.
             self._offset_ms = max(self._last_out_ms.values()) - ts
@@ -238,14 +240,31 @@ class Stream:
         last_out = self._last_out_ms[kind]
         if out < last_out:
             out = last_out
-        elif out > last_out and (
-            kind is FrameKind.VIDEO or (kind is FrameKind.AUDIO and not self.has_video)
-        ):
+        elif kind is FrameKind.VIDEO:
+            if out > last_out:
+                self._step_ms = min(out - last_out, MAX_REBASE_STEP_MS)
+            self._video_seen = True
+        elif kind is FrameKind.AUDIO and out > last_out and not self._video_seen:
             self._step_ms = min(out - last_out, MAX_REBASE_STEP_MS)
+        if kind is FrameKind.VIDEO and out + frame.composition_ms > self._last_video_pts_ms:
+            self._last_video_pts_ms = out + frame.composition_ms
         self._last_out_ms[kind] = out
         if out != ts:
             return replace(frame, timestamp_ms=out)
         return frame
+
+    def _rebase_target(self) -> int:
+        """Where the first frame after a rebase goes: on the pacing track's
+        frame grid (video, else audio), one or more steps after its last
+        frame, and past every time already sent, presentation times
+        included (a picture shown at the time of an older one is a frame
+        that players drop or choke on)."""
+        pace = FrameKind.VIDEO if self._video_seen else FrameKind.AUDIO
+        last = self._last_out_ms[pace]
+        step = max(1, self._step_ms)
+        past = max(*self._last_out_ms.values(), self._last_video_pts_ms)
+        steps = max(1, -(-(past + 1 - last) // step))
+        return last + steps * step
 
     def push(self, frame: Frame) -> None:
         """Take one frame from the publisher and pass it to everyone."""
