@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# rtmpd and what it needs to run; STAMP adds the test extras (pytest, mypy...).
+RUN_STAMP := $(VENV)/.installed-run
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the end-to-end tests drive.
@@ -11,8 +13,13 @@ SYSTEM_TOOLS := ffmpeg ffprobe rtmpdump
 
 .PHONY: run test lint typecheck unit venv system-deps bench clean
 
-run: $(STAMP)
-	$(BIN)/twistd --nodaemon --pidfile= rtmpd $(ARGS)
+# twistd stops cleanly on Ctrl-C and then ends itself with SIGINT again (as
+# interrupted programs do), which make would report as "*** [run] Interrupt".
+# The shell waits for it (its trap is a handler, which twistd does not
+# inherit: an ignored SIGINT would be) and takes that 130 as the clean stop.
+run: $(RUN_STAMP)
+	$(info $(BIN)/twistd --nodaemon --pidfile= rtmpd $(ARGS))
+	@trap : INT; $(BIN)/twistd --nodaemon --pidfile= rtmpd $(ARGS) || [ $$? -eq 130 ]
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check rtmpd tests twisted
@@ -30,13 +37,20 @@ typecheck: $(STAMP)
 
 venv: $(STAMP)
 
-# The venv is (re)built when the package metadata changes. The editable
-# install uses "compat" mode so the source tree is on sys.path and twistd
-# finds the dropin in twisted/plugins/.
-$(STAMP): setup.cfg pyproject.toml
+# The venv is (re)built when the package metadata changes. rtmpd is an
+# editable install (edits under rtmpd/ take effect at once); rtmpd-source.pth
+# also puts the source tree on sys.path, where twistd looks for dropins
+# (twisted/plugins/rtmpd_plugins.py). setuptools' own editable finder maps
+# only packages, which twistd's plugin search does not see.
+$(RUN_STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test]'
+	$(BIN)/pip install --quiet -e .
+	echo '$(CURDIR)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/rtmpd-source.pth"
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 system-deps:
