@@ -240,6 +240,8 @@ class Stream:
         last_out = self._last_out_ms[kind]
         if out < last_out:
             out = last_out
+        elif frame.sequence_header:
+            pass
         elif kind is FrameKind.VIDEO:
             if out > last_out:
                 self._step_ms = min(out - last_out, MAX_REBASE_STEP_MS)

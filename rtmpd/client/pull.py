@@ -130,7 +130,7 @@ class FlvPull:
         """Send the request."""
         headers = Headers({b"User-Agent": [USER_AGENT], b"Accept": [b"video/x-flv"]})
         d = self._request = self.agent.request(b"GET", self.url, headers)
-        d.addTimeout(self.response_timeout, self.clock)
+        d.addTimeout(self.response_timeout, self.clock, onTimeoutCancel=_no_answer)
         d.addCallbacks(self._answered, self._unreachable)
 
     def stop(self, reason: str) -> None:
@@ -171,10 +171,7 @@ class FlvPull:
         if self.done:
             return
         self._finish()
-        if failure.check(defer.TimeoutError, defer.CancelledError):  # type: ignore[no-untyped-call]
-            reason = f"no answer within {self.response_timeout:g} s"
-        else:
-            reason = _failure_text(failure)
+        reason = _failure_text(failure)
         self.listener.pull_refused(None, reason)
 
     def _error_answer(self, status: int, phrase: str, body: bytes) -> None:
@@ -230,6 +227,12 @@ class FlvPull:
         call, self._idle_call = self._idle_call, None
         if call is not None and call.active():
             call.cancel()
+
+
+def _no_answer(result: object, timeout: float) -> Failure:
+    """What a request that timed out fails with (whatever the cancelled
+    connection attempt said)."""
+    return Failure(defer.TimeoutError(f"no answer within {timeout:g} s"))  # type: ignore[no-untyped-call]
 
 
 def _stream_id(headers: Headers) -> str | None:
@@ -322,7 +325,7 @@ def probe(agent: IAgent, url: bytes, clock: IReactorTime, *,
     reached within ``timeout``."""
     headers = Headers({b"User-Agent": [USER_AGENT]})
     d = agent.request(b"HEAD", url, headers)
-    d.addTimeout(timeout, clock)
+    d.addTimeout(timeout, clock, onTimeoutCancel=_no_answer)
 
     def answered(response: IResponse) -> int:
         response.deliverBody(_Discard())  # type: ignore[no-untyped-call]

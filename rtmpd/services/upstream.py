@@ -143,7 +143,6 @@ class PulledStream:
         self._connect()
 
     def _connect(self) -> None:
-        self._timer_done()
         self.connects += 1
         upstream = self.upstream
         pull = self._pull = FlvPull(
