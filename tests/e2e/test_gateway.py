@@ -329,3 +329,34 @@ def test_last_viewer_leaving_closes_the_upstream_after_the_linger(
         metrics = response.read().decode()
     assert 'rtmpd_upstream_streams{state="streaming"} 0.0' in metrics
     assert "rtmpd_upstream_connects_total 1.0" in metrics
+
+
+def test_a_broken_upstream_connection_resumes_the_same_publish_without_repeats(
+    origin: Server, gateways: list[Gateway], clip: Path, tmp_path: Path
+) -> None:
+    origin.publish(clip, "blip")
+    origin.wait_live("blip")
+    edge = start_gateway(tmp_path, origin_url(origin))
+    gateways.append(edge)
+    out = tmp_path / "blip.flv"
+    reader = threading.Thread(target=read_for, args=(edge.flv_url("blip"), 8, out))
+    reader.start()
+    edge.wait_log("publish live/blip by upstream")
+    time.sleep(2)
+    # Cut the gateway's pull at the origin (DELETE /api/clients/{id}): the
+    # stream goes on there, and the gateway finds the same publish again.
+    api = f"http://127.0.0.1:{origin.web_port}/api/clients"
+    with urllib.request.urlopen(api, timeout=WAIT_S) as response:
+        clients = json.load(response)["clients"]
+    (pull,) = [c for c in clients if c["protocol"] == "http"]
+    kick = urllib.request.Request(f"{api}/{pull['id']}", method="DELETE")
+    with urllib.request.urlopen(kick, timeout=WAIT_S) as response:
+        assert response.status == 204
+    edge.wait_log("the upstream is back (the same publish)")
+    reader.join(timeout=WAIT_S * 2)
+    tags = assert_one_clean_flv(out)
+    # Nothing twice: the GOP the origin replays to the new pull is skipped.
+    for kind in (flv.TAG_VIDEO, flv.TAG_AUDIO):
+        times = [t.timestamp_ms for t in tags if t.tag_type == kind and t.body[1:2] != b"\x00"]
+        assert times == sorted(set(times)), f"track {kind} repeats frames"
+    assert "came back with a new publish" not in edge.log()
