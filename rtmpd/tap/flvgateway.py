@@ -39,9 +39,25 @@ _SHARED = (
 )
 
 
+#: ... with the help that differs for a gateway.
+_HELP = {
+    "max-connections": "Most open connections on --listen (0: no limit).",
+    "max-connections-per-ip": "Most open connections from one address on --listen "
+                              "(0: no limit).",
+    "sign-secret": "Playing needs ?expires=UNIX&sig=HEX, the HMAC-SHA256 of "
+                   "'play:{app}/{stream}:{expires}' with this secret (rtmpd-sign makes them).",
+}
+
+
 def _shared(names: Sequence[str]) -> list[Sequence[Any]]:
-    by_name = {entry[0]: entry for entry in rtmpd_tap.Options.optParameters}
-    return [by_name[name] for name in names]
+    by_name = {entry[0]: list(entry) for entry in rtmpd_tap.Options.optParameters}
+    entries = []
+    for name in names:
+        entry = by_name[name]
+        if name in _HELP:
+            entry[3] = _HELP[name]
+        entries.append(entry)
+    return entries
 
 
 def _seconds(value: str) -> float:
