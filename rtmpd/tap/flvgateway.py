@@ -51,7 +51,7 @@ _HELP = {
 
 def _shared(names: Sequence[str]) -> list[Sequence[Any]]:
     by_name = {entry[0]: list(entry) for entry in rtmpd_tap.Options.optParameters}
-    entries = []
+    entries: list[Sequence[Any]] = []
     for name in names:
         entry = by_name[name]
         if name in _HELP:
