@@ -8,8 +8,8 @@ BIN    := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the end-to-end tests drive.
-SYSTEM_TOOLS := ffmpeg ffprobe rtmpdump
+# Debian packages the end-to-end tests drive (chromium: headless, over DevTools).
+SYSTEM_TOOLS := ffmpeg ffprobe rtmpdump chromium
 
 .PHONY: run test lint typecheck unit venv system-deps bench clean
 
@@ -56,8 +56,8 @@ $(STAMP): $(RUN_STAMP)
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing ffmpeg and rtmpdump with apt-get"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg rtmpdump; \
+		echo "installing ffmpeg, rtmpdump and chromium with apt-get"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg rtmpdump chromium; \
 	fi
 
 # Load tests against rtmpd, nginx-rtmp and Node-Media-Server (not part of
