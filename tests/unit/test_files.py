@@ -644,3 +644,18 @@ def test_filegateway_bad_options_are_usage_errors(argv: list[str]) -> None:
 
     with pytest.raises(usage.UsageError):
         filegateway.Options().parseOptions(argv)
+
+
+def test_listing_of_a_non_ascii_directory(root: Path) -> None:
+    (root / "é").mkdir()
+    (root / "é" / "ü.mp4").write_bytes(b"x")
+    server = Server(root, listing=True)
+    page = server.request("GET", "/%C3%A9/")
+    assert page.status == 200
+    assert 'href="%C3%BC.mp4"' in page.body.decode()
+    assert "Directory listing for /é/" in page.body.decode()
+    assert server.request("GET", "/%C3%A9/%C3%BC.mp4").body == b"x"
+    # Twisted's lister reads the URI as ASCII; raw UTF-8 in the request
+    # line never reaches it (Twisted answers 400 first).
+    raw = server.raw("GET /é/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert parse(raw).status == 400
