@@ -17,11 +17,13 @@ bytes::
 :class:`ChunkReader` turns bytes into :class:`Message` objects (applying Set
 Chunk Size and Abort itself); :class:`ChunkWriter` does the reverse with
 header compression; :func:`encode_message` encodes one message with a full
-header, for bytes shared by many viewers.
+header, for bytes shared by many viewers, and :func:`encoded_messages`
+reads the headers of such bytes back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,6 +43,7 @@ __all__ = [
     "Message",
     "NeedData",
     "encode_message",
+    "encoded_messages",
 ]
 
 # Chunk size both directions start with (RTMP spec 5.4.1).
@@ -449,6 +452,50 @@ def encode_message(
         )
         continuation = _basic_header(3, chunk_stream_id)
     return _chunked(header, continuation, payload, chunk_size)
+
+
+def encoded_messages(data: bytes, chunk_size: int) -> Iterator[tuple[int, int, int]]:
+    """``(end, type_id, timestamp_ms)`` of each message in ``data``, which is
+    :func:`encode_message` results at ``chunk_size`` laid end to end.
+
+    Only headers are read: a message's chunk count follows from its length,
+    so each costs the same whatever its size. ``end`` is the offset just
+    past the message. Bytes that are not such messages (another header
+    type, a cut message) raise :class:`LocalProtocolError`: they are ours,
+    so that is a caller's mistake.
+    """
+    _check_chunk_size(chunk_size)
+    size = len(data)
+    pos = 0
+    while pos < size:
+        first = data[pos]
+        if first >> 6:
+            raise LocalProtocolError(
+                f"chunk header type {first >> 6} at offset {pos}; encode_message writes type 0"
+            )
+        low = first & 0x3F
+        basic = 1 if low > 1 else 2 if low == 0 else 3
+        head = pos + basic
+        body = head + 11
+        if body > size:
+            raise LocalProtocolError(f"message header cut at offset {pos} of {size} bytes")
+        field = int.from_bytes(data[head : head + 6], "big")
+        timestamp, length = field >> 24, field & 0xFFFFFF
+        continuation = basic
+        if timestamp == _EXTENDED:
+            if body + 4 > size:
+                raise LocalProtocolError(f"extended timestamp cut at offset {pos}")
+            timestamp = int.from_bytes(data[body : body + 4], "big")
+            body += 4
+            continuation += 4
+        chunks = -(-length // chunk_size) if length else 1
+        end = body + length + (chunks - 1) * continuation
+        if end > size:
+            raise LocalProtocolError(
+                f"message of {length} bytes at offset {pos} runs past the {size} bytes given"
+            )
+        yield end, data[head + 6], timestamp
+        pos = end
 
 
 class _WriteState:

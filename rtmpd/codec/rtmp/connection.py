@@ -75,6 +75,7 @@ from rtmpd.codec.rtmp.events import (
     StatusReceived,
     StreamCreated,
     StreamDeleted,
+    StreamEofReceived,
     UnpublishRequested,
 )
 from rtmpd.codec.rtmp.handshake import ClientHandshake, ServerHandshake
@@ -131,6 +132,14 @@ _ACK_MODULUS: Final = 1 << 32
 _ENCODED_CACHE_SIZE: Final = 1024
 
 _SAMPLE_ACCESS: Final = amf0.encode_all("|RtmpSampleAccess", True, True)
+
+
+@functools.lru_cache(maxsize=_ENCODED_CACHE_SIZE)
+def _play_complete_payload(name: str) -> bytes:
+    return amf0.encode_all(
+        "onPlayStatus",
+        {"level": "status", "code": "NetStream.Play.Complete", "description": f"{name} played."},
+    )
 
 
 @functools.lru_cache(maxsize=_ENCODED_CACHE_SIZE)
@@ -868,6 +877,25 @@ class ServerConnection(_Connection):
         )
         self._send_control(msg.USER_CONTROL, msg.encode_user_control(msg.STREAM_EOF, stream_id))
 
+    def play_complete(self, stream_id: int, name: str, timestamp_ms: int) -> None:
+        """The play got all the media it asked for (its duration): onStatus
+        NetStream.Play.Stop, an ``onPlayStatus`` NetStream.Play.Complete data
+        message at ``timestamp_ms`` (the last media time sent), then Stream
+        EOF ("playback of data is over as requested", spec 7.1.7). The
+        message stream stays, for another play.
+
+        librtmp (rtmpdump) and ffmpeg both end a play at the onStatus
+        Play.Stop, so it comes first and they never see the data message,
+        which is for Flash-style clients (``NetStream.client.onPlayStatus``).
+        """
+        if stream_id in self._streams:
+            self._streams[stream_id] = _Role.IDLE
+        self._send_status(
+            stream_id, "status", "NetStream.Play.Stop", f"Stopped playing {name}.", details=name
+        )
+        self.send_data(stream_id, timestamp_ms, _play_complete_payload(name))
+        self._send_control(msg.USER_CONTROL, msg.encode_user_control(msg.STREAM_EOF, stream_id))
+
     def _require_chunk_size(self) -> None:
         if not self._chunk_size_sent:
             raise LocalProtocolError("media sent before accept_connect sent Set Chunk Size")
@@ -1047,6 +1075,11 @@ class ClientConnection(_Connection):
             self._handle(message)
 
     def _handle(self, message: Message) -> None:
+        if message.type_id == msg.USER_CONTROL:
+            control = msg.decode_user_control(message.payload)
+            if control.event_type == msg.STREAM_EOF:
+                self._events.append(StreamEofReceived(stream_id=control.value))
+                return
         if self._handle_common(message):
             return
         type_id = message.type_id
@@ -1151,9 +1184,15 @@ class ClientConnection(_Connection):
         self._ensure_chunk_size()
         self._send_command(stream_id, "publish", 0.0, None, name, publish_type)
 
-    def play(self, stream_id: int, name: str, start: float = -2.0, buffer_ms: int = 1000) -> None:
-        """Send ``play`` and Set Buffer Length; answered by ``StatusReceived``."""
-        self._send_command(stream_id, "play", 0.0, None, name, start)
+    def play(
+        self, stream_id: int, name: str, start: float = -2.0, buffer_ms: int = 1000,
+        duration: float | None = None,
+    ) -> None:
+        """Send ``play`` (with ``duration`` when given, as it is: see
+        :func:`rtmpd.codec.rtmp.messages.play_duration_ms`) and Set Buffer
+        Length; answered by ``StatusReceived``."""
+        args: tuple[object, ...] = (name, start) if duration is None else (name, start, duration)
+        self._send_command(stream_id, "play", 0.0, None, *args)
         self._send_control(
             msg.USER_CONTROL,
             msg.encode_user_control(msg.SET_BUFFER_LENGTH, stream_id, buffer_length_ms=buffer_ms),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from rtmpd.codec.errors import LocalProtocolError
 from rtmpd.codec.rtmp.chunk import NEED_DATA, NeedData
+from rtmpd.codec.rtmp.messages import play_duration_ms
 
 __all__ = [
     "NEED_DATA",
@@ -30,6 +31,7 @@ __all__ = [
     "StatusReceived",
     "StreamCreated",
     "StreamDeleted",
+    "StreamEofReceived",
     "UnpublishRequested",
 ]
 
@@ -136,8 +138,8 @@ class PublishRequested:
 class PlayRequested:
     """``play``: answer with ``play_start``/``play_not_found``/``play_rejected``.
 
-    ``start`` is -2 (live or recorded), -1 (live only) or a position in
-    seconds; ``duration`` -1 means until the end.
+    ``start`` and ``duration`` are the command's numbers as sent (defaults
+    -2 and -1); :attr:`duration_ms` says what the duration means.
     """
 
     stream_id: int
@@ -149,6 +151,12 @@ class PlayRequested:
 
     def __post_init__(self) -> None:
         _check_stream_id(self.stream_id)
+
+    @property
+    def duration_ms(self) -> int | None:
+        """The media asked for in ms (0: a single frame), or None: until the
+        stream ends (see :func:`rtmpd.codec.rtmp.messages.play_duration_ms`)."""
+        return play_duration_ms(self.start, self.duration)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,6 +220,14 @@ class StreamCreated:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEofReceived:
+    """User Control Stream EOF: the server sent all it will of what was
+    played on ``stream_id``."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatusReceived:
     """An ``onStatus`` (or an ``_error`` to a stream command) from the server."""
 
@@ -237,6 +253,7 @@ Event = (
     | Connected
     | ConnectFailed
     | StreamCreated
+    | StreamEofReceived
     | StatusReceived
 )
 """Any event either connection may return."""

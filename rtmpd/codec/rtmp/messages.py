@@ -7,6 +7,7 @@ type id named here); each ``decode_*`` parses one and raises only
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,6 +26,7 @@ __all__ = [
     "LIMIT_DYNAMIC",
     "LIMIT_HARD",
     "LIMIT_SOFT",
+    "MAX_PLAY_DURATION_MS",
     "PING_REQUEST",
     "PING_RESPONSE",
     "SET_BUFFER_LENGTH",
@@ -53,6 +55,7 @@ __all__ = [
     "encode_set_peer_bandwidth",
     "encode_user_control",
     "encode_window_ack_size",
+    "play_duration_ms",
     "split_aggregate",
 ]
 
@@ -224,6 +227,50 @@ def decode_command(payload: bytes, *, amf3: bool = False) -> Command:
         command_object=command_object,
         args=tuple(values[3:]),
     )
+
+
+# --- the play command's duration (RTMP spec 7.2.2.1) -----------------------------
+
+#: The longest finite play duration honoured, in ms. Media timestamps are
+#: 32 bits and two of them compare only within 2**31 ms of each other (about
+#: 24.8 days), so a longer span cannot be measured on the media: such a play
+#: goes on until the stream ends, as if it had asked for no duration.
+MAX_PLAY_DURATION_MS: Final = 2**31 - 1
+
+#: ``start`` values that only a client writing the spec's seconds sends: the
+#: live markers -2 (live, else recorded) and -1 (live only) unscaled. Clients
+#: that write milliseconds send them as -2000 and -1000.
+_STARTS_IN_SECONDS: Final = frozenset({-2.0, -1.0})
+
+
+def play_duration_ms(start: float, duration: float) -> int | None:
+    """The media a ``play(name, start, duration)`` asks for, in ms (0: one
+    frame), or None: until the stream ends.
+
+    The spec gives start and duration in seconds (duration -1 until the end,
+    0 a single frame, positive that long, any other negative as -1). What
+    clients put on the wire is milliseconds. Decoded by rtmpd from the real
+    clients: rtmpdump 2.4 ``-B 5`` sends start 0 and duration 5000; ``-v -B
+    5`` start -1000 and 5000; ``-A 2 -B 5`` start 2000 and duration 3000 (the
+    stop minus the start); ``-v`` alone start -1000 and no duration. ffmpeg
+    sends start -2000 (``-rtmp_live live``: -1000, ``recorded``: 0) and
+    never a duration. Red5, written against the Flash Player, reads both in
+    milliseconds too. So the duration is milliseconds, except after a start
+    of exactly -2 or -1, the spec's markers in its own unit: such a client
+    follows the spec's seconds, and so does its duration. (A start of 0 or
+    more says nothing of the unit; librtmp sends 0 by default, so it reads
+    as milliseconds.)
+
+    NaN, negative and infinite durations, and any longer than
+    :data:`MAX_PLAY_DURATION_MS`, mean until the end; a fraction of a
+    millisecond rounds up, so only 0 asks for a single frame.
+    """
+    if math.isnan(duration) or duration < 0:
+        return None
+    ms = duration * 1000.0 if start in _STARTS_IN_SECONDS else duration
+    if ms > MAX_PLAY_DURATION_MS:
+        return None
+    return math.ceil(ms)
 
 
 # Aggregate sub-message: type (1) size (3) timestamp (3) timestamp extension
