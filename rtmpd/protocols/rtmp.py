@@ -3,7 +3,7 @@ pure :class:`rtmpd.codec.rtmp.connection.ServerConnection`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from twisted.internet import protocol
@@ -25,7 +25,7 @@ from rtmpd.admission import (
 )
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.codec.rtmp import chunk, events
-from rtmpd.codec.rtmp.chunk import NEED_DATA
+from rtmpd.codec.rtmp.chunk import NEED_DATA, encoded_messages
 from rtmpd.codec.rtmp.connection import (
     AUDIO_CSID,
     DATA_CSID,
@@ -101,6 +101,111 @@ class RtmpViewer(ViewerOutput):
     def drop(self, reason: str) -> None:
         self.finish(f"dropped: {reason}", dropped=True)
         self.connection.close(f"dropped: {reason}", abort=True)
+
+
+_AUDIO_VIDEO = frozenset({FrameKind.AUDIO, FrameKind.VIDEO})
+_TS_MODULUS = 1 << 32
+_TS_HALF = 1 << 31
+
+
+class TimedRtmpViewer(RtmpViewer):
+    """An RTMP viewer whose play asked for ``limit_ms`` of media (0: a
+    single frame); only such a play gets this class, so a viewer without a
+    duration pays nothing for it.
+
+    The time is measured on the media it is sent: from the first audio or
+    video timestamp it got (the burst's sequence headers carry the first
+    cached frame's time), per 32-bit serial arithmetic; metadata and data
+    messages do not count. Each send to it (a join's burst, then one pass's
+    bytes per flush window) is read header by header
+    (:func:`~rtmpd.codec.rtmp.chunk.encoded_messages`) and cut before the
+    first audio or video message more than ``limit_ms`` after that first
+    one: it never gets more than it asked for, and with a duration of 0 it
+    gets the headers and the keyframe. The end is noticed at the send that
+    carries that message, so up to one flush window after the limit in wall
+    time (none for a small audience); it is then told the play is over on
+    the next reactor turn (:meth:`RtmpServerProtocol.viewer_played_out`),
+    not from inside the fan-out's pass, and gets nothing more meanwhile.
+
+    Time spent paused does not count: after an unpause the count goes on
+    from the media already played.
+    """
+
+    __slots__ = ("_chunk_size", "_first_ms", "_over", "last_ms", "limit_ms", "played_ms")
+
+    def __init__(
+        self, proto: RtmpServerProtocol, stream: Stream, stream_id: int, transport: ITransport,
+        limit_ms: int,
+    ) -> None:
+        super().__init__(proto, stream, stream_id, transport)
+        #: The media the play asked for, ms.
+        self.limit_ms = limit_ms
+        #: The media sent so far, ms (the last timestamp kept minus the first).
+        self.played_ms = 0
+        #: The timestamp of the last audio or video message sent, ms.
+        self.last_ms = 0
+        self._first_ms: int | None = None
+        self._over = False
+        self._chunk_size = proto.factory.chunk_size
+
+    def send(self, chunks: Sequence[bytes], size: int) -> None:
+        if self._over:
+            return
+        kept = self._within_limit(chunks)[0]
+        if kept:
+            super().send(kept, sum(map(len, kept)))
+
+    def send_bytes(self, data: bytes, frames: int) -> None:
+        if self._over:
+            return
+        kept, messages = self._within_limit((data,))
+        if kept:
+            super().send_bytes(kept[0], messages)
+
+    def resume_output(self) -> bool:
+        # The next media counts on from what was played, not from the
+        # time that went by while paused.
+        self._first_ms = None
+        return super().resume_output()
+
+    def _within_limit(self, chunks: Sequence[bytes]) -> tuple[list[bytes], int]:
+        """What of ``chunks`` is within the limit, and how many messages
+        that is; past the limit, the end is set off."""
+        kept: list[bytes] = []
+        messages = 0
+        for data in chunks:
+            start = 0
+            for end, type_id, timestamp_ms in encoded_messages(data, self._chunk_size):
+                if type_id in _AUDIO_VIDEO and not self._counts(timestamp_ms):
+                    if start:
+                        kept.append(data[:start])
+                    self._end()
+                    return kept, messages
+                messages += 1
+                start = end
+            kept.append(data)
+        return kept, messages
+
+    def _counts(self, timestamp_ms: int) -> bool:
+        """Whether a message at ``timestamp_ms`` is within the limit (and
+        count it as played)."""
+        first = self._first_ms
+        if first is None:
+            first = self._first_ms = (timestamp_ms - self.played_ms) % _TS_MODULUS
+        elapsed = (timestamp_ms - first) % _TS_MODULUS
+        if elapsed >= _TS_HALF:
+            # Before the first one (audio a little behind the keyframe).
+            return True
+        if elapsed > self.limit_ms:
+            return False
+        self.played_ms = max(self.played_ms, elapsed)
+        self.last_ms = timestamp_ms
+        return True
+
+    def _end(self) -> None:
+        if not self._over:
+            self._over = True
+            self.connection.clock.callLater(0, self.connection.viewer_played_out, self)
 
 
 #: How each refusal of a publish reaches an RTMP client: the onStatus code,
@@ -395,6 +500,7 @@ class RtmpServerProtocol(protocol.Protocol):
             self.conn.play_not_found(stream_id, name[:128])
             return
         request = self._request(Action.PLAY, name, event.query)
+        limit_ms = event.duration_ms
 
         def start(stream: Stream) -> RtmpViewer | None:
             if not self._alive():
@@ -404,7 +510,11 @@ class RtmpServerProtocol(protocol.Protocol):
             self.conn.play_start(stream_id, name)
             # Status messages must reach the socket before any shared media.
             self._flush()
-            viewer = RtmpViewer(self, stream, stream_id, self.transport)  # type: ignore[arg-type]
+            transport: Any = self.transport
+            viewer = (
+                RtmpViewer(self, stream, stream_id, transport) if limit_ms is None
+                else TimedRtmpViewer(self, stream, stream_id, transport, limit_ms)
+            )
             self._register(viewer)
             self._played = stream.path
             return viewer
@@ -487,6 +597,23 @@ class RtmpServerProtocol(protocol.Protocol):
             viewer.finish("stream ended while paused")
             if viewer.stream is not None:
                 self.conn.play_unpublish_notify(stream_id, viewer.stream.name)
+
+    def viewer_played_out(self, viewer: TimedRtmpViewer) -> None:
+        """A viewer got the media its play asked for: it is finished, and
+        the player told so (Play.Stop, Play.Complete, Stream EOF). The
+        connection stays, for another play, as after UnpublishNotify:
+        rtmpdump and ffmpeg close it themselves."""
+        if viewer.finished:
+            return  # stopped, ended or gone before this turn came
+        stream_id = viewer.stream_id
+        if self.viewers.get(stream_id) is viewer:
+            del self.viewers[stream_id]
+        if self.paused.get(stream_id) is viewer:
+            del self.paused[stream_id]
+        viewer.finish(f"played the {viewer.limit_ms} ms asked for")
+        if self.transport is not None and self._alive() and viewer.stream is not None:
+            self.conn.play_complete(stream_id, viewer.stream.name, viewer.last_ms)
+            self._flush()
 
     def viewer_stream_ended(self, viewer: RtmpViewer) -> None:
         """The publisher went away: tell the player (paused or not), keep
