@@ -225,6 +225,7 @@ _PLAY_REFUSALS: dict[Refusal, tuple[str, bool]] = {
     Refusal.UNAUTHORIZED: ("NetStream.Play.Unauthorized", True),
     Refusal.FORBIDDEN: ("NetStream.Play.Failed", True),
     Refusal.LIMIT: ("NetStream.Play.Failed", True),
+    Refusal.UNAVAILABLE: ("NetStream.Play.Failed", False),
 }
 
 
