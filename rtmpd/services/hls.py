@@ -5,7 +5,8 @@ Reactor half: frames go through :class:`rtmpd.codec.mpegts.TsMuxer`; the
 keyframe once ``--hls-fragment`` has passed; at once, with a discontinuity,
 on a timestamp jump). A finished segment's bytes go to the writer in one job.
 
-Disk half (:class:`HlsFiles`): writes the segment file, then lists it in the
+Disk half (:class:`HlsFiles`): writes the segment file (as ``{n}.ts.tmp``,
+renamed when whole, so no half segment is ever served), then lists it in the
 playlist (so a listed segment is always complete), replaces ``index.m3u8``
 atomically (write ``index.m3u8.tmp``, rename), and deletes segments that
 left the window. RFC 8216 section 6.2.2 wants a segment that left the
@@ -118,8 +119,8 @@ class HlsFiles(DiskFiles):
             discontinuity = True
             self.resumed = False
         uri = f"{self.playlist.next_sequence}.ts"
-        with open(os.path.join(self.directory, uri), "wb") as f:
-            f.write(b"".join(chunks))
+        # Under a .tmp name until whole: nothing serves a half-written segment.
+        write_atomically(os.path.join(self.directory, uri), b"".join(chunks))
         left = self.playlist.add_segment(uri, duration_ms / 1000, discontinuity)
         write_atomically(self.playlist_path, self.playlist.render().encode())
         self._leaving.extend(left)
