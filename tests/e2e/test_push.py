@@ -1,6 +1,6 @@
 """``rtmpd-push`` against the real server: every URL scheme delivers the file's frames with
-their exact DTS and composition times, a restarted server gets the push back, and SIGINT
-ends the stream cleanly."""
+their exact DTS and composition times, a restarted server gets the push back, SIGINT
+ends the stream cleanly, and a refusal gives its exit status and the server's reason."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.e2e.conftest import (
     Server,
     free_ports,
     run,
+    start_server,
     stop_server,
     wait_for_port,
 )
@@ -231,3 +233,61 @@ def test_push_resumes_after_server_restart_and_new_viewer_decodes_clean(
             stop_server(second)
         elif first.process.poll() is None:
             stop_server(first)
+
+
+PUBLISH_KEY = "pushkey"
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server where publishing needs ``?key=`` :data:`PUBLISH_KEY`."""
+    srv = start_server(tmp_path_factory.mktemp("keyed"), "--publish-key", PUBLISH_KEY)
+    yield srv
+    stop_server(srv)
+
+
+def push_to(url: str, clip: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return run([PUSH, str(clip), url, *options], timeout=WAIT_S)
+
+
+@pytest.mark.parametrize("scheme", ["rtmp", "http", "ws"])
+def test_push_refused_for_good_exits_3_with_the_reason(
+    keyed: Server, looping_mp4: Path, scheme: str
+) -> None:
+    """The server refuses before reading any media (no key): exit 3, one line why."""
+    done = push_to(push_url(keyed, scheme, "nokey"), looping_mp4)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rtmpd-push: publish refused: "), lines
+    if scheme == "http":
+        assert lines[0] == "rtmpd-push: publish refused: HTTP 401 Unauthorized: no key given"
+
+
+def test_http_push_to_a_busy_name_is_retried_or_exits_1_with_the_reason(
+    keyed: Server, looping_mp4: Path
+) -> None:
+    """409 (the name has a publisher) while the body is being sent: worth retrying; with
+    --no-reconnect, exit 1 with the server's reason."""
+    url = push_url(keyed, "http", "busy") + f"?key={PUBLISH_KEY}"
+    holder = subprocess.Popen([PUSH, str(looping_mp4), url, "--loop"],
+                              stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        keyed.wait_live("busy")
+        done = push_to(url, looping_mp4, "--no-reconnect")
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == ("rtmpd-push: disconnected: HTTP 409 Conflict: "
+                               "stream live/busy already has a publisher\n")
+        retrying = subprocess.Popen([PUSH, str(looping_mp4), url], stdin=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+        try:
+            assert retrying.stderr is not None
+            line = retrying.stderr.readline()
+            assert line == ("rtmpd-push: HTTP 409 Conflict: stream live/busy already has a "
+                            "publisher; reconnecting in 0.5 s\n")
+        finally:
+            retrying.send_signal(signal.SIGINT)
+            retrying.communicate(timeout=WAIT_S)
+        assert retrying.returncode == 0
+    finally:
+        holder.send_signal(signal.SIGINT)
+        holder.wait(timeout=WAIT_S)

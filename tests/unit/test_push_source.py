@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from rtmpd.client.sources import InputError, PushSource, open_source, rescale_ms
 from rtmpd.codec import amf0, flv
-from rtmpd.pushsource import InputError, PushSource, open_source, rescale_ms
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -1,0 +1,59 @@
+"""One connection attempt per call: the URL's scheme picks the session.
+
+``rtmp`` → :mod:`rtmpd.client.rtmp`, ``http(s)`` → :mod:`rtmpd.client.http`,
+``ws(s)`` → :mod:`rtmpd.client.ws`; each over a TCP connection (TLS for ``https`` and
+``wss``, the host name checked against the platform's trust roots).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.python.failure import Failure
+
+from rtmpd.client.http import HttpPublisher
+from rtmpd.client.rtmp import rtmp_factory
+from rtmpd.client.session import SETUP_TIMEOUT_S, Connector, SessionListener
+from rtmpd.client.target import PushTarget
+from rtmpd.client.ws import ws_factory
+
+__all__ = ["client_endpoint", "make_connector"]
+
+
+def client_endpoint(reactor: Any, target: PushTarget) -> IStreamClientEndpoint:
+    """TCP to the target's host and port, in TLS for ``https`` / ``wss``."""
+    plain = HostnameEndpoint(reactor, target.host, target.port, timeout=SETUP_TIMEOUT_S)
+    if target.tls:
+        return wrapClientTLS(optionsForClientTLS(target.host), plain)
+    return plain
+
+
+def make_connector(
+    reactor: Any, target: PushTarget, *, has_audio: bool, has_video: bool
+) -> Connector:
+    """A :data:`~rtmpd.client.session.Connector` opening one connection per attempt."""
+
+    def connect(listener: SessionListener) -> None:
+        if target.scheme in ("http", "https"):
+            publisher = HttpPublisher(target, listener, reactor,
+                                      has_audio=has_audio, has_video=has_video)
+            publisher.post(reactor, client_endpoint(reactor, target))
+            return
+        factory: protocol.Factory
+        if target.scheme == "rtmp":
+            factory = rtmp_factory(target, listener, reactor)
+        else:
+            factory = ws_factory(target, listener, reactor,
+                                 has_audio=has_audio, has_video=has_video)
+        d = client_endpoint(reactor, target).connect(factory)
+
+        def failed(failure: Failure) -> None:
+            listener.session_lost(None, f"cannot connect: {failure.getErrorMessage()}", False)
+
+        d.addErrback(failed)
+
+    return connect
