@@ -12,6 +12,10 @@
  * that benchmarks/publish.py puts at the start of every video frame, holding the
  * wall-clock send time in microseconds as 16 hex digits.
  *
+ * With --hold-s S each viewer leaves after S seconds and a new one joins in its
+ * place (churn): N stay connected, about N / S join per second, and every join
+ * is judged on its own (first keyframe, media over its hold, how it ended).
+ *
  * Build: gcc -O2 -o bin/loadgen loadgen.c -lm   (benchmarks/build.sh)
  * Usage: loadgen --help
  */
@@ -98,6 +102,7 @@ typedef struct viewer {
     const char *fail;
     double t_join, t_first_byte, t_first_media, t_first_key, t_last_media;
     uint64_t bytes, bytes_win, media_bytes, media_bytes_win;
+    uint64_t media_bytes_tail; /* --hold-s: media from HOLD_SKIP s after the join on */
     uint32_t stalls, stalls_win, lat_samples;
     uint8_t *hs;
     uint32_t hs_len;
@@ -130,6 +135,8 @@ static int opt_quiet = 0;
 static double opt_batch_ms = -1; /* <0: adaptive */
 static int opt_probes = 100;
 static double opt_cpu_target = 60; /* adaptive batching keeps loadgen CPU under this % */
+static double opt_hold = 0;        /* >0: churn, each viewer is replaced after this many s */
+static int opt_src_addrs = 1;      /* viewers connect from 127.0.0.1 .. 127.0.0.N (loopback servers) */
 
 /* ---- globals ---- */
 static viewer_t *V;
@@ -230,6 +237,29 @@ static void b64(const uint8_t *in, size_t n, char *out) {
 static int n_started, n_connected, n_alive;
 static uint64_t total_bytes_all, total_bytes_win;
 
+/* --hold-s (churn). A join's first HOLD_SKIP s (connect, answer, GOP burst) are not
+   counted for its health: a held join is healthy when its media in the rest of its
+   hold is >= --health x the stream's bitrate. */
+#define HOLD_SKIP 1.0
+static int *hold_q;            /* slots in join order (= expiry order: one hold for all) */
+static int hold_head, hold_len;
+static uint64_t j_ended, j_done, j_failed, j_dropped, j_stalls, j_stalls_win; /* whole run */
+static uint64_t jw_started, jw_ended, jw_done, jw_failed, jw_dropped;   /* ended in the window */
+static double *jw_key, *jw_bps;   /* per held join ended in the window: first keyframe ms, tail bit/s */
+static size_t jw_nkey, jw_nbps, jw_cap;
+static double j_held_sum, jw_held_sum;
+static int alive_min_win = -1;
+static double alive_win_sum;
+static const char *reasons[32];
+static int rcount[32], nreasons;
+
+static void count_reason(const char *why) {
+    int j;
+    for (j = 0; j < nreasons; j++) if (!strcmp(reasons[j], why)) break;
+    if (j == nreasons && nreasons < 32) { reasons[nreasons] = why; rcount[nreasons++] = 0; }
+    if (j < nreasons) rcount[j]++;
+}
+
 static void viewer_close(viewer_t *v, const char *why) {
     if (v->state == V_DONE || v->state == V_IDLE) return;
     if (why && !v->fail) v->fail = why;
@@ -298,6 +328,7 @@ static int hexval(uint8_t c) {
 /* type: 8 audio, 9 video. cap: first caplen bytes of the body. */
 static void on_media(viewer_t *v, int type, const uint8_t *cap, uint32_t caplen, uint32_t len) {
     v->media_bytes += len;
+    if (opt_hold > 0 && now_s - v->t_join >= HOLD_SKIP) v->media_bytes_tail += len;
     if (in_win) v->media_bytes_win += len;
     if (!v->ever_media) {
         v->ever_media = 1;
@@ -852,9 +883,22 @@ static void viewer_start(int i) {
     v->t_join = now_s;
     v->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     n_started++;
+    if (in_win) jw_started++;
+    if (opt_hold > 0) hold_q[(hold_head + hold_len++) % opt_viewers] = i;
     if (v->fd < 0) { v->state = V_DONE; v->fail = "socket() failed"; return; }
     int one = 1;
     setsockopt(v->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt_src_addrs > 1) {
+        /* Past ~14 000 connections from one address to one server port, Linux's connect()
+           has used up the even ephemeral ports it prefers and scans for each new one
+           (~600 us instead of ~28 us here); each source address has its own ports. */
+        struct sockaddr_in src = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001 + i % opt_src_addrs)};
+        setsockopt(v->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(v->fd, (struct sockaddr *)&src, sizeof src) < 0) {
+            close(v->fd); v->fd = -1; v->state = V_DONE; v->fail = "bind() failed";
+            return;
+        }
+    }
     int tsf = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
     setsockopt(v->fd, SOL_SOCKET, SO_TIMESTAMPING, &tsf, sizeof tsf);
     int rc = connect(v->fd, (struct sockaddr *)&srv_addr, sizeof srv_addr);
@@ -971,6 +1015,70 @@ static void handle_events(struct epoll_event *evs, int ne, int *bulk_ready) {
     }
 }
 
+/* ---------------- churn (--hold-s) ---------------- */
+static void push_d(double **a, size_t *n, double x) {
+    if (*n == jw_cap) {
+        jw_cap = jw_cap ? 2 * jw_cap : 65536;
+        jw_key = realloc(jw_key, jw_cap * sizeof(double));
+        jw_bps = realloc(jw_bps, jw_cap * sizeof(double));
+        if (!jw_key || !jw_bps) { fprintf(stderr, "loadgen: out of memory\n"); exit(2); }
+    }
+    (*a)[(*n)++] = x;
+}
+
+/* A join's hold is over (or it ended earlier): count it. */
+static void join_end(viewer_t *v) {
+    int open = v->state != V_DONE && v->state != V_IDLE;
+    if (open && v->ever_media && now_s - v->t_last_media > 1.0) v->stalls++;
+    j_stalls += v->stalls;
+    j_stalls_win += v->stalls_win;
+    j_ended++;
+    if (in_win) {
+        jw_ended++;
+        if (v->got_key) push_d(&jw_key, &jw_nkey, (v->t_first_key - v->t_join) * 1000);
+    }
+    if (open && v->got_key) {
+        j_done++;
+        double held = now_s - v->t_join; /* >= the hold: later when the loop falls behind */
+        j_held_sum += held;
+        if (in_win) {
+            jw_done++;
+            jw_held_sum += held;
+            push_d(&jw_bps, &jw_nbps, v->media_bytes_tail * 8.0 / (held - HOLD_SKIP));
+        }
+        return;
+    }
+    count_reason(open ? (v->ever_media ? "no keyframe within the hold"
+                         : v->bytes ? "no media within the hold" : "no answer within the hold")
+                      : v->fail ? v->fail : "closed");
+    if (!open && v->ever_media) { j_dropped++; if (in_win) jw_dropped++; }
+    else { j_failed++; if (in_win) jw_failed++; }
+}
+
+/* Replace the viewers whose hold is over by new ones in their slots, for at most
+   JOIN_BUDGET s per loop turn so the open sockets keep being served: if joins cost
+   more than the churn allows, they fall behind (joins/s in the JSON) instead of
+   starving the loop. */
+#define JOIN_BUDGET 0.002
+static void hold_expire(void) {
+    double until = mono() + JOIN_BUDGET;
+    for (int k = 1; hold_len; k++) {
+        if (!(k & 7) && mono() > until) break;
+        int i = hold_q[hold_head];
+        viewer_t *v = &V[i];
+        if (now_s < v->t_join + opt_hold) break;
+        hold_head = (hold_head + 1) % opt_viewers;
+        hold_len--;
+        join_end(v);
+        viewer_close(v, NULL);
+        uint8_t probe = v->probe;
+        memset(v, 0, sizeof *v);
+        v->fd = -1;
+        v->probe = probe;
+        viewer_start(i);
+    }
+}
+
 /* ---------------- stats ---------------- */
 static int cmpd(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -1031,7 +1139,13 @@ static void usage(void) {
             "  --batch-ms B      read the other viewers, once they stream, in passes every B ms (fewer,\n"
             "                    larger reads: on loopback each read costs an ACK through both TCP\n"
             "                    stacks). Default: adaptive, to keep loadgen CPU under --cpu-target\n"
-            "  --cpu-target PCT  for adaptive batching (default 60)\n");
+            "  --cpu-target PCT  for adaptive batching (default 60)\n"
+            "  --src-addrs K     connect from 127.0.0.1 .. 127.0.0.K, viewer i from address i %% K (a loopback\n"
+            "                    server only; one address's ephemeral ports get slow to find past ~14 000)\n"
+            "  --hold-s S        churn: each viewer leaves S s after it joined and a new one takes its\n"
+            "                    place, so --viewers stay connected; use --rate VIEWERS/S for an even\n"
+            "                    churn. Each join is judged alone: healthy = a keyframe, held S s, and\n"
+            "                    media after its first %.0f s >= --health x the bitrate (JSON: churn)\n", HOLD_SKIP);
 }
 
 int main(int argc, char **argv) {
@@ -1040,7 +1154,7 @@ int main(int argc, char **argv) {
         {"stream", 1, 0, 's'}, {"path", 1, 0, 'u'}, {"viewers", 1, 0, 'n'}, {"rate", 1, 0, 'r'},
         {"duration", 1, 0, 'd'}, {"window", 1, 0, 'w'}, {"json", 1, 0, 'j'}, {"expect-bps", 1, 0, 'e'},
         {"manifest", 1, 0, 'm'}, {"cpu", 1, 0, 'c'}, {"progress", 0, 0, 'g'}, {"health", 1, 0, 'H'},
-        {"quiet", 0, 0, 'q'}, {"batch-ms", 1, 0, 'b'}, {"probes", 1, 0, 'o'}, {"cpu-target", 1, 0, 't'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
+        {"quiet", 0, 0, 'q'}, {"batch-ms", 1, 0, 'b'}, {"probes", 1, 0, 'o'}, {"cpu-target", 1, 0, 't'}, {"hold-s", 1, 0, 'l'}, {"src-addrs", 1, 0, 'S'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
@@ -1069,10 +1183,16 @@ int main(int argc, char **argv) {
         case 'b': opt_batch_ms = atof(optarg); break;
         case 'o': opt_probes = atoi(optarg); break;
         case 't': opt_cpu_target = atof(optarg); break;
+        case 'l': opt_hold = atof(optarg); break;
+        case 'S': opt_src_addrs = atoi(optarg); break;
         default: usage(); return 2;
         }
     }
-    if (!opt_port || opt_viewers < 1 || opt_rate <= 0 || opt_duration <= 0) { usage(); return 2; }
+    if (!opt_port || opt_viewers < 1 || opt_rate <= 0 || opt_duration <= 0 || opt_hold < 0 || opt_src_addrs < 1 || opt_src_addrs > 254) {
+        usage();
+        return 2;
+    }
+    if (opt_hold > 0 && opt_hold <= HOLD_SKIP) { fprintf(stderr, "loadgen: --hold-s must be > %.0f\n", HOLD_SKIP); return 2; }
     if (opt_window > opt_duration) opt_window = opt_duration;
     batch_ms = opt_batch_ms >= 0 ? opt_batch_ms : opt_viewers <= 1000 ? 0 : fmin(200, opt_viewers / 100.0);
     if (opt_manifest && !opt_expect_bps) {
@@ -1109,6 +1229,10 @@ int main(int argc, char **argv) {
     memcpy(&srv_addr, ai->ai_addr, sizeof srv_addr);
     srv_addr.sin_port = htons(opt_port);
     freeaddrinfo(ai);
+    if (opt_src_addrs > 1 && (ntohl(srv_addr.sin_addr.s_addr) >> 24) != 127) {
+        fprintf(stderr, "loadgen: --src-addrs is for a server on 127.0.0.0/8\n");
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
@@ -1116,7 +1240,8 @@ int main(int argc, char **argv) {
 
     V = calloc(opt_viewers, sizeof *V);
     lat_hist = calloc(LAT_BINS, sizeof *lat_hist);
-    if (!V || !lat_hist) { fprintf(stderr, "loadgen: out of memory\n"); return 2; }
+    hold_q = opt_hold > 0 ? calloc(opt_viewers, sizeof *hold_q) : NULL;
+    if (!V || !lat_hist || (opt_hold > 0 && !hold_q)) { fprintf(stderr, "loadgen: out of memory\n"); return 2; }
     for (int i = 0; i < opt_viewers; i++) V[i].fd = -1;
     ep_main = epoll_create1(EPOLL_CLOEXEC);
     ep_bulk = epoll_create1(EPOLL_CLOEXEC);
@@ -1132,6 +1257,9 @@ int main(int argc, char **argv) {
     double ramp = opt_viewers / opt_rate;
     if (ramp > win_start)
         fprintf(stderr, "loadgen: warning: joining takes %.1f s, past the window start at %.1f s\n", ramp, win_start);
+    if (opt_hold > 0 && ramp > opt_hold * 1.01)
+        fprintf(stderr, "loadgen: warning: at --rate %.0f the first viewers leave before the last join: fewer than %d "
+                        "at a time (use --rate %.0f)\n", opt_rate, opt_viewers, opt_viewers / opt_hold);
     struct rusage ru0, ruw0 = {0}, ruw1 = {0};
     getrusage(RUSAGE_SELF, &ru0);
     int next = 0, win_marked = 0;
@@ -1148,7 +1276,11 @@ int main(int argc, char **argv) {
         }
         int due = (int)(now_s * opt_rate) + 1;
         if (due > opt_viewers) due = opt_viewers;
-        while (next < due) viewer_start(next++);
+        {
+            double until = mono() + JOIN_BUDGET; /* as in hold_expire */
+            for (int k = 1; next < due && ((k & 7) || mono() <= until); k++) viewer_start(next++);
+        }
+        if (opt_hold > 0) hold_expire();
         if (opt_progress && now_s >= next_progress) {
             next_progress += 1;
             fprintf(stderr, "[%5.1fs] started %d connected %d alive %d  %.1f Mbit/s total\n", now_s, n_started,
@@ -1169,21 +1301,23 @@ int main(int argc, char **argv) {
         if (in_win) {
             batch_ms_win_sum += batch_ms * (now_s - last_loop);
             if (batch_ms > batch_ms_max) batch_ms_max = batch_ms;
+            alive_win_sum += n_alive * (now_s - last_loop);
+            if (alive_min_win < 0 || n_alive < alive_min_win) alive_min_win = n_alive;
         }
         last_loop = now_s;
-        int timeout;
+        int timeout, tmax = next < opt_viewers || opt_hold > 0 ? 1 : 20;
         if (batch_ms <= 0) {
             if (!bulk_in_main) {
                 struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &bulk_marker};
                 epoll_ctl(ep_main, EPOLL_CTL_ADD, ep_bulk, &ev);
                 bulk_in_main = 1;
             }
-            timeout = next < opt_viewers ? 1 : 20;
+            timeout = tmax;
         } else {
             if (bulk_in_main) { epoll_ctl(ep_main, EPOLL_CTL_DEL, ep_bulk, NULL); bulk_in_main = 0; }
             timeout = (int)ceil((next_pass - now_s) * 1000);
             if (timeout < 0) timeout = 0;
-            if (timeout > (next < opt_viewers ? 1 : 20)) timeout = next < opt_viewers ? 1 : 20;
+            if (timeout > tmax) timeout = tmax;
         }
         int ne = epoll_wait(ep_main, evs, 1024, timeout);
         n_wait++;
@@ -1218,9 +1352,6 @@ int main(int argc, char **argv) {
     double *fb = malloc(sizeof(double) * opt_viewers), *fm = malloc(sizeof(double) * opt_viewers),
            *fk = malloc(sizeof(double) * opt_viewers), *mb = malloc(sizeof(double) * opt_viewers);
     int nfb = 0, nfm = 0, nfk = 0, nmb = 0;
-    /* failure reasons */
-    const char *reasons[32];
-    int rcount[32], nreasons = 0;
     for (int i = 0; i < opt_viewers; i++) {
         viewer_t *v = &V[i];
         if (v->state == V_IDLE) continue;
@@ -1239,24 +1370,34 @@ int main(int argc, char **argv) {
         stalls += v->stalls;
         stalls_win += v->stalls_win;
         if (v->stalls) stalled_viewers++;
-        if (v->fail && v->state == V_DONE) {
-            int j;
-            for (j = 0; j < nreasons; j++) if (!strcmp(reasons[j], v->fail)) break;
-            if (j == nreasons && nreasons < 32) { reasons[nreasons] = v->fail; rcount[nreasons++] = 0; }
-            if (j < 32) rcount[j]++;
-        }
+        if (v->fail && v->state == V_DONE && opt_hold <= 0) count_reason(v->fail);
     }
     double expect = opt_expect_bps;
     int expect_guessed = 0;
     if (expect <= 0) {
-        double *tmp = malloc(sizeof(double) * (nmb ? nmb : 1));
-        memcpy(tmp, mb, sizeof(double) * nmb);
-        qsort(tmp, nmb, sizeof *tmp, cmpd);
-        expect = pct(tmp, nmb, 0.5);
+        /* without a bitrate: the median viewer's (per held join with --hold-s) */
+        double *src = opt_hold > 0 ? jw_bps : mb;
+        int ns = opt_hold > 0 ? (int)jw_nbps : nmb;
+        double *tmp = malloc(sizeof(double) * (ns ? ns : 1));
+        memcpy(tmp, src, sizeof(double) * ns);
+        qsort(tmp, ns, sizeof *tmp, cmpd);
+        expect = pct(tmp, ns, 0.5);
         expect_guessed = 1;
         free(tmp);
     }
-    for (int i = 0; i < nmb; i++) if (mb[i] >= opt_health * expect) healthy++;
+    double healthy_pct;
+    if (opt_hold > 0) {
+        /* churn: the figures are per join, over the joins whose hold ended in the window */
+        for (size_t i = 0; i < jw_nbps; i++) if (jw_bps[i] >= opt_health * expect) healthy++;
+        healthy_pct = jw_ended ? 100.0 * healthy / jw_ended : 0;
+        failed = (int)jw_failed;
+        dropped = (int)jw_dropped;
+        stalls += j_stalls;
+        stalls_win += j_stalls_win;
+    } else {
+        for (int i = 0; i < nmb; i++) if (mb[i] >= opt_health * expect) healthy++;
+        healthy_pct = opt_viewers ? 100.0 * healthy / opt_viewers : 0;
+    }
     struct rusage ru1;
     getrusage(RUSAGE_SELF, &ru1);
 #define TV(t) ((t).tv_sec + (t).tv_usec * 1e-6)
@@ -1272,13 +1413,32 @@ int main(int argc, char **argv) {
     if (f) {
         fprintf(f, "{\n  \"proto\": \"%s\", \"host\": \"%s\", \"port\": %d, \"app\": \"%s\", \"stream\": \"%s\",\n", pn,
                 opt_host, opt_port, opt_app, opt_stream);
-        fprintf(f, "  \"viewers\": %d, \"rate\": %.1f, \"duration_s\": %.3f, \"window_s\": %.3f,\n", opt_viewers,
-                opt_rate, t_end, actual_win);
+        fprintf(f, "  \"viewers\": %d, \"rate\": %.1f, \"duration_s\": %.3f, \"window_s\": %.3f, \"src_addrs\": %d,\n",
+                opt_viewers, opt_rate, t_end, actual_win, opt_src_addrs);
         fprintf(f, "  \"expect_bps\": %.1f, \"expect_guessed\": %s, \"health_fraction\": %.3f,\n", expect,
                 expect_guessed ? "true" : "false", opt_health);
         fprintf(f, "  \"started\": %d, \"connected\": %d, \"with_media\": %d, \"failed\": %d, \"dropped\": %d, \"alive_at_end\": %d,\n",
                 n_started, connected, with_media, failed, dropped, alive_end);
-        fprintf(f, "  \"healthy\": %d, \"healthy_pct\": %.2f,\n", healthy, opt_viewers ? 100.0 * healthy / opt_viewers : 0);
+        fprintf(f, "  \"healthy\": %d, \"healthy_pct\": %.2f,\n", healthy, healthy_pct);
+        if (opt_hold > 0) {
+            double bps_p50 = NAN;
+            if (jw_nbps) {
+                qsort(jw_bps, jw_nbps, sizeof *jw_bps, cmpd);
+                bps_p50 = pct(jw_bps, (int)jw_nbps, .5);
+            }
+            fprintf(f, "  \"churn\": {\"hold_s\": %.3f, \"skip_s\": %.1f, \"window\": {\"started\": %llu, \"ended\": %llu, "
+                       "\"completed\": %llu, \"failed\": %llu, \"dropped\": %llu, \"healthy\": %d, \"completed_per_s\": %.1f, "
+                       "\"started_per_s\": %.1f, \"held_s_avg\": %.3f, \"alive_min\": %d, \"alive_avg\": %.0f, ",
+                    opt_hold, HOLD_SKIP, (unsigned long long)jw_started, (unsigned long long)jw_ended,
+                    (unsigned long long)jw_done, (unsigned long long)jw_failed, (unsigned long long)jw_dropped, healthy,
+                    jw_done / actual_win, jw_started / actual_win, jw_done ? jw_held_sum / jw_done : 0.0,
+                    alive_min_win, alive_win_sum / actual_win);
+            jnum(f, "tail_bps_p50", bps_p50, 0);
+            fprintf(f, "},\n    \"run\": {\"started\": %d, \"ended\": %llu, \"completed\": %llu, \"failed\": %llu, "
+                       "\"dropped\": %llu, \"open_at_end\": %d}},\n",
+                    n_started, (unsigned long long)j_ended, (unsigned long long)j_done, (unsigned long long)j_failed,
+                    (unsigned long long)j_dropped, alive_end);
+        }
         fprintf(f, "  \"bytes_total\": %llu, \"bytes_window\": %llu, \"recv_mbps_window\": %.3f,\n",
                 (unsigned long long)total_bytes_all, (unsigned long long)total_bytes_win, total_bytes_win * 8 / 1e6 / actual_win);
         qsort(mb, nmb, sizeof *mb, cmpd);
@@ -1289,7 +1449,8 @@ int main(int argc, char **argv) {
         fputs("},\n", f);
         jdist(f, "first_byte_ms", fb, nfb);
         jdist(f, "first_media_ms", fm, nfm);
-        jdist(f, "first_keyframe_ms", fk, nfk);
+        if (opt_hold > 0) jdist(f, "first_keyframe_ms", jw_key, (int)jw_nkey);
+        else jdist(f, "first_keyframe_ms", fk, nfk);
         fprintf(f, "  \"latency_ms\": {\"samples\": %llu, \"negative\": %llu, \"missing_sei\": %llu, ",
                 (unsigned long long)lat_count, (unsigned long long)lat_neg, (unsigned long long)sei_missing);
         jnum(f, "p50", lat_pct(.5), 1);
@@ -1311,11 +1472,20 @@ int main(int argc, char **argv) {
         if (f != stdout) fclose(f);
     }
     qsort(fk, nfk, sizeof *fk, cmpd);
+    if (opt_hold > 0) {
+        qsort(jw_key, jw_nkey, sizeof *jw_key, cmpd);
+        fprintf(stderr, "loadgen %s churn: hold %.1f s, in the window %llu joins ended: %llu held (%.0f/s), %d healthy "
+                        "(%.1f%%), %llu failed, %llu dropped; first keyframe p50 %.0f / p99 %.0f ms\n",
+                opt_proto == P_RTMP ? "rtmp" : opt_proto == P_HTTP ? "http-flv" : "ws-flv", opt_hold,
+                (unsigned long long)jw_ended, (unsigned long long)jw_done, jw_done / actual_win, healthy, healthy_pct,
+                (unsigned long long)jw_failed, (unsigned long long)jw_dropped, pct(jw_key, (int)jw_nkey, .5),
+                pct(jw_key, (int)jw_nkey, .99));
+    }
     fprintf(stderr,
             "loadgen %s: %d viewers, %d connected, %d failed, %d dropped, healthy %d (%.1f%%) at %.0f kbit/s expected, "
             "first keyframe p50 %.0f ms, latency p50 %.1f / p99 %.1f ms (%llu samples), stalls %llu, loadgen CPU %.1f%% "
             "(window)\n",
-            pn, opt_viewers, connected, failed, dropped, healthy, 100.0 * healthy / opt_viewers, expect / 1000,
+            pn, opt_viewers, connected, failed, dropped, healthy, healthy_pct, expect / 1000,
             pct(fk, nfk, .5), lat_pct(.5), lat_pct(.99), (unsigned long long)lat_count, (unsigned long long)stalls,
             cpu_win);
     for (int i = 0; i < opt_viewers; i++) if (V[i].state != V_DONE && V[i].state != V_IDLE) viewer_close(&V[i], NULL);

@@ -13,6 +13,13 @@ Writes <out>/results.json, results.md (table) and results.png (healthy viewers a
   benchmarks/run.py --all                      # rtmpd + nginx-rtmp + nms, every protocol each serves
   benchmarks/run.py --server nms --proto ws-flv --viewers 1000,8000
   benchmarks/run.py --server nginx-rtmp --viewers 1000 --window 8
+  benchmarks/run.py --server rtmpd --server flvgateway --proto http-flv --viewers 4000,8000
+  benchmarks/run.py --server flvgateway --proto http-flv --viewers 19500 --hold-s 5 --window 60
+
+flvgateway: an rtmpd origin on core 1 (with the publisher; its one viewer is the gateway's
+pull) and `twistd flvgateway` on core 0, the measured process; viewers play from the gateway.
+--hold-s S: churn, each viewer is replaced S s after its join (loadgen --hold-s), at
+VIEWERS / S joins per second; the figures are then per join.
 
 Everything runs on 127.0.0.1, every child has a timeout, and all children are killed on exit.
 """
@@ -46,6 +53,7 @@ SERVERS = {
     "rtmpd": ["rtmp", "http-flv", "ws-flv"],
     "nginx-rtmp": ["rtmp"],
     "nms": ["rtmp", "http-flv", "ws-flv"],
+    "flvgateway": ["http-flv", "ws-flv"],
 }
 LADDER = [1000, 2000, 4000, 8000, 12000, 16000]
 HEALTHY_STOP = 95.0
@@ -204,6 +212,14 @@ class Server:
     def port_for(self, proto: str) -> int:
         return self.rtmp_port if proto == "rtmp" else self.http_port
 
+    def side_procs(self) -> dict[str, subprocess.Popen]:
+        """Our other server processes (not measured as the server, not 'other' load either)."""
+        return {}
+
+    def logs(self) -> dict[str, str]:
+        """The server's log files by role, scanned for tracebacks after each step."""
+        return {"server": os.path.join(self.dir, "server.log")}
+
     def stop(self) -> None:
         if self.proc:
             stop(self.proc)
@@ -287,22 +303,81 @@ class Rtmpd(Server):
         super().__init__(workdir, nice)
         self.web_port = free_port()
 
-    def start(self) -> bool:
+    @property
+    def api_port(self) -> int:
+        """Where /metrics and /api/streams are."""
+        return self.web_port
+
+    def start_rtmpd(self, cpu: int, log_name: str) -> subprocess.Popen | None:
+        """Start rtmpd on `cpu` and wait for its RTMP and HTTP ports; None if it did not come up."""
         if not os.path.exists(TWISTD):
             log(f"{TWISTD} missing")
-            return False
+            return None
         root = os.path.join(self.dir, "media")
         os.makedirs(root, exist_ok=True)
         cmd = [TWISTD, "-n", "--pidfile", os.path.join(self.dir, "twistd.pid"), "rtmpd",
                "--rtmp", f"tcp:{self.rtmp_port}:interface=127.0.0.1",
                "--http", f"tcp:{self.http_port}:interface=127.0.0.1",
                "--web", f"tcp:{self.web_port}:interface=127.0.0.1", "--root", root, "--record", "none",
-               *self.extra_args]  # fmt: skip
-        self.proc = spawn(cmd, cpu=0, nice=self.nice, log_path=os.path.join(self.dir, "server.log"), cwd=self.dir)
-        return wait_port(self.rtmp_port, 30, self.proc) and wait_port(self.http_port, 10, self.proc)
+               *Rtmpd.extra_args]  # fmt: skip
+        p = spawn(cmd, cpu=cpu, nice=self.nice, log_path=os.path.join(self.dir, log_name), cwd=self.dir)
+        if wait_port(self.rtmp_port, 30, p) and wait_port(self.http_port, 10, p):
+            return p
+        stop(p)
+        return None
+
+    def start(self) -> bool:
+        self.proc = self.start_rtmpd(cpu=0, log_name="server.log")
+        return self.proc is not None
 
 
-SERVER_CLASSES = {"rtmpd": Rtmpd, "nginx-rtmp": Nginx, "nms": Nms}
+class FlvGateway(Rtmpd):
+    """`twistd flvgateway` (core 0, measured) pulling from an rtmpd origin (core 1).
+
+    The publisher publishes to the origin over RTMP as for rtmpd; the origin, on the
+    publisher's and loadgen's core, serves one viewer: the gateway's pull. Viewers play
+    from the gateway's --listen port (HTTP-FLV, WS-FLV; /metrics and /api there too)."""
+
+    name = "flvgateway"
+    #: More command-line options for the gateway (--gateway-args); --rtmpd-args go to the origin.
+    gateway_args: list[str] = []
+
+    def __init__(self, workdir: str, nice: int) -> None:
+        super().__init__(workdir, nice)
+        self.gw_port = free_port()
+        self.origin: subprocess.Popen | None = None
+
+    @property
+    def api_port(self) -> int:
+        return self.gw_port
+
+    def port_for(self, proto: str) -> int:
+        return self.gw_port
+
+    def side_procs(self) -> dict[str, subprocess.Popen]:
+        return {"origin": self.origin} if self.origin else {}
+
+    def logs(self) -> dict[str, str]:
+        return {"gateway": os.path.join(self.dir, "gateway.log"), "origin": os.path.join(self.dir, "origin.log")}
+
+    def start(self) -> bool:
+        self.origin = self.start_rtmpd(cpu=1, log_name="origin.log")
+        if self.origin is None:
+            return False
+        cmd = [TWISTD, "-n", "--pidfile", os.path.join(self.dir, "flvgateway.pid"), "flvgateway",
+               "--listen", f"tcp:{self.gw_port}:interface=127.0.0.1",
+               "--upstream", f"http://127.0.0.1:{self.http_port}", "--stats-interval", "0",
+               *self.gateway_args]  # fmt: skip
+        self.proc = spawn(cmd, cpu=0, nice=self.nice, log_path=os.path.join(self.dir, "gateway.log"), cwd=self.dir)
+        return wait_port(self.gw_port, 30, self.proc)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.origin:
+            stop(self.origin)
+
+
+SERVER_CLASSES = {"rtmpd": Rtmpd, "nginx-rtmp": Nginx, "nms": Nms, "flvgateway": FlvGateway}
 
 
 # --------------------------------------------------------------------------- one step
@@ -316,7 +391,7 @@ def wait_quiet(server: Server, pub: subprocess.Popen, a) -> float:
     Returns the other load seen last (%)."""
     deadline = time.monotonic() + a.quiet_wait
     while True:
-        ours = [server.pid, pub.pid]
+        ours = [server.pid, pub.pid] + [p.pid for p in server.side_procs().values()]
         t0, c0 = cpu_times(), sum(_ticks(p) for p in ours)
         time.sleep(2)
         t1, c1 = cpu_times(), sum(_ticks(p) for p in ours)
@@ -338,15 +413,23 @@ def _ticks(pid: int) -> int:
 
 
 def run_loadgen(server: Server, proto: str, n: int, a, manifest_path: str, tag: str) -> dict:
-    duration = n / a.rate + a.settle + a.window
+    # churn: n viewers at a time, each replaced after --hold-s, so n / hold joins per second
+    rate = n / a.hold_s if a.hold_s else a.rate
+    duration = n / rate + a.settle + a.window
     jpath = os.path.join(a.out, "runs", f"{tag}.json")
     cmd = [LOADGEN, "--proto", proto, "--port", str(server.port_for(proto)), "--app", "live", "--stream", "bench",
-           "--viewers", str(n), "--rate", str(a.rate), "--duration", f"{duration:.1f}", "--window", str(a.window),
+           "--viewers", str(n), "--rate", f"{rate:g}", "--duration", f"{duration:.1f}", "--window", str(a.window),
            "--manifest", manifest_path, "--json", jpath, "--cpu", "1"]  # fmt: skip
     if a.batch_ms is not None:
         cmd += ["--batch-ms", str(a.batch_ms)]
+    if a.hold_s:
+        cmd += ["--hold-s", str(a.hold_s)]
+    src_addrs = a.src_addrs or -(-n // 12000)  # auto: one source address per 12 000 viewers
+    if src_addrs > 1:
+        cmd += ["--src-addrs", str(src_addrs)]
     p = spawn(cmd, cpu=None, nice=a.nice, log_path=os.path.join(a.out, "runs", f"{tag}.log"), stdout=subprocess.PIPE)
     pid = server.pid
+    sides = {k: v.pid for k, v in server.side_procs().items()}
     sample = {}
     deadline = time.monotonic() + duration + 60
     assert p.stdout
@@ -355,8 +438,10 @@ def run_loadgen(server: Server, proto: str, n: int, a, manifest_path: str, tag: 
         try:
             if line.startswith("WINDOW_START"):
                 sample["t0"], sample["cpu0"], sample["stat0"] = time.monotonic(), proc_cpu_ticks(pid), cpu_times()
+                sample["side0"] = {k: _ticks(v) for k, v in sides.items()}
             elif line.startswith("WINDOW_END"):
                 sample["t1"], sample["cpu1"], sample["stat1"] = time.monotonic(), proc_cpu_ticks(pid), cpu_times()
+                sample["side1"] = {k: _ticks(v) for k, v in sides.items()}
                 sample["rss"] = proc_rss_kb(pid)
         except OSError:
             sample["server_died"] = True
@@ -379,9 +464,48 @@ def run_loadgen(server: Server, proto: str, n: int, a, manifest_path: str, tag: 
         c0 = res["cores"].get("cpu0", {})
         # what else ran on the server's core: busy - server process - softirq (approximate)
         res["core0_other_pct"] = round(max(0.0, c0.get("busy_pct", 0) - res["server_cpu_pct"] - c0.get("softirq_pct", 0)), 1)
+        for k in sides:  # e.g. the gateway's origin, on core 1
+            res[f"{k}_cpu_pct"] = round(100 * (sample["side1"][k] - sample["side0"][k]) / CLK_TCK / secs, 1)
     else:
         res["server_died"] = True
     return res
+
+
+class LogWatch:
+    """Counts what a server's logs gained since the last look: Python tracebacks, lines
+    about unhandled errors or failures, and keeps the first few of them."""
+
+    MARKS = ("Traceback (most recent call last)", "Unhandled", "#critical]", "#error]", "#warn]", "[Failure instance")
+
+    def __init__(self, server: Server) -> None:
+        self.paths = server.logs()
+        self.offsets = {k: self._size(p) for k, p in self.paths.items()}
+
+    @staticmethod
+    def _size(path: str) -> int:
+        try:
+            return os.path.getsize(path)
+        except OSError:
+            return 0
+
+    def new_problems(self) -> dict:
+        out = {}
+        for k, path in self.paths.items():
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self.offsets[k])
+                    data = f.read()
+            except OSError:
+                continue
+            self.offsets[k] += len(data)
+            lines = data.decode("utf-8", "replace").splitlines()
+            tracebacks = sum("Traceback (most recent call last)" in line for line in lines)
+            marked = [line for line in lines if any(m in line for m in self.MARKS)]
+            errors = [line for line in lines
+                      if ("error" in line.lower() or "fail" in line.lower()) and line not in marked]  # fmt: skip
+            out[k] = {"lines": len(lines), "tracebacks": tracebacks, "marked": len(marked), "error_lines": len(errors),
+                      "first": (marked + errors)[:5]}  # fmt: skip
+        return out
 
 
 def probe_stream(server: Server, proto: str, manifest_path: str, a) -> bool:
@@ -424,24 +548,35 @@ def bench_server(name: str, protos: list[str], ladder: list[int], a, manifest_pa
                 continue
             time.sleep(2)
             rss0 = proc_rss_kb(server.pid)
+            logs = LogWatch(server)
             for n in ladder:
-                tag = f"{name}-{proto}-{n}"
+                tag = f"{name}-{proto}-{n}" + (f"-hold{a.hold_s:g}" if a.hold_s else "")
                 quiet = wait_quiet(server, pub, a)
-                log(f"{tag}: {n} viewers ... (other load before: {quiet} %)")
+                log(f"{tag}: {n} viewers{f', each held {a.hold_s:g} s' if a.hold_s else ''} ... "
+                    f"(other load before: {quiet} %)")  # fmt: skip
                 res = run_loadgen(server, proto, n, a, manifest_path, tag)
                 res.update({"server": name, "proto": proto, "rss0_kb": rss0, "bitrate": a.bitrate,
-                            "publisher_alive": pub.poll() is None})  # fmt: skip
+                            "publisher_alive": pub.poll() is None, "other_before_pct": quiet,
+                            "logs": logs.new_problems()})  # fmt: skip
+                if a.hold_s:
+                    res["hold_s"] = a.hold_s
                 if res.get("server_rss_kb"):
                     res["rss_per_viewer_kb"] = round((res["server_rss_kb"] - rss0) / n, 2)
                 cpu = res.get("server_cpu_pct")
-                if cpu:
+                if cpu and not a.hold_s:
                     res["healthy_per_core"] = round(res.get("healthy", 0) / (cpu / 100))
                 results.append(res)
                 write_outputs(results, a, manifest)
                 lat = res.get("latency_ms", {})
+                churn = res.get("churn", {}).get("window")
                 log(f"{tag}: healthy {res.get('healthy_pct', 0):.1f}%, server CPU {cpu} %, "
                     f"RSS/viewer {res.get('rss_per_viewer_kb')} KiB, latency p50 {lat.get('p50')} ms, "
-                    f"loadgen CPU {res.get('loadgen', {}).get('cpu_pct_window')} %")  # fmt: skip
+                    f"loadgen CPU {res.get('loadgen', {}).get('cpu_pct_window')} %"
+                    + (f", joins held {churn['completed']} ({churn['completed_per_s']}/s), failed {churn['failed']}, "
+                       f"dropped {churn['dropped']}" if churn else "")
+                    + "".join(f", {k} CPU {res[k + '_cpu_pct']} %" for k in server.side_procs() if k + "_cpu_pct" in res)
+                    + "".join(f", {k} log: {v['tracebacks']} tracebacks, {v['marked'] + v['error_lines']} error lines"
+                              for k, v in res["logs"].items() if v["marked"] or v["error_lines"]))  # fmt: skip
                 if res.get("server_died") or server.proc.poll() is not None:
                     log(f"{name}: server gone")
                     break
@@ -463,8 +598,8 @@ class Scraper:
     Prometheus server and a dashboard would, so their cost shows in the run."""
 
     def __init__(self, server: "Rtmpd", every_s: float) -> None:
-        self.urls = [f"http://127.0.0.1:{server.web_port}/metrics",
-                     f"http://127.0.0.1:{server.web_port}/api/streams"]  # fmt: skip
+        self.urls = [f"http://127.0.0.1:{server.api_port}/metrics",
+                     f"http://127.0.0.1:{server.api_port}/api/streams"]  # fmt: skip
         self.every_s = every_s
         self.scrapes = self.errors = 0
         self.slowest_ms = 0.0
@@ -507,33 +642,70 @@ def write_outputs(results: list, a, manifest: dict) -> None:
         "bitrate": a.bitrate,
         "media_bps": manifest.get("media_bps"),
         "rate": a.rate,
+        "hold_s": a.hold_s,
         "window_s": a.window,
         "nice": a.nice,
     }
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
     lines = [
-        f"Clip {a.bitrate} ({(manifest.get('media_bps') or 0) / 1e6:.2f} Mbit/s media), joins {a.rate:.0f}/s, "
-        f"window {a.window:.0f} s; server on core 0, loadgen on core 1. {meta['when']}",
+        f"Clip {a.bitrate} ({(manifest.get('media_bps') or 0) / 1e6:.2f} Mbit/s media), "
+        + (f"churn: each viewer held {a.hold_s:g} s, joins viewers / {a.hold_s:g} per second, " if a.hold_s
+           else f"joins {a.rate:.0f}/s, ")
+        + f"window {a.window:.0f} s; server on core 0, loadgen on core 1. {meta['when']}",
         "",
         "| server | proto | viewers | healthy % | server CPU % | healthy/core | RSS MiB | RSS/viewer KiB "
-        "| 1st keyframe p50 ms | latency p50 / p99 ms | stalls | loadgen CPU % | core0 softirq / other / steal % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| 1st keyframe p50 ms | latency p50 / p99 ms | stalls | loadgen CPU % | core0 softirq / other / steal % | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    churn_lines = [
+        "",
+        "Churn (loadgen --hold-s): each viewer leaves after its hold and a new one joins in its place; "
+        "per join, over the joins whose hold ended in the window.",
+        "",
+        "| server | proto | viewers at a time (min / avg) | hold s | joins held | held/s | failed | dropped | healthy % "
+        "| server CPU % | RSS MiB | RSS/viewer KiB | 1st keyframe p50 / p99 ms | latency p50 / p99 ms | loadgen CPU % "
+        "| core0 softirq / other / steal % | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.get("error") and not r.get("viewers"):
-            lines.append(f"| {r['server']} | {r['proto']} | – | {r['error']} | | | | | | | | | |")
+            lines.append(f"| {r['server']} | {r['proto']} | – | {r['error']} | | | | | | | | | | |")
             continue
         lat = r.get("latency_ms", {})
         core0 = r.get("cores", {}).get("cpu0", {})
+        notes = "; ".join(
+            [f"{k[:-8]} CPU {fmt(v)} %" for k, v in r.items() if k.endswith("_cpu_pct") and k != "server_cpu_pct"]
+            + [f"{k} log: {v['tracebacks']} tracebacks, {v['marked'] + v['error_lines']} error lines"
+               for k, v in r.get("logs", {}).items() if v.get("marked") or v.get("error_lines")]
+            + (["server died"] if r.get("server_died") else []))  # fmt: skip
+        if r.get("churn"):
+            w = r["churn"]["window"]
+            kf = r.get("first_keyframe_ms", {})
+            churn_lines.append(
+                f"| {r['server']} | {r['proto']} | {r['viewers']} ({w['alive_min']} / {w['alive_avg']:.0f}) "
+                f"| {r['churn']['hold_s']:g} | {w['completed']} | {w['completed_per_s']:.0f} | {w['failed']} "
+                f"| {w['dropped']} | {fmt(r.get('healthy_pct'), 1)} | {fmt(r.get('server_cpu_pct'))} "
+                f"| {fmt((r.get('server_rss_kb') or 0) / 1024, 1)} | {fmt(r.get('rss_per_viewer_kb'), 1)} "
+                f"| {fmt(kf.get('p50'))} / {fmt(kf.get('p99'))} | {fmt(lat.get('p50'), 1)} / {fmt(lat.get('p99'), 1)} "
+                f"| {fmt(r.get('loadgen', {}).get('cpu_pct_window'))} "
+                f"| {fmt(core0.get('softirq_pct'))} / {fmt(r.get('core0_other_pct'))} / {fmt(core0.get('steal_pct'))} "
+                f"| {notes} |"
+            )
+            continue
         lines.append(
             f"| {r['server']} | {r['proto']} | {r['viewers']} | {fmt(r.get('healthy_pct'), 1)} "
             f"| {fmt(r.get('server_cpu_pct'))} | {fmt(r.get('healthy_per_core'))} "
             f"| {fmt((r.get('server_rss_kb') or 0) / 1024, 1)} | {fmt(r.get('rss_per_viewer_kb'), 1)} "
             f"| {fmt(r.get('first_keyframe_ms', {}).get('p50'))} | {fmt(lat.get('p50'), 1)} / {fmt(lat.get('p99'), 1)} "
             f"| {r.get('stalls_total', '–')} | {fmt(r.get('loadgen', {}).get('cpu_pct_window'))} "
-            f"| {fmt(core0.get('softirq_pct'))} / {fmt(r.get('core0_other_pct'))} / {fmt(core0.get('steal_pct'))} |"
+            f"| {fmt(core0.get('softirq_pct'))} / {fmt(r.get('core0_other_pct'))} / {fmt(core0.get('steal_pct'))} "
+            f"| {notes} |"
         )
+    if len(lines) == 4:  # churn rows only: no empty table
+        lines = lines[:2]
+    if len(churn_lines) > 5:
+        lines += churn_lines[1:] if len(lines) == 2 else churn_lines
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(results, os.path.join(a.out, "results.png"))
@@ -550,7 +722,7 @@ def plot(results: list, path: str) -> None:
         return
     series: dict[str, list] = {}
     for r in results:
-        if r.get("viewers") and "healthy" in r:
+        if r.get("viewers") and "healthy" in r and not r.get("churn"):
             series.setdefault(f"{r['server']} {r['proto']}", []).append(r)
     if not series:
         return
@@ -615,12 +787,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-other", type=float, default=15, help="wait while other processes use more CPU %% than this")
     ap.add_argument("--quiet-wait", type=float, default=120, help="longest wait for quiet cores, s")
     ap.add_argument("--max-minutes", type=float, default=60, help="hard limit for the whole run")
-    ap.add_argument("--rtmpd-args", default="", help="more options for rtmpd, e.g. '--no-metrics'")
+    ap.add_argument("--rtmpd-args", default="", help="more options for rtmpd (the flvgateway's origin too), e.g. '--no-metrics'")
+    ap.add_argument("--gateway-args", default="", help="more options for twistd flvgateway, e.g. '--merge-ms=0'")
+    ap.add_argument("--src-addrs", type=int, default=0,
+                    help="loadgen connects from 127.0.0.1..127.0.0.K (default 0: one per 12 000 viewers; "
+                         "past ~14 000 connections one address's ephemeral ports get slow to find)")
+    ap.add_argument("--hold-s", type=float, default=0,
+                    help="churn: each viewer leaves this many s after its join and a new one takes its place "
+                         "(joins/s = viewers / hold; --rate is ignored)")
     ap.add_argument("--scrape-s", type=float, default=0,
                     help="GET rtmpd's /metrics and /api/streams every this many s during the run (0: never)")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/out/results-<time>)")
     a = ap.parse_args(argv)
     Rtmpd.extra_args = shlex.split(a.rtmpd_args)
+    FlvGateway.gateway_args = shlex.split(a.gateway_args)
+    if a.hold_s and a.hold_s <= 1:
+        ap.error("--hold-s must be more than 1 s (a join's first second is not judged)")
 
     names = sorted(SERVERS) if a.all or not a.server else a.server
     if a.all:
