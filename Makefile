@@ -8,20 +8,25 @@ BIN    := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the end-to-end tests drive (chromium: headless, over DevTools).
+# Debian packages the end-to-end tests drive (chromium: headless, through Playwright).
 SYSTEM_TOOLS := ffmpeg ffprobe rtmpdump chromium
+# The pages' browser libraries (web/package.json, pinned by its lock file),
+# copied from npm's install into web/vendor/, where the web port serves them.
+WEB_STAMP := web/vendor/.installed
+VENDOR_FILES := web/node_modules/hls.js/dist/hls.min.mjs \
+	web/node_modules/mpegts.js/dist/mpegts.js
 
-.PHONY: run test lint typecheck unit venv system-deps bench clean
+.PHONY: run test lint typecheck unit venv web system-deps bench clean
 
 # twistd stops cleanly on Ctrl-C and then ends itself with SIGINT again (as
 # interrupted programs do), which make would report as "*** [run] Interrupt".
 # The shell waits for it (its trap is a handler, which twistd does not
 # inherit: an ignored SIGINT would be) and takes that 130 as the clean stop.
-run: $(RUN_STAMP)
+run: $(RUN_STAMP) $(WEB_STAMP)
 	$(info $(BIN)/twistd --nodaemon --pidfile= rtmpd $(ARGS))
 	@trap : INT; $(BIN)/twistd --nodaemon --pidfile= rtmpd $(ARGS) || [ $$? -eq 130 ]
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(WEB_STAMP) system-deps
 	$(BIN)/ruff check rtmpd tests twisted
 	$(BIN)/mypy --strict rtmpd
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -36,6 +41,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict rtmpd
 
 venv: $(STAMP)
+
+web: $(WEB_STAMP)
 
 # The venv is (re)built when the package metadata changes. rtmpd is an
 # editable install (edits under rtmpd/ take effect at once); rtmpd-source.pth
@@ -52,6 +59,18 @@ $(RUN_STAMP): setup.cfg pyproject.toml
 $(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# npm ci installs exactly the lock file's versions; --ignore-scripts: the
+# libraries ship built, nothing of theirs needs to run here.
+$(WEB_STAMP): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { echo "installing nodejs and npm with apt-get"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	rm -rf web/vendor && mkdir -p web/vendor
+	cp $(VENDOR_FILES) web/vendor/
+	cp web/node_modules/hls.js/LICENSE web/vendor/hls.js.LICENSE.txt
+	cp web/node_modules/mpegts.js/LICENSE web/vendor/mpegts.js.LICENSE.txt
+	touch $@
 
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
@@ -71,4 +90,4 @@ bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/run.py --all
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) build dist *.egg-info twisted/plugins/dropin.cache web/node_modules web/vendor

@@ -52,6 +52,7 @@ import os
 import secrets
 import stat
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -265,7 +266,8 @@ class RootedFile(static.File):
     """A file or directory under ``root``, served read-only.
 
     ``listing`` turns directory listings on (off: a directory without
-    ``index.html`` is 404). ``clock`` runs the send-stall timeout and says
+    ``index.html`` is 404). ``hidden`` names more files and directories
+    that are neither served nor listed, at any depth. ``clock`` runs the send-stall timeout and says
     the time for ``If-Range`` dates (default: the global reactor, looked up
     when needed).
     """
@@ -275,16 +277,18 @@ class RootedFile(static.File):
 
     def __init__(
         self, path: str, root: str | None = None, *, listing: bool = False,
-        clock: IReactorTime | None = None,
+        clock: IReactorTime | None = None, hidden: Collection[str] = (),
     ) -> None:
         super().__init__(path, defaultType=DEFAULT_TYPE)
         self.root = os.path.realpath(root or path)
         self.listing = listing
         self.clock = clock
+        self.hidden = frozenset(hidden)
         self.contentTypes = {**self.contentTypes, **MEDIA_TYPES}
 
     def createSimilarFile(self, path: str) -> RootedFile:
-        return RootedFile(path, self.root, listing=self.listing, clock=self.clock)
+        return RootedFile(path, self.root, listing=self.listing, clock=self.clock,
+                          hidden=self.hidden)
 
     def directoryListing(self) -> resource.IResource:
         if not self.listing:
@@ -299,7 +303,10 @@ class RootedFile(static.File):
             return True
         if not real.startswith(self.root + os.sep):
             return False
-        return not any(hidden_name(part) for part in real[len(self.root) + 1 :].split(os.sep))
+        return not any(
+            hidden_name(part) or part in self.hidden
+            for part in real[len(self.root) + 1 :].split(os.sep)
+        )
 
     def _child(self, name: str) -> filepath.FilePath[str] | None:
         """The existing, visible child ``name`` (already a safe segment)."""

@@ -1,7 +1,8 @@
-"""The ``--web`` port: the ``--root`` tree, read-only, and nothing outside it
-(:class:`rtmpd.protocols.files.RootedFile`, no listings); with an admission,
-the admin endpoints ``/api`` and ``/metrics`` beside it
-(:mod:`rtmpd.protocols.api`).
+"""The ``--web`` port: the pages of ``web/`` at ``/``, ``/config.json`` and
+``/recordings.json`` (:mod:`rtmpd.protocols.pages`), the ``--root`` tree,
+read-only, and nothing outside it (:class:`rtmpd.protocols.files.RootedFile`,
+no listings); with an admission, the admin endpoints ``/api`` and
+``/metrics`` beside them (:mod:`rtmpd.protocols.api`).
 
 The site, its requests (no bodies) and channels (a header deadline, a
 connection limit of their own) also carry ``twistd filegateway``
@@ -25,6 +26,7 @@ from rtmpd.protocols.flvhttp import (
     access_log_line,
     refuse_connection,
 )
+from rtmpd.protocols.pages import JsonDocument, WebRoot, list_recordings, make_pages
 
 if TYPE_CHECKING:
     from rtmpd.admission import Admission
@@ -166,10 +168,16 @@ def make_web_site(
     max_connections: int = 0,
     header_timeout: float = HEADER_TIMEOUT_S,
     max_header_bytes: int = MAX_HEADER_BYTES,
+    pages: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> server.Site:
     """A Site serving ``root`` read-only, with ``/api`` when given an
     ``admission`` and ``/metrics`` when given ``metrics``; both follow
     :func:`rtmpd.protocols.api.access_denied` with ``api_token``.
+
+    ``pages`` is the directory of the page files (``web/``), served at
+    ``/`` in front of ``root``; ``config`` is ``/config.json``.
+    ``/recordings.json`` lists the recordings under ``root``.
 
     Without a ``sampler`` one is made on ``reactor`` (else the registry's
     clock) and runs while the site listens; a given one is the caller's to
@@ -177,20 +185,24 @@ def make_web_site(
     """
     FilePath(root).makedirs(ignoreExistingDirectory=True)
     files = RootedFile(root, clock=reactor)
+    top = WebRoot(files, make_pages(pages, clock=reactor) if pages is not None else None)
+    if config is not None:
+        top.putChild(b"config.json", JsonDocument(lambda: config))
+    top.putChild(b"recordings.json", JsonDocument(lambda: {"recordings": list_recordings(files)}))
     owned: StatsSampler | None = None
     if admission is not None or metrics is not None:
         from rtmpd.protocols.api import ApiResource, MetricsResource
         from rtmpd.services.stats import StatsSampler
 
-        # Children win over files of the same names under --root.
+        # Children win over pages and files of the same names.
         if admission is not None:
             if sampler is None:
                 clock = reactor if reactor is not None else admission.clock
                 sampler = owned = StatsSampler(admission.registry, clock)
-            files.putChild(b"api", ApiResource(admission, sampler, token=api_token))
+            top.putChild(b"api", ApiResource(admission, sampler, token=api_token))
         if metrics is not None:
-            files.putChild(b"metrics", MetricsResource(metrics, token=api_token))
+            top.putChild(b"metrics", MetricsResource(metrics, token=api_token))
     return make_file_site(
-        files, reactor=reactor, owned_sampler=owned, max_connections=max_connections,
+        top, reactor=reactor, owned_sampler=owned, max_connections=max_connections,
         header_timeout=header_timeout, max_header_bytes=max_header_bytes,
     )

@@ -119,7 +119,11 @@ class Options(usage.Options):
             "http", None, "tcp:8501",
             "HTTP listener: HTTP-FLV and WS-FLV play /{app}/{stream}.flv, publish /{app}/{stream}.",
         ],
-        ["web", None, "tcp:8080", "Web listener: the --root tree (recordings), read-only."],
+        [
+            "web", None, "tcp:8080",
+            "Web listener: the player pages, /config.json and the --root tree (recordings), "
+            "read-only.",
+        ],
         ["root", None, "./media", "Directory for recordings, served by --web."],
         ["config", "c", None, "TOML file with any of these options (the command line wins)."],
         [
@@ -401,6 +405,7 @@ def makeService(
     from rtmpd.auth import DoneHookNotifier, build_authorizers, build_listeners, make_agent
     from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
     from rtmpd.protocols.flvws import make_ws_resource
+    from rtmpd.protocols.pages import page_config, pages_directory
     from rtmpd.protocols.rtmp import RtmpServerFactory
     from rtmpd.protocols.web import make_web_site
     from rtmpd.services.stats import Metrics
@@ -479,6 +484,8 @@ def makeService(
         max_connections=int(options.get("max-connections", 0)),
         header_timeout=float(options.get("header-timeout", 10.0)),
         max_header_bytes=int(options.get("max-header-bytes", 16384)),
+        pages=pages_directory(),
+        config=page_config(options, __version__.public()),
     )
 
     for name, description, factory in (

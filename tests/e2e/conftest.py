@@ -1,5 +1,6 @@
 """End-to-end fixtures: the real server (``twistd -n rtmpd``) on loopback
-ports, a generated clip, and real clients (ffmpeg, ffprobe, rtmpdump)."""
+ports, a generated clip, and real clients (ffmpeg, ffprobe, rtmpdump, and
+Debian's headless Chromium driven by Playwright: :func:`browser_page`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, Page
 
 TOOLS = ("ffmpeg", "ffprobe", "rtmpdump")
 VENV_BIN = Path(sys.executable).parent
@@ -110,6 +115,10 @@ class Server:
 
     def flv_url(self, name: str, app: str = "live") -> str:
         return f"http://127.0.0.1:{self.http_port}/{app}/{name}.flv"
+
+    def web_url(self, path: str = "", host: str = "127.0.0.1") -> str:
+        """A URL on the web port (pages, recordings): ``web_url("index.html?stream=x")``."""
+        return f"http://{host}:{self.web_port}/{path.lstrip('/')}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -217,3 +226,90 @@ def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]
         cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         env={**os.environ, "AV_LOG_FORCE_NOCOLOR": "1"},
     )
+
+
+# --------------------------------------------------------------------------- a browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: Flags for a throwaway headless Chromium: fake camera and microphone with
+#: permission granted, media that plays without a gesture, no sandbox (the
+#: tests run as root), nothing fetched from the network by the browser.
+CHROMIUM_FLAGS = (
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--disable-gpu",
+    "--disable-background-networking", "--disable-component-update", "--no-first-run",
+)
+#: Where screenshots go for people to look at: $RTMPD_TEST_ARTIFACTS, else
+#: tests/artifacts/ (gitignored).
+ARTIFACTS = Path(os.environ.get("RTMPD_TEST_ARTIFACTS")
+                 or Path(__file__).resolve().parent.parent / "artifacts")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless, launched once per session through
+    Playwright (never a browser Playwright downloads). Skips, with the
+    reason, only when Chromium is not installed or cannot start."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (`make test` installs it)")
+    from playwright.sync_api import Error, sync_playwright
+
+    with sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=list(CHROMIUM_FLAGS), headless=True,
+            )
+        except Error as e:
+            pytest.skip(f"{CHROMIUM} does not start: {e}")
+        yield browser
+        browser.close()
+
+
+@dataclass
+class BrowserPage:
+    """A fresh page (own context: no cookies or cache shared between tests)
+    that records what a test should not see: console messages at error
+    level and uncaught exceptions."""
+
+    page: Page
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        line = f"{message.type}: {message.text}"
+        self.console.append(line)
+        if message.type == "error":
+            self.console_errors.append(line)
+
+    def screenshot(self, name: str) -> Path:
+        """Save a PNG of the page under :data:`ARTIFACTS` and return its path."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
+
+    def assert_clean(self) -> None:
+        """No uncaught exception and nothing at error level in the console."""
+        assert self.page_errors == [], self.page_errors
+        assert self.console_errors == [], self.console_errors
+
+    def report(self) -> str:
+        """The console so far, for assertion messages."""
+        return "\n".join(self.console[-40:] + self.page_errors)
+
+
+@pytest.fixture
+def browser_page(chromium: Browser) -> Iterator[BrowserPage]:
+    """A new page in headless Chromium (see :class:`BrowserPage`); open a
+    URL with ``browser_page.page.goto(server.web_url("index.html?stream=x"))``."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_S * 1000)
+    watched = BrowserPage(page)
+    page.on("console", watched._console)
+    page.on("pageerror", lambda error: watched.page_errors.append(f"uncaught: {error}"))
+    try:
+        yield watched
+    finally:
+        context.close()

@@ -664,9 +664,9 @@ def test_admin_answers_carry_no_cors(server: Server) -> None:
     assert header(request, b"access-control-allow-origin") is None
 
 
-def test_web_site_without_admission_serves_only_files(tmp_path: Path) -> None:
+def test_web_site_without_admission_serves_no_admin_endpoints(tmp_path: Path) -> None:
     site = make_web_site(str(tmp_path))
-    assert site.resource.children == {}
+    assert set(site.resource.children) == {b"recordings.json"}
 
 
 def test_web_site_runs_its_own_sampler_only_while_listening(tmp_path: Path) -> None:

@@ -565,8 +565,8 @@ def test_the_web_port_uses_the_same_resource_without_listings(tmp_path: Path) ->
     (tmp_path / "hls").mkdir()
     (tmp_path / "hls" / ".recording").write_text("{}")
     site = make_web_site(str(tmp_path), reactor=Clock())
-    assert isinstance(site.resource, RootedFile)
-    assert not site.resource.listing
+    assert isinstance(site.resource.files, RootedFile)
+    assert not site.resource.files.listing
     channel = site.buildProtocol(PEER)
     transport = StringTransport(peerAddress=PEER)
     channel.makeConnection(transport)

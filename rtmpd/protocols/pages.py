@@ -1,0 +1,219 @@
+"""The web port's pages: ``web/`` at ``/``, beside the ``--root`` tree, with
+two small JSON documents the pages read.
+
+* :class:`WebRoot` answers ``/``: its own children first (``/api``,
+  ``/metrics``, ``/config.json``, ``/recordings.json``), then the files of
+  ``web/`` (``/`` is its ``index.html``), then the ``--root`` tree at its
+  relative paths (``/hls/…``, ``/flv/…``, ``/mp4/…``). Both trees are served
+  by :class:`rtmpd.protocols.files.RootedFile`; from ``web/`` the npm set-up
+  files (:data:`PAGE_INTERNAL_NAMES`) are never served.
+* ``/config.json`` (:func:`page_config`): what a page cannot learn from
+  ``location``: the ports of the other listeners and whether they use TLS,
+  the recorders that are on. Pages take the host name from ``location``, so
+  they work behind any name the server is reached by.
+* ``/recordings.json`` (:func:`list_recordings`): the finished and running
+  FLV and MP4 recordings under ``--root``, found through the same
+  visibility rules as the files themselves (valid stream names only, no
+  internal files, nothing outside the root).
+
+Where ``web/`` is (:func:`pages_directory`): inside the installed package
+(``rtmpd/web``, which a wheel carries as package data; in the source tree a
+symlink to the top-level ``web/``), else beside the package in a source
+checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Collection
+from typing import Any
+
+from twisted.web import resource, server
+
+from rtmpd.protocols.files import CORS_HEADERS, NOT_FOUND, RootedFile
+from rtmpd.registry import NAME_PATTERN
+from rtmpd.services.recorder import MARKER_NAME
+
+#: Files of ``web/`` that only set it up (npm's), never served.
+PAGE_INTERNAL_NAMES = frozenset({"node_modules", "package.json", "package-lock.json"})
+#: Most recordings ``/recordings.json`` lists (newest first): each costs a
+#: few ``stat`` calls on the reactor, so the listing stays a few ms long.
+MAX_LISTED_RECORDINGS = 1000
+
+#: ``index.flv`` and what a republish moves it aside to
+#: (``index-20260128T101502Z.flv``, ``-1``... when taken).
+FLV_RECORDING = re.compile(r"index(-\d{8}T\d{6}Z(-\d{1,6})?)?\.flv")
+#: ``output_merge`` and its moved-aside predecessors.
+MERGE_DIRECTORY = re.compile(r"output_merge(-\d{8}T\d{6}Z(-\d{1,6})?)?")
+MERGED_NAME = "stream_full.mp4"
+
+
+def pages_directory() -> str | None:
+    """The directory of the page files, or None when this install has none."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for candidate in (os.path.join(package, "web"), os.path.join(os.path.dirname(package), "web")):
+        if os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+def listener_address(description: str) -> dict[str, Any]:
+    """The port (None when not a TCP port) and TLS flag of a Twisted
+    endpoint string: ``tcp:8501:interface=…`` gives ``{"port": 8501,
+    "tls": False}``, ``ssl:port=443:…`` ``{"port": 443, "tls": True}``."""
+    kind, _, rest = description.partition(":")
+    kind = kind.strip().lower()
+    port: int | None = None
+    if kind in ("tcp", "tcp6", "ssl"):
+        for position, field in enumerate(rest.split(":")):
+            name, equals, value = field.partition("=")
+            text = value if equals else name
+            if (equals and name.strip() == "port") or (not equals and position == 0):
+                port = int(text) if text.strip().isdigit() else None
+                break
+    return {"port": port, "tls": kind == "ssl"}
+
+
+def page_config(options: dict[str, Any] | Any, version: str) -> dict[str, Any]:
+    """``/config.json``: what the pages need to know of the server's options."""
+    return {
+        "version": version,
+        "rtmp": listener_address(str(options["rtmp"])),
+        "http": listener_address(str(options["http"])),
+        "web": listener_address(str(options["web"])),
+        "record": list(options.get("record", ())),
+        "hls_fragment_s": float(options.get("hls-fragment", 2.0)),
+        "play_key": bool(options.get("play-key")),
+        "signed": bool(options.get("sign-secret")),
+    }
+
+
+def _visible_children(directory: RootedFile) -> list[tuple[str, RootedFile]]:
+    return [
+        (name, directory.createSimilarFile(os.path.join(directory.path, name)))
+        for name in directory.visible_names()
+    ]
+
+
+def _stream_directories(files: RootedFile, kind: str) -> list[tuple[str, str, RootedFile]]:
+    """``(app, stream, directory)`` under ``{kind}/{app}/{stream}`` with valid names."""
+    top = files.createSimilarFile(os.path.join(files.path, kind))
+    if not top.isdir():
+        return []
+    found = []
+    for app, app_dir in _visible_children(top):
+        if not NAME_PATTERN.fullmatch(app) or not app_dir.isdir():
+            continue
+        for stream, stream_dir in _visible_children(app_dir):
+            if NAME_PATTERN.fullmatch(stream) and stream_dir.isdir():
+                found.append((app, stream, stream_dir))
+    return found
+
+
+def _entry(
+    files: RootedFile, app: str, stream: str, kind: str, target: RootedFile, *, live: bool
+) -> dict[str, Any] | None:
+    try:
+        info = os.stat(target.path)
+    except OSError:
+        return None
+    return {
+        "app": app,
+        "stream": stream,
+        "kind": kind,
+        "path": os.path.relpath(target.path, files.path).replace(os.sep, "/"),
+        "size": info.st_size if kind != "fmp4" else None,
+        "modified": int(info.st_mtime),
+        "live": live,
+    }
+
+
+def list_recordings(files: RootedFile) -> list[dict[str, Any]]:
+    """The FLV files and MP4 recordings under the ``--root`` tree ``files``,
+    newest first, at most :data:`MAX_LISTED_RECORDINGS`.
+
+    Each entry: ``app``, ``stream``, ``kind`` (``flv``: an FLV file;
+    ``mp4``: a merged ``stream_full.mp4``; ``fmp4``: a mixed fMP4 recording
+    still being written, whose ``path`` is its directory), ``path`` (relative
+    to the root, as the web port serves it), ``size`` in bytes (None for a
+    directory), ``modified`` (UNIX seconds) and ``live`` (still being
+    written)."""
+    entries: list[dict[str, Any]] = []
+    for app, stream, directory in _stream_directories(files, "flv"):
+        recording = os.path.exists(os.path.join(directory.path, MARKER_NAME))
+        for name, child in _visible_children(directory):
+            if FLV_RECORDING.fullmatch(name) and child.isfile():
+                entry = _entry(files, app, stream, "flv", child,
+                               live=recording and name == "index.flv")
+                if entry is not None:
+                    entries.append(entry)
+    for app, stream, directory in _stream_directories(files, "mp4"):
+        for name, child in _visible_children(directory):
+            if not MERGE_DIRECTORY.fullmatch(name) or not child.isdir():
+                continue
+            merged = child.createSimilarFile(os.path.join(child.path, MERGED_NAME))
+            if MERGED_NAME in child.visible_names() and merged.isfile():
+                entry = _entry(files, app, stream, "mp4", merged, live=False)
+            elif os.path.exists(os.path.join(child.path, MARKER_NAME)):
+                entry = _entry(files, app, stream, "fmp4", child, live=True)
+            else:
+                entry = None
+            if entry is not None:
+                entries.append(entry)
+    entries.sort(key=lambda e: (-e["modified"], e["path"]))
+    return entries[:MAX_LISTED_RECORDINGS]
+
+
+class JsonDocument(resource.Resource):
+    """A JSON document made afresh for each GET or HEAD; open to pages on
+    any origin, never cached without revalidation."""
+
+    isLeaf = True
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        super().__init__()
+        self.make = make
+
+    def render(self, request: server.Request) -> bytes | int:
+        if request.postpath not in ([], [b""]):
+            return NOT_FOUND.render(request)
+        if request.method not in (b"GET", b"HEAD"):
+            # A preflight (204) or another method (405), as for files.
+            return NOT_FOUND.render(request)
+        for name, value in CORS_HEADERS.items():
+            request.setHeader(name, value)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        body = json.dumps(self.make(), separators=(",", ":")).encode() + b"\n"
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return b"" if request.method == b"HEAD" else body
+
+
+class WebRoot(resource.Resource):
+    """``/`` of the web port: its children (``putChild``), then the pages,
+    then the ``--root`` tree."""
+
+    def __init__(self, files: RootedFile, pages: RootedFile | None) -> None:
+        super().__init__()
+        self.files = files
+        self.pages = pages
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
+        if self.pages is not None:
+            child = self.pages.getChild(path, request)
+            if child is not NOT_FOUND:
+                return child
+        return self.files.getChild(path, request)
+
+    def render(self, request: server.Request) -> bytes | int:
+        # Reached only for a request without any path ("GET ?x" style).
+        return NOT_FOUND.render(request)
+
+
+def make_pages(directory: str, *, clock: Any = None,
+               hidden: Collection[str] = PAGE_INTERNAL_NAMES) -> RootedFile:
+    """The page files of ``directory``, served like the recordings."""
+    return RootedFile(directory, clock=clock, hidden=hidden)
