@@ -242,8 +242,9 @@ class PushSession {
    * Capture timestamps on one clock. Each track's frames carry capture
    * times on a clock of their own (Chromium: video on one base, audio on
    * another); each track's first frame is placed at the moment it reached
-   * the page, and every later frame keeps its capture-time distance from
-   * that first one (no frame counters).
+   * the page (the first call, made as it arrives), and every later frame
+   * keeps its capture-time distance from that first one (no frame
+   * counters).
    */
   _rebase(kind, timestampUs) {
     if (this.clockOffsetUs[kind] === null) {
@@ -269,6 +270,7 @@ class PushSession {
 
   _onVideoFrame(frame) {
     this.framesIn += 1;
+    this._rebase("video", frame.timestamp);
     if (!this.videoEncoder) {
       this.videoEncoder = new VideoEncoder({
         output: (chunk, metadata) => this._onVideoChunk(chunk, metadata),
@@ -340,6 +342,7 @@ class PushSession {
   }
 
   _onAudioData(data) {
+    this._rebase("audio", data.timestamp);
     if (!this.audioEncoder) {
       this.audioEncoder = new AudioEncoder({
         output: (chunk, metadata) => this._onAudioChunk(chunk, metadata),
