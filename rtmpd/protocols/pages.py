@@ -12,9 +12,12 @@ two small JSON documents the pages read.
   the recorders that are on. Pages take the host name from ``location``, so
   they work behind any name the server is reached by.
 * ``/recordings.json`` (:func:`list_recordings`): the finished and running
-  FLV and MP4 recordings under ``--root``, found through the same
-  visibility rules as the files themselves (valid stream names only, no
-  internal files, nothing outside the root).
+  FLV and MP4 recordings under ``--root`` (``?app=…&stream=…``: one
+  stream's), found through the same visibility rules as the files
+  themselves (valid stream names only, no internal files, nothing outside
+  the root); for a live fMP4 recording, the number of its last fragment,
+  so a page fetches each fragment once it exists rather than polling for
+  it.
 
 Where ``web/`` is (:func:`pages_directory`): inside the installed package
 (``rtmpd/web``, which a wheel carries as package data; in the source tree a
@@ -48,6 +51,17 @@ FLV_RECORDING = re.compile(r"index(-\d{8}T\d{6}Z(-\d{1,6})?)?\.flv")
 #: ``output_merge`` and its moved-aside predecessors.
 MERGE_DIRECTORY = re.compile(r"output_merge(-\d{8}T\d{6}Z(-\d{1,6})?)?")
 MERGED_NAME = "stream_full.mp4"
+#: The fMP4 recorders' current directories and the kind each is listed as.
+CURRENT_DIRECTORIES = {"output_merge": "fmp4", "output_separate": "fmp4-separate"}
+#: The init segments of either kind: a directory without one has nothing to play.
+INIT_NAMES = frozenset({"init.mp4", "video_init.mp4", "audio_init.mp4"})
+#: Fragment names per kind (rtmpd.services.fmp4rec.fragment_name): mixed
+#: ``000001.m4s``; separate ``video_000001.m4s`` and ``audio_000001.m4s``
+#: (same numbers). Temporary ``.tmp`` names never match.
+FRAGMENT_NAMES = {
+    "fmp4": re.compile(r"(\d{1,12})\.m4s"),
+    "fmp4-separate": re.compile(r"(?:video|audio)_(\d{1,12})\.m4s"),
+}
 
 
 def pages_directory() -> str | None:
@@ -97,8 +111,11 @@ def _visible_children(directory: RootedFile) -> list[tuple[str, RootedFile]]:
     ]
 
 
-def _stream_directories(files: RootedFile, kind: str) -> list[tuple[str, str, RootedFile]]:
-    """``(app, stream, directory)`` under ``{kind}/{app}/{stream}`` with valid names."""
+def _stream_directories(
+    files: RootedFile, kind: str, only: tuple[str, str] | None
+) -> list[tuple[str, str, RootedFile]]:
+    """``(app, stream, directory)`` under ``{kind}/{app}/{stream}`` with
+    valid names (only those of stream ``only`` when given)."""
     top = files.createSimilarFile(os.path.join(files.path, kind))
     if not top.isdir():
         return []
@@ -106,10 +123,28 @@ def _stream_directories(files: RootedFile, kind: str) -> list[tuple[str, str, Ro
     for app, app_dir in _visible_children(top):
         if not NAME_PATTERN.fullmatch(app) or not app_dir.isdir():
             continue
+        if only is not None and app != only[0]:
+            continue
         for stream, stream_dir in _visible_children(app_dir):
+            if only is not None and stream != only[1]:
+                continue
             if NAME_PATTERN.fullmatch(stream) and stream_dir.isdir():
                 found.append((app, stream, stream_dir))
     return found
+
+
+def last_fragment(directory: str, pattern: re.Pattern[str]) -> int:
+    """The highest fragment number in ``directory`` (0: none yet)."""
+    last = 0
+    try:
+        with os.scandir(directory) as names:
+            for entry in names:
+                match = pattern.fullmatch(entry.name)
+                if match:
+                    last = max(last, int(match.group(1)))
+    except OSError:
+        return 0
+    return last
 
 
 def _entry(
@@ -119,51 +154,72 @@ def _entry(
         info = os.stat(target.path)
     except OSError:
         return None
-    return {
+    entry = {
         "app": app,
         "stream": stream,
         "kind": kind,
         "path": os.path.relpath(target.path, files.path).replace(os.sep, "/"),
-        "size": info.st_size if kind != "fmp4" else None,
+        "size": None,
         "modified": int(info.st_mtime),
         "live": live,
     }
+    if kind in FRAGMENT_NAMES:
+        entry["fragments"] = last_fragment(target.path, FRAGMENT_NAMES[kind])
+    else:
+        entry["size"] = info.st_size
+    return entry
 
 
-def list_recordings(files: RootedFile) -> list[dict[str, Any]]:
-    """The FLV files and MP4 recordings under the ``--root`` tree ``files``,
-    newest first, at most :data:`MAX_LISTED_RECORDINGS`.
+def _recording(directory: RootedFile) -> bool:
+    """Whether a recorder is still writing ``directory`` (its marker is there)."""
+    return os.path.exists(os.path.join(directory.path, MARKER_NAME))
 
-    Each entry: ``app``, ``stream``, ``kind`` (``flv``: an FLV file;
-    ``mp4``: a merged ``stream_full.mp4``; ``fmp4``: a mixed fMP4 recording
-    still being written, whose ``path`` is its directory), ``path`` (relative
-    to the root, as the web port serves it), ``size`` in bytes (None for a
-    directory), ``modified`` (UNIX seconds) and ``live`` (still being
-    written)."""
-    entries: list[dict[str, Any]] = []
-    for app, stream, directory in _stream_directories(files, "flv"):
-        recording = os.path.exists(os.path.join(directory.path, MARKER_NAME))
+
+def list_recordings(
+    files: RootedFile, only: tuple[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The recordings under the ``--root`` tree ``files`` (only those of
+    the stream ``only`` = ``(app, stream)`` when given), newest first, at
+    most :data:`MAX_LISTED_RECORDINGS`.
+
+    Each entry has ``app``, ``stream``, ``kind``, ``path`` (relative to the
+    root, as the web port serves it), ``size`` in bytes (None for a
+    directory), ``modified`` (UNIX seconds) and ``live`` (a recorder is
+    still writing it). Kinds: ``flv`` (``index.flv`` and the files moved
+    aside by a republish), ``mp4`` (a merged ``stream_full.mp4``), and the
+    current fMP4 directories ``fmp4`` (``output_merge``) and
+    ``fmp4-separate`` (``output_separate``), which also have ``fragments``:
+    the highest fragment number written so far (0: none yet)."""
+    entries: list[dict[str, Any] | None] = []
+    for app, stream, directory in _stream_directories(files, "flv", only):
+        recording = _recording(directory)
         for name, child in _visible_children(directory):
             if FLV_RECORDING.fullmatch(name) and child.isfile():
-                entry = _entry(files, app, stream, "flv", child,
-                               live=recording and name == "index.flv")
-                if entry is not None:
-                    entries.append(entry)
-    for app, stream, directory in _stream_directories(files, "mp4"):
+                entries.append(_entry(files, app, stream, "flv", child,
+                                      live=recording and name == "index.flv"))
+    for app, stream, directory in _stream_directories(files, "mp4", only):
         for name, child in _visible_children(directory):
-            if not MERGE_DIRECTORY.fullmatch(name) or not child.isdir():
+            if not child.isdir():
                 continue
-            merged = child.createSimilarFile(os.path.join(child.path, MERGED_NAME))
-            if MERGED_NAME in child.visible_names() and merged.isfile():
-                entry = _entry(files, app, stream, "mp4", merged, live=False)
-            elif os.path.exists(os.path.join(child.path, MARKER_NAME)):
-                entry = _entry(files, app, stream, "fmp4", child, live=True)
-            else:
-                entry = None
-            if entry is not None:
-                entries.append(entry)
-    entries.sort(key=lambda e: (-e["modified"], e["path"]))
-    return entries[:MAX_LISTED_RECORDINGS]
+            if name in CURRENT_DIRECTORIES and INIT_NAMES & set(child.visible_names()):
+                entries.append(_entry(files, app, stream, CURRENT_DIRECTORIES[name], child,
+                                      live=_recording(child)))
+            if MERGE_DIRECTORY.fullmatch(name) and MERGED_NAME in child.visible_names():
+                merged = child.createSimilarFile(os.path.join(child.path, MERGED_NAME))
+                if merged.isfile():
+                    entries.append(_entry(files, app, stream, "mp4", merged, live=False))
+    found = [e for e in entries if e is not None]
+    found.sort(key=lambda e: (-e["modified"], e["path"]))
+    return found[:MAX_LISTED_RECORDINGS]
+
+
+def recordings_of(request: server.Request) -> tuple[str, str] | None:
+    """The ``(app, stream)`` of ``?app=…&stream=…``; None when not both given."""
+    app = request.args.get(b"app", [b""])[0].decode("utf-8", "replace")
+    stream = request.args.get(b"stream", [b""])[0].decode("utf-8", "replace")
+    if not app or not stream:
+        return None
+    return app, stream
 
 
 class JsonDocument(resource.Resource):
@@ -172,7 +228,7 @@ class JsonDocument(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, make: Callable[[], Any]) -> None:
+    def __init__(self, make: Callable[[server.Request], Any]) -> None:
         super().__init__()
         self.make = make
 
@@ -187,7 +243,7 @@ class JsonDocument(resource.Resource):
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        body = json.dumps(self.make(), separators=(",", ":")).encode() + b"\n"
+        body = json.dumps(self.make(request), separators=(",", ":")).encode() + b"\n"
         request.setHeader(b"Content-Length", b"%d" % len(body))
         return b"" if request.method == b"HEAD" else body
 

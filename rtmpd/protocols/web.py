@@ -26,7 +26,13 @@ from rtmpd.protocols.flvhttp import (
     access_log_line,
     refuse_connection,
 )
-from rtmpd.protocols.pages import JsonDocument, WebRoot, list_recordings, make_pages
+from rtmpd.protocols.pages import (
+    JsonDocument,
+    WebRoot,
+    list_recordings,
+    make_pages,
+    recordings_of,
+)
 
 if TYPE_CHECKING:
     from rtmpd.admission import Admission
@@ -187,8 +193,9 @@ def make_web_site(
     files = RootedFile(root, clock=reactor)
     top = WebRoot(files, make_pages(pages, clock=reactor) if pages is not None else None)
     if config is not None:
-        top.putChild(b"config.json", JsonDocument(lambda: config))
-    top.putChild(b"recordings.json", JsonDocument(lambda: {"recordings": list_recordings(files)}))
+        top.putChild(b"config.json", JsonDocument(lambda _: config))
+    top.putChild(b"recordings.json", JsonDocument(
+        lambda request: {"recordings": list_recordings(files, recordings_of(request))}))
     owned: StatsSampler | None = None
     if admission is not None or metrics is not None:
         from rtmpd.protocols.api import ApiResource, MetricsResource

@@ -177,8 +177,8 @@ def test_the_source_tree_install_finds_the_top_level_web_directory() -> None:
 # --------------------------------------------------------------------------- recordings.json
 
 
-def recordings(site: object) -> list[dict[str, object]]:
-    status, _, body = get(site, "/recordings.json")
+def recordings(site: object, query: str = "") -> list[dict[str, object]]:
+    status, _, body = get(site, "/recordings.json" + query)
     assert status == 200
     listed: list[dict[str, object]] = json.loads(body)["recordings"]
     return listed
@@ -196,6 +196,8 @@ def test_recordings_lists_flv_and_mp4_files_newest_first(media: Path, tmp_path: 
     running = media / "mp4" / "live" / "cam" / "output_merge"
     running.mkdir()
     (running / "init.mp4").write_bytes(b"x")
+    for name in ("000001.m4s", "000002.m4s", "000003.m4s.tmp", "stream_full.mp4.tmp"):
+        (running / name).write_bytes(b"x")
     (running / MARKER_NAME).write_text("{}")
     for age, path in enumerate([flv / "index.flv", running, merged / "stream_full.mp4",
                                 flv / "index-20260101T000000Z.flv"]):
@@ -205,7 +207,7 @@ def test_recordings_lists_flv_and_mp4_files_newest_first(media: Path, tmp_path: 
         {"app": "live", "stream": "cam", "kind": "flv", "path": "flv/live/cam/index.flv",
          "size": 30, "modified": 1_800_000_000, "live": True},
         {"app": "live", "stream": "cam", "kind": "fmp4", "path": "mp4/live/cam/output_merge",
-         "size": None, "modified": 1_799_999_990, "live": True},
+         "size": None, "modified": 1_799_999_990, "live": True, "fragments": 2},
         {"app": "live", "stream": "cam", "kind": "mp4",
          "path": "mp4/live/cam/output_merge-20260101T000000Z/stream_full.mp4",
          "size": 15, "modified": 1_799_999_980, "live": False},
@@ -213,6 +215,22 @@ def test_recordings_lists_flv_and_mp4_files_newest_first(media: Path, tmp_path: 
          "path": "flv/live/cam/index-20260101T000000Z.flv",
          "size": 3, "modified": 1_799_999_970, "live": False},
     ]
+
+
+def test_recordings_of_one_stream_and_its_fmp4_fragments(media: Path) -> None:
+    for stream in ("cam", "other"):
+        separate = media / "mp4" / "live" / stream / "output_separate"
+        separate.mkdir(parents=True)
+        for name in ("video_init.mp4", "audio_init.mp4", "video_000001.m4s",
+                     "audio_000001.m4s", "video_000002.m4s", "audio_000002.m4s.tmp"):
+            (separate / name).write_bytes(b"x")
+    site = make_web_site(str(media), reactor=Clock())
+    listed = recordings(site, "?app=live&stream=cam")
+    assert [(e["path"], e["kind"], e["live"], e["fragments"]) for e in listed] == [
+        ("mp4/live/cam/output_separate", "fmp4-separate", False, 2)]
+    assert len(recordings(site)) == 2
+    assert recordings(site, "?app=live&stream=nothing") == []
+    assert recordings(site, "?app=..&stream=cam") == []
 
 
 def test_recordings_never_lists_internal_odd_or_outside_files(
