@@ -21,7 +21,23 @@ TagHeader::
 
 Writers: :func:`encode_header`, :func:`encode_tag`, :class:`FlvTagWriter`.
 Reader: :class:`FlvReader` (sans-IO, h11-style). Body inspection:
-:func:`describe_tag`.
+:func:`describe_tag`, and :func:`audio_packet` for where an audio tag's codec
+data starts.
+
+Opus (Enhanced RTMP v2, ExAudioTagHeader; what rtmpd accepts and passes on
+unchanged)::
+
+    SequenceStart  0x90 | 'Opus' (4f 70 75 73) | OpusHead identification header
+    CodedFrames    0x91 | 'Opus' | one Opus packet (RFC 6716), as an encoder emits it
+
+0x90 / 0x91 is SoundFormat 9 (ExHeader) in the high nibble and
+AudioPacketType 0 (SequenceStart) / 1 (CodedFrames) in the low one. The
+OpusHead is RFC 7845 section 5.1 byte for byte (19 bytes for mono/stereo,
+little-endian fields; layout in :mod:`rtmpd.codec.opus`). The tag timestamp
+is the packet's presentation time in ms. ModEx prefixes and a OneTrack
+Multitrack wrapper are understood too; MultichannelConfig (0x94) and
+SequenceEnd (0x92) tags pass through to viewers and are not media to the
+recorders.
 """
 
 from __future__ import annotations
@@ -666,6 +682,61 @@ def _describe_audio(body: bytes) -> TagInfo:
             composition_ms=0,
         )
     return TagInfo(keyframe=False, sequence_header=False, codec=sound_format, composition_ms=0)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPacket:
+    """An audio tag body split at its codec data.
+
+    ``codec`` is the SoundFormat or FourCC (as in :class:`TagInfo`);
+    ``packet_type`` the AACPacketType or Enhanced RTMP AudioPacketType
+    (:data:`AUDIO_PACKET_CODED_FRAMES` for legacy formats without one);
+    ``data`` the bytes after the tag's headers: an AudioSpecificConfig or
+    OpusHead for a sequence header, coded frames otherwise.
+    """
+
+    codec: int
+    packet_type: int
+    data: bytes
+
+    @property
+    def coded_frames(self) -> bool:
+        """Whether ``data`` is coded audio (AAC raw, ExAudio CodedFrames, legacy formats)."""
+        return self.packet_type == AUDIO_PACKET_CODED_FRAMES
+
+
+def audio_packet(body: bytes) -> AudioPacket:
+    """Split an audio tag body into its headers' facts and its codec data.
+
+    Legacy AAC keeps its AACPacketType (0 sequence header, 1 raw, the same
+    values as SequenceStart and CodedFrames); other legacy formats are coded
+    frames after the one header byte. For a Multitrack tag, the first track's
+    data. Raises :class:`RemoteProtocolError` like :func:`describe_tag`.
+    """
+    if not body:
+        raise RemoteProtocolError("empty audio tag body")
+    sound_format = body[0] >> 4
+    if sound_format == AUDIO_AAC:
+        if len(body) < 2:
+            raise _short("AAC audio", 2, body)
+        return AudioPacket(AUDIO_AAC, body[1], body[2:])
+    if sound_format != AUDIO_EX_HEADER:
+        return AudioPacket(sound_format, AUDIO_PACKET_CODED_FRAMES, body[1:])
+    pos, packet_type = _skip_mod_ex(body, 1, body[0] & 0x0F, "Enhanced RTMP audio")
+    end = len(body)
+    if packet_type == AUDIO_PACKET_MULTITRACK:
+        multitrack_type = body[pos] >> 4 if pos < len(body) else MULTITRACK_ONE_TRACK
+        pos, packet_type, code = _read_multitrack(body, pos, "Enhanced RTMP audio")
+        if multitrack_type != MULTITRACK_ONE_TRACK:
+            end = pos + int.from_bytes(body[pos - 3 : pos], "big")
+            if end > len(body):
+                raise _short("Enhanced RTMP audio track", end, body)
+    else:
+        if pos + 4 > len(body):
+            raise _short("Enhanced RTMP audio", pos + 4, body)
+        code = int.from_bytes(body[pos : pos + 4], "big")
+        pos += 4
+    return AudioPacket(code, packet_type, body[pos:end])
 
 
 def _describe_ex_audio(body: bytes) -> TagInfo:
