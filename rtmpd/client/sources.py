@@ -13,6 +13,8 @@ MP4 (progressive or fragmented) goes through the pure demuxer
 * H.265: Enhanced RTMP ExHeader with FourCC ``hvc1`` (SequenceStart with
   ``hvcC``, CodedFrames with SI24 composition time).
 * AAC: ``AF 00`` + AudioSpecificConfig; frames ``AF 01`` + raw AAC.
+* Opus: Enhanced RTMP ExAudio with FourCC ``Opus``: ``90 'Opus'`` + the
+  OpusHead the demuxer made of ``dOps``; frames ``91 'Opus'`` + one packet.
 
 Times are exact: each DTS and PTS is converted from the integer track time to
 ms on its own (no accumulated rounding), after the edit list's presentation
@@ -67,6 +69,9 @@ MP4_SUFFIXES = frozenset({".mp4", ".m4v", ".mov"})
 _FLV_READ_SIZE = 1024 * 1024
 
 _AAC_HEADER = 0xAF  # SoundFormat 10 (AAC), 44 kHz, 16-bit, stereo: fixed for AAC in FLV
+# SoundFormat 9 (ExHeader) | AudioPacketType: SequenceStart 0, CodedFrames 1.
+_EX_AUDIO_SEQUENCE_START = b"\x90"
+_EX_AUDIO_CODED_FRAMES = b"\x91"
 _AVC_KEY = (1 << 4) | VIDEO_AVC
 _AVC_INTER = (2 << 4) | VIDEO_AVC
 _EX_HEADER = 0x80
@@ -259,6 +264,8 @@ class _Mp4Track:
 
     def frame_prefix(self, keyframe: bool, cts_ms: int) -> bytes:
         if self.tag_type == TAG_AUDIO:
+            if self.track.codec == "Opus":
+                return _EX_AUDIO_CODED_FRAMES + b"Opus"
             return bytes((_AAC_HEADER, 1))
         if self.track.codec in ("hvc1", "hev1"):
             first = (_EX_KEY if keyframe else _EX_INTER) | _EX_CODED_FRAMES
@@ -270,7 +277,10 @@ def _mp4_track(track: Mp4Track, movie_timescale: int) -> _Mp4Track:
     clock = _track_clock(track, movie_timescale)
     config = track.decoder_config
     if track.kind == "audio":
-        header = bytes((_AAC_HEADER, 0)) + config
+        if track.codec == "Opus":
+            header = _EX_AUDIO_SEQUENCE_START + b"Opus" + config
+        else:
+            header = bytes((_AAC_HEADER, 0)) + config
         return _Mp4Track(track, TAG_AUDIO, clock, header)
     if track.codec in ("hvc1", "hev1"):
         header = bytes((_EX_KEY | _EX_SEQUENCE_START,)) + b"hvc1" + config
@@ -354,7 +364,7 @@ def _mp4_metadata(chosen: dict[str, _Mp4Track], duration_s: float) -> bytes:
     audio = chosen.get("audio")
     if audio is not None:
         track = audio.track
-        meta["audiocodecid"] = 10.0
+        meta["audiocodecid"] = float(fourcc(b"Opus")) if track.codec == "Opus" else 10.0
         meta["audiosamplerate"] = float(track.sample_rate or track.timescale)
         meta["audiosamplesize"] = 16.0
         meta["audiochannels"] = float(track.channel_count)

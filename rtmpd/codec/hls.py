@@ -16,6 +16,19 @@ Rendered form (``EXT-X-DISCONTINUITY-SEQUENCE`` is always written)::
     #EXTINF:1.960,
     8.ts
     #EXT-X-ENDLIST
+
+A stream whose codecs MPEG-TS cannot carry (Opus audio here) is written as
+fMP4 segments behind an init segment, and the playlist names it before the
+first segment that uses it (and again where it changes)::
+
+    #EXTM3U
+    #EXT-X-VERSION:7
+    #EXT-X-TARGETDURATION:2
+    #EXT-X-MEDIA-SEQUENCE:0
+    #EXT-X-DISCONTINUITY-SEQUENCE:0
+    #EXT-X-MAP:URI="init.mp4"
+    #EXTINF:2.000,
+    0.m4s
 """
 
 from __future__ import annotations
@@ -28,6 +41,9 @@ from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 
 #: EXT-X-VERSION we write: 3 allows decimal-floating-point EXTINF durations.
 PLAYLIST_VERSION = 3
+#: EXT-X-VERSION of a playlist with EXT-X-MAP (fMP4 segments): RFC 8216 section 7 asks
+#: for 6 at least; 7 is what fMP4 HLS writers (Apple's, ffmpeg's) declare.
+PLAYLIST_VERSION_FMP4 = 7
 
 #: Default segment length the cutter aims for, in ms.
 DEFAULT_FRAGMENT_MS = 2000
@@ -52,15 +68,21 @@ MAX_DURATION_S = 86_400
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Segment:
-    """One media segment: its URI, duration in ms, and whether an
-    EXT-X-DISCONTINUITY precedes it."""
+    """One media segment: its URI, duration in ms, whether an
+    EXT-X-DISCONTINUITY precedes it, and the URI of its init segment
+    (EXT-X-MAP; None for self-contained MPEG-TS segments)."""
 
     uri: str
     duration_ms: int
     discontinuity: bool = False
+    map_uri: str | None = None
 
     def __post_init__(self) -> None:
         _check_uri(self.uri)
+        if self.map_uri is not None:
+            _check_uri(self.map_uri)
+            if '"' in self.map_uri:
+                raise LocalProtocolError(f"map URI {self.map_uri!r} cannot be a quoted-string")
         if not 0 <= self.duration_ms <= MAX_DURATION_S * 1000:
             raise LocalProtocolError(
                 f"segment duration {self.duration_ms} ms is outside 0..{MAX_DURATION_S * 1000}"
@@ -101,7 +123,9 @@ class MediaPlaylist:
     that slides out with its segment.
     """
 
-    def __init__(self, target_duration_s: int, window: int | None) -> None:
+    def __init__(
+        self, target_duration_s: int, window: int | None, *, media_sequence: int = 0
+    ) -> None:
         if not 1 <= target_duration_s <= MAX_DURATION_S:
             raise LocalProtocolError(
                 f"target duration {target_duration_s} s is outside 1..{MAX_DURATION_S}"
@@ -110,8 +134,10 @@ class MediaPlaylist:
             raise LocalProtocolError(f"window of {window} segments must be at least 1")
         self.window = window
         self._target_duration_s = target_duration_s
+        if media_sequence < 0:
+            raise LocalProtocolError(f"media sequence {media_sequence} is negative")
         self._segments: deque[Segment] = deque()
-        self._media_sequence = 0
+        self._media_sequence = media_sequence
         self._discontinuity_sequence = 0
         self._ended = False
 
@@ -145,17 +171,39 @@ class MediaPlaylist:
         """True once :meth:`end` was called (EXT-X-ENDLIST is written)."""
         return self._ended
 
-    def add_segment(self, uri: str, duration_s: float, discontinuity: bool = False) -> list[str]:
+    def add_segment(
+        self,
+        uri: str,
+        duration_s: float,
+        discontinuity: bool = False,
+        *,
+        map_uri: str | None = None,
+    ) -> list[str]:
         """List a finished segment; returns the URIs that slid out of the window.
 
-        ``duration_s`` is kept to the millisecond. The caller may delete the
-        returned segments' files. Raises :class:`LocalProtocolError` after
+        ``duration_s`` is kept to the millisecond; ``map_uri`` names the
+        segment's init segment (fMP4). The caller may delete the returned
+        segments' files. Raises :class:`LocalProtocolError` after
         :meth:`end`, or for a URI that is not one playlist line.
         """
+        return [s.uri for s in self.add(uri, duration_s, discontinuity, map_uri=map_uri)]
+
+    def add(
+        self,
+        uri: str,
+        duration_s: float,
+        discontinuity: bool = False,
+        *,
+        map_uri: str | None = None,
+    ) -> list[Segment]:
+        """:meth:`add_segment`, returning the segments that slid out (with their maps)."""
         if self._ended:
             raise LocalProtocolError("add_segment after the playlist ended")
         segment = Segment(
-            uri=uri, duration_ms=round(duration_s * 1000), discontinuity=discontinuity
+            uri=uri,
+            duration_ms=round(duration_s * 1000),
+            discontinuity=discontinuity,
+            map_uri=map_uri,
         )
         self._append(segment)
         return self._slide()
@@ -168,28 +216,33 @@ class MediaPlaylist:
         self._target_duration_s = max(self._target_duration_s, segment.rounded_duration_s)
         self._segments.append(segment)
 
-    def _slide(self) -> list[str]:
-        removed: list[str] = []
+    def _slide(self) -> list[Segment]:
+        removed: list[Segment] = []
         while self.window is not None and len(self._segments) > self.window:
             old = self._segments.popleft()
             self._media_sequence += 1
             if old.discontinuity:
                 self._discontinuity_sequence += 1
-            removed.append(old.uri)
+            removed.append(old)
         return removed
 
     def render(self) -> str:
         """The playlist text, ``\\n`` line ends, ending in a newline."""
+        fmp4 = any(s.map_uri is not None for s in self._segments)
         lines = [
             "#EXTM3U",
-            f"#EXT-X-VERSION:{PLAYLIST_VERSION}",
+            f"#EXT-X-VERSION:{PLAYLIST_VERSION_FMP4 if fmp4 else PLAYLIST_VERSION}",
             f"#EXT-X-TARGETDURATION:{self._target_duration_s}",
             f"#EXT-X-MEDIA-SEQUENCE:{self._media_sequence}",
             f"#EXT-X-DISCONTINUITY-SEQUENCE:{self._discontinuity_sequence}",
         ]
+        current_map: str | None = None
         for segment in self._segments:
             if segment.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
+            if segment.map_uri is not None and segment.map_uri != current_map:
+                lines.append(f'#EXT-X-MAP:URI="{segment.map_uri}"')
+            current_map = segment.map_uri
             lines.append(f"#EXTINF:{_format_ms(segment.duration_ms)},")
             lines.append(segment.uri)
         if self._ended:
@@ -220,6 +273,7 @@ class MediaPlaylist:
         segments: list[Segment] = []
         pending_duration: int | None = None
         pending_discontinuity = False
+        current_map: str | None = None
         for number, line in enumerate(lines[1:], start=2):
             if not line.startswith("#"):
                 if pending_duration is None:
@@ -228,7 +282,10 @@ class MediaPlaylist:
                     raise RemoteProtocolError(f"line {number}: segment after #EXT-X-ENDLIST")
                 try:
                     segment = Segment(
-                        uri=line, duration_ms=pending_duration, discontinuity=pending_discontinuity
+                        uri=line,
+                        duration_ms=pending_duration,
+                        discontinuity=pending_discontinuity,
+                        map_uri=current_map,
                     )
                 except LocalProtocolError as exc:
                     raise RemoteProtocolError(f"line {number}: {exc}") from None
@@ -247,6 +304,8 @@ class MediaPlaylist:
                 discontinuity_sequence = _parse_int(value, number)
             elif tag == "#EXT-X-DISCONTINUITY":
                 pending_discontinuity = True
+            elif tag == "#EXT-X-MAP":
+                current_map = _parse_map_uri(value, number)
             elif tag == "#EXTINF":
                 pending_duration = _parse_duration_ms(value.partition(",")[0], number)
             elif tag == "#EXT-X-ENDLIST":
@@ -267,6 +326,23 @@ class MediaPlaylist:
             playlist._append(segment)
         playlist._ended = ended
         return playlist
+
+
+def _parse_map_uri(value: str, number: int) -> str:
+    """The URI attribute of an EXT-X-MAP attribute list (the only one we write)."""
+    for attribute in value.split(","):
+        name, _, quoted = attribute.partition("=")
+        if name.strip() != "URI":
+            continue
+        quoted = quoted.strip()
+        if len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"' or '"' in quoted[1:-1]:
+            raise RemoteProtocolError(f"line {number}: EXT-X-MAP URI {quoted[:40]!r} is not quoted")
+        try:
+            _check_uri(quoted[1:-1])
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError(f"line {number}: {exc}") from None
+        return quoted[1:-1]
+    raise RemoteProtocolError(f"line {number}: EXT-X-MAP without URI")
 
 
 def _parse_int(value: str, number: int) -> int:

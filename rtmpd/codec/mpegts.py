@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from rtmpd.codec import aac, avc
+from rtmpd.codec import aac, avc, flv
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 from rtmpd.codec.sentinel import NEED_DATA as NEED_DATA
 from rtmpd.codec.sentinel import NeedData as NeedData
@@ -54,6 +54,22 @@ STREAM_ID_VIDEO = 0xE0  # first MPEG video stream id
 
 PROGRAM_NUMBER = 1
 TRANSPORT_STREAM_ID = 1
+
+#: The FLV codec ids (CodecID / SoundFormat, or an Enhanced RTMP FourCC as an int)
+#: :class:`TsMuxer` writes. Opus can only travel in TS as a private stream (PES with an
+#: ``Opus`` registration descriptor) that few HLS players read, so it is not muxed here.
+MUXED_VIDEO_CODECS = frozenset({flv.VIDEO_AVC})
+MUXED_AUDIO_CODECS = frozenset({flv.AUDIO_AAC})
+
+
+def carries(*, video_codec: int | None, audio_codec: int | None) -> bool:
+    """Whether :class:`TsMuxer` can carry a stream of these codecs (None: no such track).
+
+    HLS writes a stream it cannot carry as fMP4 segments instead.
+    """
+    return (video_codec is None or video_codec in MUXED_VIDEO_CODECS) and (
+        audio_codec is None or audio_codec in MUXED_AUDIO_CODECS
+    )
 
 CLOCK_90K = 90  # 90 kHz ticks per millisecond
 PCR_TICKS_PER_90K = 300  # the 27 MHz PCR extension counts 0..299 per 90 kHz tick

@@ -15,7 +15,8 @@ Fragments are cut like HLS segments: before a video keyframe once
 ``--hls-fragment`` has passed (audio-only: any frame). A sample's duration
 is the next sample's decode time minus its own, so a sample waits for its
 successor; an audio sample still waiting at a cut goes in the next fragment.
-Timescale is 1000 (FLV milliseconds, exact) for both tracks. Each fragment
+Timescale is 1000 (FLV milliseconds, exact) for H.264 and AAC, and 48000
+for Opus (the timescale Opus in ISO BMFF asks for; ms times 48 are exact). Each fragment
 file is written as ``.tmp`` and renamed, so a crash never leaves half a
 fragment under its real name.
 
@@ -37,11 +38,12 @@ import bisect
 import os
 import re
 from array import array
+from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from twisted.internet import defer
 
-from rtmpd.codec import aac, avc
+from rtmpd.codec import aac, avc, flv, opus
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.codec.mp4 import Sample, TrackConfig
 from rtmpd.codec.mp4.demux import Mp4Demuxer
@@ -52,6 +54,7 @@ from rtmpd.services.recorder import (
     DiskFiles,
     Recorder,
     Recording,
+    codec_data,
     move_aside,
     remove_marker,
     write_atomically,
@@ -76,28 +79,59 @@ def fragment_name(track: str | None, sequence: int) -> str:
 
 
 class FragmentBuilder:
-    """Groups samples into fragments; pure (no I/O)."""
+    """Groups samples into fragments; pure (no I/O).
 
-    def __init__(self, *, has_video: bool, fragment_ms: int) -> None:
+    Samples come in with times in ms (the rebased FLV timestamps) and go out
+    in each track's timescale (``timescales``, ticks per second; 1000 unless
+    given: 48000 for Opus). A sample's duration is the next one's decode time
+    minus its own, so each track's last sample waits for its successor.
+
+    Where fragments end is the builder's own rule (before a video keyframe
+    once ``fragment_ms`` has passed; audio-only: any sample), unless the
+    caller decides: ``push(..., cut=True/False)`` (HLS cuts with its
+    :class:`rtmpd.codec.hls.SegmentCutter`, so a segment and a fragment are
+    one and the same).
+    """
+
+    def __init__(
+        self,
+        *,
+        has_video: bool,
+        fragment_ms: int,
+        timescales: Mapping[int, int] | None = None,
+    ) -> None:
         self.has_video = has_video
         self.fragment_ms = fragment_ms
+        self._timescales = dict(timescales or {})
         self._start_ms: int | None = None
-        self._waiting: dict[int, tuple[int, int, bool, bytes]] = {}
+        self._waiting: dict[int, tuple[int, int, bool, bytes]] = {}  # ticks
         self._last_duration: dict[int, int] = {}
         self._done: dict[int, list[Sample]] = {VIDEO_TRACK: [], AUDIO_TRACK: []}
 
+    def _ticks(self, track_id: int, ms: int) -> int:
+        return ms * self._timescales.get(track_id, TIMESCALE) // 1000
+
     def push(
-        self, track_id: int, dts: int, cts_offset: int, keyframe: bool, data: bytes
+        self,
+        track_id: int,
+        dts: int,
+        cts_offset: int,
+        keyframe: bool,
+        data: bytes,
+        *,
+        cut: bool | None = None,
     ) -> dict[int, list[Sample]] | None:
-        """Add one sample; returns the finished fragment's samples per track
-        when this sample starts a new fragment."""
+        """Add one sample (``dts`` and ``cts_offset`` in ms); returns the
+        finished fragment's samples per track when this sample starts a new
+        fragment. ``cut`` True or False overrides the builder's own rule."""
+        dts_ticks = self._ticks(track_id, dts)
         previous = self._waiting.get(track_id)
         if previous is not None:
             p_dts, p_cts, p_key, p_data = previous
-            duration = dts - p_dts
+            duration = dts_ticks - p_dts
             if duration < 0:
                 duration = 0
-                dts = p_dts
+                dts_ticks = p_dts
             self._last_duration[track_id] = duration
             self._done[track_id].append(
                 Sample(dts=p_dts, cts_offset=p_cts, duration=duration, keyframe=p_key, data=p_data)
@@ -106,13 +140,17 @@ class FragmentBuilder:
         start = self._start_ms
         if start is None:
             self._start_ms = dts
-        elif dts - start >= self.fragment_ms and (
-            (track_id == VIDEO_TRACK and keyframe) if self.has_video else True
-        ):
+        elif cut if cut is not None else self._cuts_before(track_id, dts - start, keyframe):
             out = self._take()
             self._start_ms = dts
-        self._waiting[track_id] = (dts, cts_offset, keyframe, data)
+        cts_ticks = self._ticks(track_id, dts + cts_offset) - self._ticks(track_id, dts)
+        self._waiting[track_id] = (dts_ticks, cts_ticks, keyframe, data)
         return out
+
+    def _cuts_before(self, track_id: int, elapsed_ms: int, keyframe: bool) -> bool:
+        if elapsed_ms < self.fragment_ms:
+            return False
+        return (track_id == VIDEO_TRACK and keyframe) if self.has_video else True
 
     def _take(self) -> dict[int, list[Sample]] | None:
         done = {tid: samples for tid, samples in self._done.items() if samples}
@@ -120,13 +158,18 @@ class FragmentBuilder:
         return done or None
 
     def finish(self) -> dict[int, list[Sample]] | None:
-        """The last fragment: waiting samples last as long as the one before."""
+        """The last fragment: waiting samples last as long as the one before.
+
+        The builder can go on afterwards (HLS after a discontinuity): the
+        next sample opens a new fragment.
+        """
         for track_id, (dts, cts, key, data) in self._waiting.items():
             duration = self._last_duration.get(track_id, 0)
             self._done[track_id].append(
                 Sample(dts=dts, cts_offset=cts, duration=duration, keyframe=key, data=data)
             )
         self._waiting.clear()
+        self._start_ms = None
         return self._take()
 
 
@@ -264,6 +307,43 @@ class Fmp4Files(DiskFiles):
         return finish_directory(self.directory, merge=not self.separate)
 
 
+def track_configs(
+    video_header: Frame | None, audio_header: Frame | None
+) -> dict[int, TrackConfig]:
+    """The MP4 tracks for a stream's sequence headers: H.264 (track 1, timescale
+    1000), AAC (track 2, 1000) or Opus (track 2, 48000). Raises ProtocolError
+    for a header that does not parse."""
+    tracks: dict[int, TrackConfig] = {}
+    if video_header is not None:
+        record = codec_data(video_header) or b""
+        config = avc.AVCDecoderConfigurationRecord.parse(record)
+        width = height = 0
+        if config.sps:
+            info = avc.parse_sps(config.sps[0])
+            width, height = info.width, info.height
+        tracks[VIDEO_TRACK] = TrackConfig(
+            track_id=VIDEO_TRACK, kind="video", codec="avc1", timescale=TIMESCALE,
+            decoder_config=record, width=width, height=height,
+        )
+    if audio_header is not None:
+        record = codec_data(audio_header) or b""
+        if audio_header.codec == flv.FOURCC_OPUS:
+            head = opus.OpusHead.parse(record)
+            tracks[AUDIO_TRACK] = TrackConfig(
+                track_id=AUDIO_TRACK, kind="audio", codec="Opus", timescale=opus.SAMPLE_RATE,
+                decoder_config=bytes(head), sample_rate=opus.SAMPLE_RATE,
+                channel_count=head.channel_count,
+            )
+        else:
+            asc = aac.AudioSpecificConfig.parse(record)
+            tracks[AUDIO_TRACK] = TrackConfig(
+                track_id=AUDIO_TRACK, kind="audio", codec="mp4a", timescale=TIMESCALE,
+                decoder_config=record, sample_rate=asc.sample_rate,
+                channel_count=asc.channel_configuration or 2,
+            )
+    return tracks
+
+
 class Fmp4Recording(Recording):
     """The reactor half of ``--record fmp4``: mixed fragments, merged at the end."""
 
@@ -271,27 +351,8 @@ class Fmp4Recording(Recording):
     separate = False
 
     def open(self) -> None:
-        tracks: dict[int, TrackConfig] = {}
         try:
-            if self.video_header is not None:
-                record = self.video_header.payload[5:]
-                config = avc.AVCDecoderConfigurationRecord.parse(record)
-                width = height = 0
-                if config.sps:
-                    info = avc.parse_sps(config.sps[0])
-                    width, height = info.width, info.height
-                tracks[VIDEO_TRACK] = TrackConfig(
-                    track_id=VIDEO_TRACK, kind="video", codec="avc1", timescale=TIMESCALE,
-                    decoder_config=record, width=width, height=height,
-                )
-            if self.audio_header is not None:
-                record = self.audio_header.payload[2:]
-                asc = aac.AudioSpecificConfig.parse(record)
-                tracks[AUDIO_TRACK] = TrackConfig(
-                    track_id=AUDIO_TRACK, kind="audio", codec="mp4a", timescale=TIMESCALE,
-                    decoder_config=record, sample_rate=asc.sample_rate,
-                    channel_count=asc.channel_configuration or 2,
-                )
+            tracks = track_configs(self.video_header, self.audio_header)
         except ProtocolError as e:
             self.fail(f"bad sequence header: {e}")
             return
@@ -302,18 +363,18 @@ class Fmp4Recording(Recording):
         else:
             inits = {INIT_NAME: init_segment(list(tracks.values()))}
         self.builder = FragmentBuilder(
-            has_video=VIDEO_TRACK in tracks, fragment_ms=self.settings.fragment_ms
+            has_video=VIDEO_TRACK in tracks,
+            fragment_ms=self.settings.fragment_ms,
+            timescales={t: c.timescale for t, c in tracks.items()},
         )
         self.sequence = 0
         self.disk = self.files = Fmp4Files(self.directory, separate=self.separate)
         self.submit(lambda: self.files.open(inits))
 
     def write_media(self, frame: Frame, ts_ms: int) -> None:
-        if frame.kind is FrameKind.VIDEO:
-            track, data = VIDEO_TRACK, frame.payload[5:]
-        else:
-            track, data = AUDIO_TRACK, frame.payload[2:]
-        if track not in self.tracks:
+        track = VIDEO_TRACK if frame.kind is FrameKind.VIDEO else AUDIO_TRACK
+        data = codec_data(frame)
+        if track not in self.tracks or data is None:
             return
         done = self.builder.push(
             track, ts_ms, frame.composition_ms, frame.keyframe or track == AUDIO_TRACK, data

@@ -69,6 +69,35 @@ GATE_MAX_FRAMES = 1000
 #: The record formats, as ``--record`` names them.
 FORMATS = ("hls", "flv", "fmp4", "fmp4-separate")
 
+#: Codecs the codec-only recorders (HLS, fMP4) take: H.264 video; AAC, or Opus the
+#: Enhanced RTMP way (FourCC ``Opus``; HLS writes such a stream as fMP4 segments).
+RECORDED_VIDEO_CODECS = frozenset({flv.VIDEO_AVC})
+RECORDED_AUDIO_CODECS = frozenset({flv.AUDIO_AAC, flv.FOURCC_OPUS})
+
+
+def codec_data(frame: Frame) -> bytes | None:
+    """The codec bytes of an H.264, AAC or Opus tag after its FLV headers.
+
+    For a sequence header: the AVCDecoderConfigurationRecord, AudioSpecificConfig
+    or OpusHead. For media: AVCC NAL units, one raw AAC frame or one Opus packet.
+    None for a tag that carries no coded media (AVC end of sequence, an Opus
+    MultichannelConfig or SequenceEnd) or is malformed.
+    """
+    if frame.kind is FrameKind.VIDEO:
+        payload = frame.payload
+        if len(payload) < 5:
+            return None
+        if frame.sequence_header or payload[1] == flv.AVC_NALU:
+            return payload[5:]
+        return None
+    try:
+        packet = flv.audio_packet(frame.payload)
+    except ProtocolError:
+        return None
+    if frame.sequence_header or packet.coded_frames:
+        return packet.data
+    return None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecorderSettings:
@@ -218,9 +247,10 @@ class Recording:
 
     Subclasses set ``fmt`` and ``codec_only`` and implement :meth:`open`,
     :meth:`write_media`, :meth:`write_header` and :meth:`close`.
-    ``codec_only`` recorders (HLS, fMP4) keep only H.264 video and AAC
-    audio with their sequence headers, dropping video before the first
-    keyframe; the FLV recorder keeps every frame.
+    ``codec_only`` recorders (HLS, fMP4) keep only H.264 video and AAC or
+    Opus audio (:data:`RECORDED_AUDIO_CODECS`) with their sequence headers,
+    dropping video before the first keyframe; the FLV recorder keeps every
+    frame.
     """
 
     fmt: ClassVar[str] = ""
@@ -273,8 +303,8 @@ class Recording:
         if not self.codec_only:
             return True
         if frame.kind is FrameKind.VIDEO:
-            return frame.codec == flv.VIDEO_AVC
-        return frame.codec == flv.AUDIO_AAC
+            return frame.codec in RECORDED_VIDEO_CODECS
+        return frame.codec in RECORDED_AUDIO_CODECS
 
     def _keep_header(self, frame: Frame) -> bool:
         """Remember a sequence header this recorder takes; False if it does not."""
@@ -326,7 +356,7 @@ class Recording:
         if not (self.has_audio or self.has_video):
             self.state = State.FINISHED
             log.warn(
-                "{what}: not recording, no H.264 video or AAC audio", what=self.path
+                "{what}: not recording, no H.264 video or AAC/Opus audio", what=self.path
             )
             self.done.callback(None)
             return
@@ -347,8 +377,10 @@ class Recording:
     def _keeps(self, frame: Frame) -> bool:
         """Whether a media frame belongs to a recorded track."""
         if frame.kind is FrameKind.VIDEO:
-            return self.has_video and (not self.codec_only or frame.codec == flv.VIDEO_AVC)
-        return self.has_audio and (not self.codec_only or frame.codec == flv.AUDIO_AAC)
+            return self.has_video and (
+                not self.codec_only or frame.codec in RECORDED_VIDEO_CODECS
+            )
+        return self.has_audio and (not self.codec_only or frame.codec in RECORDED_AUDIO_CODECS)
 
     # -- live ----------------------------------------------------------------
 
@@ -362,8 +394,8 @@ class Recording:
                 self.write_header(frame)
             return
         if self.codec_only:
-            if not self._keeps(frame) or frame.payload[1:2] != b"\x01":
-                return  # other codec, end-of-sequence or command frame
+            if not self._keeps(frame) or codec_data(frame) is None:
+                return  # other codec, end-of-sequence, command or configuration tag
             if kind is FrameKind.VIDEO and not self._video_started:
                 if not frame.keyframe:
                     return

@@ -452,7 +452,7 @@ def test_stream_without_h264_or_aac_is_not_recorded_as_hls(
     rig.publish(h263)
     assert not rig.dir("hls").exists()
     assert len(flv_tags(rig.dir("flv") / "index.flv")) == 1 + len(h263)
-    assert any("no H.264 video or AAC audio" in m for m in messages(logged, "warn"))
+    assert any("no H.264 video or AAC/Opus audio" in m for m in messages(logged, "warn"))
 
 
 # --------------------------------------------------------------------------- failure, stop

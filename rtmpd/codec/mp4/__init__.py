@@ -32,10 +32,11 @@ __all__ = [
 #: Sample entry types for video: H.264 (``avc1``: parameter sets in ``avcC``; ``avc3``:
 #: also in-band) and H.265 (``hvc1`` / ``hev1``, the same split).
 VIDEO_CODECS = frozenset({"avc1", "avc3", "hvc1", "hev1"})
-#: Sample entry types for audio: MPEG-4 audio (AAC) with an ``esds`` box.
-AUDIO_CODECS = frozenset({"mp4a"})
+#: Sample entry types for audio: MPEG-4 audio (AAC) with an ``esds`` box, and Opus with a
+#: ``dOps`` box.
+AUDIO_CODECS = frozenset({"mp4a", "Opus"})
 
-Codec = Literal["avc1", "avc3", "hvc1", "hev1", "mp4a"]
+Codec = Literal["avc1", "avc3", "hvc1", "hev1", "mp4a", "Opus"]
 TrackKind = Literal["video", "audio"]
 
 
@@ -45,11 +46,13 @@ class TrackConfig:
 
     ``decoder_config`` is the codec configuration record exactly as FLV/RTMP carry it in the
     sequence header: the ``AVCDecoderConfigurationRecord`` (``avcC`` payload), the
-    ``HEVCDecoderConfigurationRecord`` (``hvcC`` payload) or the AAC ``AudioSpecificConfig``
-    (written inside ``esds``). ``timescale`` is in units per second (e.g. 1000 for FLV
-    milliseconds, 90000 for video, the sample rate for audio). ``width``/``height`` are in
-    pixels (video only); ``sample_rate`` in Hz and ``channel_count`` (audio only) fill the
-    audio sample entry.
+    ``HEVCDecoderConfigurationRecord`` (``hvcC`` payload), the AAC ``AudioSpecificConfig``
+    (written inside ``esds``) or the Opus identification header, RFC 7845 ``OpusHead``
+    (written as a ``dOps`` box, see :mod:`rtmpd.codec.opus`). ``timescale`` is in units per
+    second (e.g. 1000 for FLV milliseconds, 90000 for video, the sample rate for audio, 48000
+    for Opus). ``width``/``height`` are in pixels (video only); ``sample_rate`` in Hz and
+    ``channel_count`` (audio only) fill the audio sample entry (for Opus the ``OpusHead``'s
+    channel count and 48000 are written instead).
     """
 
     track_id: int

@@ -12,10 +12,11 @@ progressive track (``stts``), at ``tfdt`` for a fragmented one; ``cts_offset`` i
 is exposed per track (:attr:`Mp4Track.edit_list`, :attr:`Mp4Track.presentation_offset`), not
 applied: presentation time = ``dts + cts_offset - presentation_offset``.
 
-Supported sample entries: ``avc1``/``avc3`` (``avcC``), ``hvc1``/``hev1`` (``hvcC``) and
-``mp4a`` with AAC (``esds``). Any other codec in a video or audio track raises
-:class:`RemoteProtocolError` naming it; tracks of other kinds (text, timecode, hint) are
-skipped.
+Supported sample entries: ``avc1``/``avc3`` (``avcC``), ``hvc1``/``hev1`` (``hvcC``),
+``mp4a`` with AAC (``esds``) and ``Opus`` (``dOps``, given back as the RFC 7845 ``OpusHead``
+that Enhanced RTMP carries, see :mod:`rtmpd.codec.opus`). Any other codec in a video or
+audio track raises :class:`RemoteProtocolError` naming it; tracks of other kinds (text,
+timecode, hint) are skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
+from rtmpd.codec import opus
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 from rtmpd.codec.mp4 import AUDIO_CODECS, VIDEO_CODECS, Codec, EditListEntry, TrackConfig
 from rtmpd.codec.mp4.boxes import (
@@ -656,9 +658,9 @@ def _parse_stsd(data: bytes, stsd: BoxHeader, kind: str, track_id: int) -> _Samp
         return _SampleEntry(
             codec, data[config.payload_start : config.end], width=width, height=height
         )
-    if fourcc != b"mp4a":
+    if fourcc not in (b"mp4a", b"Opus"):
         raise RemoteProtocolError(
-            f"track {track_id}: unsupported audio codec {codec!r} (supported: mp4a AAC)"
+            f"track {track_id}: unsupported audio codec {codec!r} (supported: mp4a AAC, Opus)"
         )
     r = FieldReader.for_box(data, entry)
     r.skip(6 + 2)
@@ -672,6 +674,12 @@ def _parse_stsd(data: bytes, stsd: BoxHeader, kind: str, track_id: int) -> _Samp
     elif sound_version == 2:
         r.skip(36)
     children = _children_at(data, r.pos, entry.end, 7)
+    if fourcc == b"Opus":
+        dops = _require(children, b"dOps", "Opus")
+        head = opus.OpusHead.parse_dops(data[dops.payload_start : dops.end])
+        return _SampleEntry(
+            "Opus", bytes(head), sample_rate=opus.SAMPLE_RATE, channel_count=head.channel_count
+        )
     if b"esds" not in children and b"wave" in children:
         children = _children(data, children[b"wave"], 8)
     asc = _parse_esds(data, _require(children, b"esds", "mp4a"), track_id)

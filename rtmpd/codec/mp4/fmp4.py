@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 
-from rtmpd.codec.errors import LocalProtocolError
+from rtmpd.codec import opus
+from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 from rtmpd.codec.mp4 import EditListEntry, Sample, SampleTiming, TrackConfig
 from rtmpd.codec.mp4.boxes import BoxWriter
 
@@ -216,6 +217,13 @@ def _write_esds(w: BoxWriter, track: TrackConfig) -> None:
         w.write(es)
 
 
+def _opus_head(track: TrackConfig) -> opus.OpusHead:
+    try:
+        return opus.OpusHead.parse(track.decoder_config)
+    except RemoteProtocolError as exc:
+        raise LocalProtocolError(f"track {track.track_id}: {exc}") from None
+
+
 def _write_sample_entry(w: BoxWriter, track: TrackConfig) -> None:
     codec = track.codec.encode("ascii")
     with w.box(codec):
@@ -236,15 +244,24 @@ def _write_sample_entry(w: BoxWriter, track: TrackConfig) -> None:
             with w.box(_CONFIG_BOX[track.codec]):
                 w.write(track.decoder_config)
         else:
-            # AudioSampleEntry (12.2.3)
+            # AudioSampleEntry (12.2.3). For Opus (Opus in ISO BMFF 4.3.1) channelcount is
+            # the OutputChannelCount and samplerate 48000, whatever the input rate was.
+            head = _opus_head(track) if track.codec == "Opus" else None
+            channel_count = track.channel_count if head is None else head.channel_count
+            sample_rate = track.sample_rate if head is None else opus.SAMPLE_RATE
             w.zeros(8)  # reserved
-            w.u16(track.channel_count)
+            w.u16(channel_count)
             w.u16(16)  # samplesize
             w.u16(0)  # pre_defined
             w.u16(0)  # reserved
             # samplerate is 16.16; rates above 65535 Hz do not fit, the esds carries them
-            w.u32((track.sample_rate if track.sample_rate <= 0xFFFF else 0) << 16)
-            _write_esds(w, track)
+            w.u32((sample_rate if sample_rate <= 0xFFFF else 0) << 16)
+            if head is None:
+                _write_esds(w, track)
+            else:
+                # OpusSpecificBox (4.3.2): a plain box, the OpusHead's fields big-endian.
+                with w.box(b"dOps"):
+                    w.write(head.dops())
 
 
 def write_trak(
@@ -275,8 +292,8 @@ def write_trak(
                   url
               stbl
                 stsd
-                  avc1 | avc3 | hvc1 | hev1 | mp4a
-                    avcC | hvcC | esds
+                  avc1 | avc3 | hvc1 | hev1 | mp4a | Opus
+                    avcC | hvcC | esds | dOps
                 <write_sample_tables>
     """
     handler_type, handler_name = _HANDLERS[track.kind]
