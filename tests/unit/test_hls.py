@@ -118,6 +118,69 @@ def test_parse_keeps_endlist() -> None:
     assert parsed.render() == playlist.render()
 
 
+def test_fmp4_segments_render_ext_x_map_where_the_map_changes_and_version_7() -> None:
+    """An fMP4 republish continues the playlist with its own init segment."""
+    playlist = MediaPlaylist(2, 3)
+    playlist.add_segment("0.m4s", 2.0, map_uri="init.mp4")
+    playlist.add_segment("1.m4s", 2.0, map_uri="init.mp4")
+    slid = playlist.add("2.m4s", 1.5, True, map_uri="init-2.mp4")
+    assert slid == []
+    slid = playlist.add("3.m4s", 2.0, map_uri="init-2.mp4")
+    assert [(s.uri, s.map_uri) for s in slid] == [("0.m4s", "init.mp4")]
+    text = playlist.render()
+    assert text == (
+        "#EXTM3U\n"
+        "#EXT-X-VERSION:7\n"
+        "#EXT-X-TARGETDURATION:2\n"
+        "#EXT-X-MEDIA-SEQUENCE:1\n"
+        "#EXT-X-DISCONTINUITY-SEQUENCE:0\n"
+        '#EXT-X-MAP:URI="init.mp4"\n'
+        "#EXTINF:2.000,\n"
+        "1.m4s\n"
+        "#EXT-X-DISCONTINUITY\n"
+        '#EXT-X-MAP:URI="init-2.mp4"\n'
+        "#EXTINF:1.500,\n"
+        "2.m4s\n"
+        "#EXTINF:2.000,\n"
+        "3.m4s\n"
+    )
+    parsed = MediaPlaylist.parse(text, window=3)
+    assert [s.map_uri for s in parsed.segments] == ["init.mp4", "init-2.mp4", "init-2.mp4"]
+    assert parsed.render() == text
+    # The m3u8 package reads the same maps.
+    loaded = m3u8.loads(text)
+    assert [seg.init_section.uri for seg in loaded.segments] == [
+        "init.mp4", "init-2.mp4", "init-2.mp4"
+    ]
+
+
+def test_a_new_playlist_can_go_on_numbering_from_an_old_one() -> None:
+    playlist = MediaPlaylist(2, 3, media_sequence=17)
+    playlist.add_segment("17.m4s", 2.0, map_uri="init.mp4")
+    assert playlist.media_sequence == 17 and playlist.next_sequence == 18
+    with pytest.raises(LocalProtocolError):
+        MediaPlaylist(2, 3, media_sequence=-1)
+
+
+@pytest.mark.parametrize("uri", ['in"it.mp4', "", "#init.mp4", "a\nb"])
+def test_a_map_uri_that_is_not_a_quoted_string_is_refused(uri: str) -> None:
+    with pytest.raises(LocalProtocolError):
+        MediaPlaylist(2, 3).add_segment("0.m4s", 2.0, map_uri=uri)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:BYTERANGE=10\n", "without URI"),
+        ("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=init.mp4\n", "not quoted"),
+        ('#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=""\n', "segment URI of 0"),
+    ],
+)
+def test_parse_rejects_malformed_maps(text: str, message: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=message):
+        MediaPlaylist.parse(text)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rtmpd.client.sources import InputError, PushSource, open_source, rescale_ms
-from rtmpd.codec import amf0, flv
+from rtmpd.codec import amf0, flv, opus
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -238,3 +238,38 @@ def test_unsupported_codec_is_named(tmp_path: Path) -> None:
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x64:r=25", "-t", "0.2", "-c:v", "mpeg4", str(out))
     with pytest.raises(InputError, match="unsupported video codec 'mp4v'"):
         open_source(out)
+
+
+def test_opus_in_mp4_goes_out_as_enhanced_rtmp_opus_like_ffmpeg_9_muxes_it(
+    tmp_path: Path,
+) -> None:
+    """rtmpd-push of an MP4 with Opus (``dOps``): SequenceStart with the OpusHead and one
+    CodedFrames tag per packet, the same bytes ffmpeg 9's FLV muxer writes for that file."""
+    import imageio_ffmpeg
+
+    out = tmp_path / "opus.mp4"
+    ffmpeg("-f", "lavfi", "-i", "sine=sample_rate=48000", "-t", "1", "-ac", "2",
+           "-c:a", "libopus", str(out))
+    source = open_source(out)
+    try:
+        header = source.body(source.headers[0])
+        frames = [source.body(t) for t in source.tags]
+        _, meta = amf0.decode_all(source.metadata)
+    finally:
+        source.close()
+    assert header[:5] == b"\x90Opus"
+    head = opus.OpusHead.parse(header[5:])
+    assert (head.channel_count, head.channel_mapping_family) == (2, 0)
+    assert isinstance(meta, dict) and meta["audiocodecid"] == flv.FOURCC_OPUS
+    flv_out = tmp_path / "opus.flv"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(out), "-c", "copy",
+                    "-f", "flv", str(flv_out)], check=True, timeout=60)
+    reader = flv.FlvReader()
+    reader.receive_data(flv_out.read_bytes())
+    reader.receive_data(b"")
+    theirs = []
+    while not isinstance(event := reader.next_event(), flv.EndOfStream):
+        if isinstance(event, flv.TagReceived) and event.tag_type == flv.TAG_AUDIO:
+            theirs.append(event.body)
+    assert theirs[0] == header
+    assert [b for b in theirs if b[:5] == b"\x91Opus"] == frames

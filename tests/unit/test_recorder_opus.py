@@ -19,7 +19,7 @@ from rtmpd.codec.mp4.boxes import iter_boxes
 from rtmpd.codec.mp4.demux import Mp4Demuxer
 from rtmpd.codec.mp4.fmp4 import init_segment
 from rtmpd.media import Frame, FrameKind
-from rtmpd.services.fmp4rec import AUDIO_TRACK, VIDEO_TRACK
+from rtmpd.services.fmp4rec import AUDIO_TRACK, VIDEO_TRACK, FragmentBuilder
 from rtmpd.services.recorder import MARKER_NAME
 from rtmpd.services.recovery import recover
 from tests.unit.test_recorder import Rig, demux
@@ -117,6 +117,46 @@ def test_a_bad_dops_is_the_demuxers_error() -> None:
     broken = init.replace(b"dOps\x00", b"dOps\x01")
     with pytest.raises(RemoteProtocolError, match="dOps version 1"):
         Mp4Demuxer(lambda o, s: broken[o : o + s], len(broken))
+
+
+# --------------------------------------------------------------------------- FragmentBuilder
+
+
+def test_fragment_builder_gives_opus_samples_in_48_khz_ticks_from_ms_timestamps() -> None:
+    builder = FragmentBuilder(
+        has_video=True, fragment_ms=100, timescales={VIDEO_TRACK: 1000, AUDIO_TRACK: 48000}
+    )
+    for dts, track, key in [
+        (0, VIDEO_TRACK, True), (7, AUDIO_TRACK, True), (40, VIDEO_TRACK, False),
+        (27, AUDIO_TRACK, True), (48, AUDIO_TRACK, True), (80, VIDEO_TRACK, False),
+    ]:
+        assert builder.push(track, dts, 40 if track == VIDEO_TRACK else 0, key, b"x") is None
+    done = builder.push(VIDEO_TRACK, 120, 40, True, b"x")
+    assert done is not None
+    assert [(s.dts, s.duration, s.cts_offset) for s in done[VIDEO_TRACK]] == [
+        (0, 40, 40), (40, 40, 40), (80, 40, 40)
+    ]
+    # 7 -> 27 -> 48 ms: 960 and 1008 ticks; the 48 ms packet waits for its successor.
+    assert [(s.dts, s.duration) for s in done[AUDIO_TRACK]] == [(336, 960), (1296, 1008)]
+    last = builder.finish()
+    assert last is not None
+    assert [(s.dts, s.duration) for s in last[AUDIO_TRACK]] == [(2304, 1008)]
+
+
+def test_fragment_builder_cuts_where_the_caller_says_and_restarts_after_finish() -> None:
+    builder = FragmentBuilder(has_video=False, fragment_ms=100)
+    assert builder.push(AUDIO_TRACK, 0, 0, True, b"a", cut=False) is None
+    # Past fragment_ms, but the caller keeps the fragment open...
+    assert builder.push(AUDIO_TRACK, 150, 0, True, b"b", cut=False) is None
+    # ... and closes it before a sample its own rule would not cut at.
+    done = builder.push(AUDIO_TRACK, 160, 0, True, b"c", cut=True)
+    assert done is not None and [s.data for s in done[AUDIO_TRACK]] == [b"a", b"b"]
+    last = builder.finish()
+    assert last is not None and [(s.dts, s.duration) for s in last[AUDIO_TRACK]] == [(160, 10)]
+    # A new timeline (HLS discontinuity): the next sample opens a fragment, no cut before it.
+    assert builder.push(AUDIO_TRACK, 90_000, 0, True, b"d", cut=True) is None
+    again = builder.finish()
+    assert again is not None and [s.dts for s in again[AUDIO_TRACK]] == [90_000]
 
 
 # --------------------------------------------------------------------------- fMP4 recorders

@@ -150,6 +150,35 @@ def test_late_joiner_starts_with_metadata_headers_then_keyframe() -> None:
     assert times == sorted(times)
 
 
+OPUS_HEAD = b"OpusHead\x01\x02\x38\x01\x80\xbb\x00\x00\x00\x00\x00"
+
+
+def test_a_late_joiner_gets_the_opus_sequence_start_as_the_audio_header() -> None:
+    """Enhanced RTMP Opus: SequenceStart is the audio header kept for new viewers, and
+    every tag reaches them unchanged; a MultichannelConfig is passed on as a tag."""
+    registry, _ = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    opus_start = Frame.from_tag(8, 0, b"\x90Opus" + OPUS_HEAD)
+    stream.push(video(0, header=True))
+    stream.push(opus_start)
+    stream.push(Frame.from_tag(8, 0, b"\x94Opus\x01\x02\x00\x00\x00\x03"))
+    packets = {}
+    for ts in range(0, 3000, 20):
+        if ts % 40 == 0:
+            stream.push(video(ts, key=ts % 1000 == 0))
+        packets[ts] = b"\x91Opus\xfc" + ts.to_bytes(2, "big")
+        stream.push(Frame.from_tag(8, ts, packets[ts]))
+    assert stream.audio_header is not None and stream.audio_header.payload[5:] == OPUS_HEAD
+    assert stream.audio_header.codec == flv.FOURCC_OPUS
+    viewer = RecordingViewer()
+    stream.add_viewer(CountingFormat(), viewer)
+    tags = viewer.tags()
+    assert [t[2] for t in tags[:2]] == [video(0, header=True).payload, opus_start.payload]
+    audio_tags = [(ts, body) for kind, ts, body in tags[2:] if kind == 8]
+    assert audio_tags and all(packets[ts] == body for ts, body in audio_tags)
+    assert audio_tags[0][0] >= 2000  # from the last GOP on
+
+
 def test_each_frame_is_encoded_once_for_all_viewers() -> None:
     registry, _ = make_registry(merge_ms=0)
     stream = registry.publish("live", "cam", FakeSource())
