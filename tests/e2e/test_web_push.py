@@ -1,0 +1,304 @@
+"""push.html in headless Chromium against the real server: the fake camera
+and microphone, encoded by WebCodecs in the page, muxed to FLV by
+web/js/flvmux.js and published over WS-FLV.
+
+What comes out is judged by ffmpeg: Chromium here encodes Opus, not AAC,
+and Debian's ffmpeg 5.1 reads no Enhanced-RTMP audio in FLV, so the checks
+use the newer ffmpeg of the ``imageio-ffmpeg`` wheel (test extras)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtmpd.codec import amf0, flv
+from tests.e2e.conftest import (
+    WAIT_S,
+    BrowserPage,
+    Server,
+    run,
+    start_server,
+    stop_server,
+)
+
+
+def modern_ffmpeg() -> str:
+    """The ffmpeg of the imageio-ffmpeg wheel (7.1 or later reads Opus in FLV)."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        pytest.fail("these tests need imageio-ffmpeg (the test extras): `make test` installs it")
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def stream_codecs(url: str) -> list[str]:
+    """The codec of each stream ffmpeg finds in ``url`` (``["h264", "opus"]``)."""
+    result = run([modern_ffmpeg(), "-hide_banner", "-i", url], timeout=WAIT_S)
+    return re.findall(r"Stream #0:\d+.*?: (?:Video|Audio): (\w+)", result.stderr)
+
+
+def decode_errors(url: str, *extra: str) -> str:
+    """What ``ffmpeg -v error`` says while decoding ``url`` (empty: clean).
+
+    Frames keep the input's time base (``-enc_time_base demux``): capture
+    times are not on a constant frame-rate grid, and at ffmpeg's default
+    1/frame-rate time base two frames less than one nominal frame apart
+    would share a tick, which the null muxer reports as non-monotonic DTS."""
+    result = run([modern_ffmpeg(), "-v", "error", "-i", url, *extra, "-enc_time_base", "demux",
+                  "-f", "null", "-"], timeout=WAIT_S * 2)
+    return result.stderr.strip() or ("" if result.returncode == 0 else f"exit {result.returncode}")
+
+
+def state(page: BrowserPage) -> str:
+    return str(page.page.evaluate("document.body.dataset.state"))
+
+
+def status(page: BrowserPage) -> str:
+    return str(page.page.locator("#status").text_content())
+
+
+def start_push(page: BrowserPage, server: Server, name: str) -> None:
+    page.page.goto(server.web_url(f"push.html?app=live&stream={name}"))
+    assert page.page.input_value("#stream") == name
+    page.page.select_option("#resolution", "640x360")  # light on the CPU
+    page.page.click("#push")
+    page.page.wait_for_function("['pushing', 'error'].includes(document.body.dataset.state)")
+
+
+def wait_frames(page: BrowserPage, count: int) -> None:
+    page.page.wait_for_function(
+        f"Number(document.getElementById('stat-frames').textContent) >= {count}"
+    )
+
+
+def stop_push(page: BrowserPage) -> None:
+    page.page.click("#push")
+    page.page.wait_for_function("document.body.dataset.state === 'idle'")
+
+
+def wait_for_file(path: Path) -> None:
+    end = time.monotonic() + WAIT_S
+    while not path.exists():
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def recording_server(tmp_path: Path) -> Any:
+    srv = start_server(tmp_path, "--record", "hls,fmp4")
+    yield srv
+    stop_server(srv)
+
+
+def test_pushed_camera_plays_back_and_records_cleanly(
+    recording_server: Server, browser_page: BrowserPage
+) -> None:
+    """The fake camera and microphone pushed from the page: HTTP-FLV carries
+    H.264 and audio that decode without an error, index.html plays it, and
+    the HLS and merged MP4 recordings decode cleanly after the stop."""
+    server = recording_server
+    start_push(browser_page, server, "web1")
+    assert state(browser_page) == "pushing", status(browser_page) + browser_page.report()
+    server.wait_live("web1")
+    wait_frames(browser_page, 40)  # two seconds of the fake camera's 20 fps
+    browser_page.screenshot("push-page")
+    for name in ("bitrate", "resolution", "audio"):
+        shown = browser_page.page.text_content(f"#stat-{name}")
+        assert shown and shown != "\N{EN DASH}", f"{name} not shown"
+
+    url = server.flv_url("web1")
+    codecs = stream_codecs(url)
+    assert codecs[:1] == ["h264"] and codecs[1:] in (["opus"], ["aac"]), codecs
+    assert decode_errors(url, "-t", "4") == ""
+
+    viewer = browser_page.page.context.new_page()
+    viewer.goto(server.web_url("index.html?app=live&stream=web1"))
+    viewer.wait_for_function("document.querySelector('video')?.currentTime > 2")
+    viewer.close()
+
+    stop_push(browser_page)
+    assert status(browser_page) == "Stopped."
+    browser_page.assert_clean()
+
+    playlist = server.root / "hls" / "live" / "web1" / "index.m3u8"
+    merged = server.root / "mp4" / "live" / "web1" / "output_merge" / "stream_full.mp4"
+    wait_for_file(merged)
+    end = time.monotonic() + WAIT_S
+    while "#EXT-X-ENDLIST" not in playlist.read_text():
+        assert time.monotonic() < end, "the HLS playlist was never ended"
+        time.sleep(0.1)
+    for recording in (playlist, merged):
+        assert decode_errors(str(recording)) == "", recording
+        assert stream_codecs(str(recording))[:1] == ["h264"], recording
+    assert stream_codecs(str(merged))[1:] in (["opus"], ["aac"])
+
+
+def test_push_to_a_busy_name_shows_the_refusal(
+    server: Server, clip: Path, browser_page: BrowserPage
+) -> None:
+    """A name already published by ffmpeg: the page shows the server's
+    refusal (close code 4409) and the first publisher stays on."""
+    server.publish(clip, "taken")
+    server.wait_live("taken")
+    start_push(browser_page, server, "taken")
+    assert state(browser_page) == "error"
+    shown = status(browser_page)
+    assert "busy" in shown and "4409" in shown, shown
+    assert browser_page.page.text_content("#push") == "Push"
+    browser_page.screenshot("push-page-refused")
+    assert server.is_live("taken")
+    browser_page.assert_clean()
+
+
+def test_bad_name_is_refused_on_the_page_before_connecting(
+    server: Server, browser_page: BrowserPage
+) -> None:
+    browser_page.page.goto(server.web_url("push.html?stream=no%20spaces"))
+    browser_page.page.click("#push")
+    browser_page.page.wait_for_function("document.body.dataset.state === 'error'")
+    assert "letters, digits" in status(browser_page)
+    assert "publish" not in server.log()
+    browser_page.assert_clean()
+
+
+def test_a_browser_without_webcodecs_is_told_so(
+    server: Server, browser_page: BrowserPage
+) -> None:
+    browser_page.page.add_init_script("delete window.VideoEncoder; delete window.AudioEncoder;")
+    browser_page.page.goto(server.web_url("push.html"))
+    assert "lacks WebCodecs" in status(browser_page)
+    browser_page.page.click("#push")
+    assert state(browser_page) == "error"
+    assert "VideoEncoder, AudioEncoder" in status(browser_page)
+    browser_page.assert_clean()
+
+
+def test_denied_camera_permission_is_told(server: Server, browser_page: BrowserPage) -> None:
+    """A browser that denies the permission prompt (not the fake UI that
+    grants it): the page says so."""
+    browser_type = browser_page.page.context.browser.browser_type  # type: ignore[union-attr]
+    from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
+
+    flags = [f for f in CHROMIUM_FLAGS if f != "--use-fake-ui-for-media-stream"]
+    denying = browser_type.launch(executable_path=str(CHROMIUM), headless=True,
+                                  args=[*flags, "--deny-permission-prompts"])
+    try:
+        page = denying.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.web_url("push.html?stream=denied"))
+        page.click("#push")
+        page.wait_for_function("document.body.dataset.state === 'error'", timeout=WAIT_S * 1000)
+        shown = str(page.text_content("#status"))
+        assert "Permission" in shown and "denied" in shown, shown
+        assert errors == []
+    finally:
+        denying.close()
+    assert "publish" not in server.log()
+
+
+# --------------------------------------------------------------------------- the muxer
+
+# Runs web/js/flvmux.js in the page on known inputs and returns the bytes.
+MUX_SCRIPT = """async ([audioCodec, videoPts, reorderDepth]) => {
+  const m = await import("/js/flvmux.js");
+  const out = [];
+  const mux = new m.FlvMuxer({hasVideo: true, hasAudio: true, reorderDepth,
+    metadata: {width: 64, height: 48}, onData: (bytes) => out.push(...bytes)});
+  const avcc = new Uint8Array([1, 0x42, 0xe0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x42, 0xe0, 0x1f,
+                               1, 0, 2, 0x68, 0xce]);
+  const audioConfig = audioCodec === "opus"
+    ? m.opusHead({channels: 2, sampleRate: 48000, preSkip: 312}) : new Uint8Array([0x11, 0x90]);
+  // Capture clocks start at 5 s; audio (20 ms frames) starts 10 ms before video.
+  const base = 5000000;
+  const events = [];
+  videoPts.forEach((pts, i) => events.push([base + 40000 * i, () => mux.addVideo({
+    timestampUs: base + pts * 1000, keyframe: i === 0, data: new Uint8Array([0, 0, 0, 1, i]),
+    description: i === 0 ? avcc : undefined})]));
+  for (let i = 0; i < 20; i++) {
+    const at = base - 10000 + 20000 * i;
+    events.push([at, () => mux.addAudio({timestampUs: at,
+      data: new Uint8Array([0xfc, i]), codec: audioCodec,
+      description: i === 0 ? audioConfig : undefined})]);
+  }
+  // Each encoder's output arrives in its own order; interleave by arrival.
+  events.sort((a, b) => a[0] - b[0]).forEach(([, add]) => add());
+  mux.flush();
+  return out;
+}"""
+
+
+def mux_in_page(page: BrowserPage, server: Server, audio: str, video_pts: list[int],
+                depth: int) -> list[tuple[int, int, bytes]]:
+    page.page.goto(server.web_url("push.html"))
+    data = bytes(page.page.evaluate(MUX_SCRIPT, [audio, video_pts, depth]))
+    reader = flv.FlvReader()
+    reader.receive_data(data)
+    reader.receive_data(b"")
+    header = reader.next_event()
+    assert header == flv.FlvHeaderReceived(has_audio=True, has_video=True)
+    tags = []
+    while isinstance(event := reader.next_event(), flv.TagReceived):
+        tags.append((event.tag_type, event.timestamp_ms, event.body))
+    assert isinstance(event, flv.EndOfStream)
+    assert reader.previous_size_mismatches == 0
+    return tags
+
+
+# Decode order of I P B B P B B: presentation times (ms) of each chunk.
+B_FRAME_PTS = [0, 120, 40, 80, 240, 160, 200]
+
+
+@pytest.mark.parametrize("audio", ["opus", "aac"])
+def test_muxer_writes_metadata_sequence_headers_then_interleaved_frames(
+    server: Server, browser_page: BrowserPage, audio: str
+) -> None:
+    tags = mux_in_page(browser_page, server, audio, B_FRAME_PTS, 2)
+    kinds = [t[0] for t in tags]
+    assert kinds[:3] == [flv.TAG_SCRIPT, flv.TAG_VIDEO, flv.TAG_AUDIO]
+    name, meta = amf0.decode_all(tags[0][2])
+    assert name == "onMetaData"
+    assert isinstance(meta, dict)
+    assert meta["videocodecid"] == 7 and meta["width"] == 64
+    assert meta["audiocodecid"] == (flv.FOURCC_OPUS if audio == "opus" else 10)
+
+    video_header, audio_header = tags[1][2], tags[2][2]
+    assert video_header[:5] == b"\x17\x00\x00\x00\x00" and video_header[5:6] == b"\x01"
+    if audio == "opus":
+        # Enhanced RTMP: ExHeader | SequenceStart, FourCC, RFC 7845 OpusHead.
+        assert audio_header == (b"\x90Opus" + b"OpusHead\x01\x02\x38\x01\x80\xbb\x00\x00"
+                                + b"\x00\x00\x00")
+        frames = [t for t in tags[3:] if t[0] == flv.TAG_AUDIO]
+        assert all(body[:5] == b"\x91Opus" for _, _, body in frames)
+    else:
+        assert audio_header == b"\xaf\x00\x11\x90"
+        frames = [t for t in tags[3:] if t[0] == flv.TAG_AUDIO]
+        assert all(body[:2] == b"\xaf\x01" for _, _, body in frames)
+    assert len(frames) == 20
+
+    # Audio started 10 ms before video: time 0 is the audio's first frame.
+    assert [ts for kind, ts, _ in tags if kind == flv.TAG_AUDIO][:4] == [0, 0, 20, 40]
+    stamps = [ts for _, ts, _ in tags]
+    assert stamps == sorted(stamps), "tags are not in timestamp order"
+
+    video = [(ts, body) for kind, ts, body in tags[3:] if kind == flv.TAG_VIDEO]
+    assert [body[9] for _, body in video] == list(range(7))  # decode order kept
+    assert video[0][1][0] == 0x17 and all(body[0] == 0x27 for _, body in video[1:])
+    for (dts, body), pts in zip(video, B_FRAME_PTS, strict=True):
+        info = flv.describe_tag(flv.TAG_VIDEO, body)
+        assert dts + info.composition_ms == pts + 10, (dts, info.composition_ms, pts)
+        assert info.composition_ms >= 0
+
+
+def test_muxer_without_reordering_writes_zero_composition_times(
+    server: Server, browser_page: BrowserPage
+) -> None:
+    pts = [0, 40, 80, 120, 160]
+    tags = mux_in_page(browser_page, server, "opus", pts, 0)
+    video = [(ts, body) for kind, ts, body in tags[3:] if kind == flv.TAG_VIDEO]
+    assert [ts for ts, _ in video] == [p + 10 for p in pts]
+    assert all(flv.describe_tag(flv.TAG_VIDEO, body).composition_ms == 0 for _, body in video)
