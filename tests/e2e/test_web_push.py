@@ -4,7 +4,7 @@ web/js/flvmux.js and published over WS-FLV.
 
 What comes out is judged by ffmpeg: Chromium here encodes Opus, not AAC,
 and Debian's ffmpeg 5.1 reads no Enhanced-RTMP audio in FLV, so the checks
-use the newer ffmpeg of the ``imageio-ffmpeg`` wheel (test extras)."""
+use the static ffmpeg 9 of the ``imageio-ffmpeg`` wheel (a test extra)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import imageio_ffmpeg
 import pytest
 
 from rtmpd.codec import amf0, flv
@@ -25,19 +26,13 @@ from tests.e2e.conftest import (
     stop_server,
 )
 
-
-def modern_ffmpeg() -> str:
-    """The ffmpeg of the imageio-ffmpeg wheel (7.1 or later reads Opus in FLV)."""
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        pytest.fail("these tests need imageio-ffmpeg (the test extras): `make test` installs it")
-    return str(imageio_ffmpeg.get_ffmpeg_exe())
+#: The static ffmpeg 9 of the imageio-ffmpeg wheel: it reads Opus in FLV.
+FFMPEG9 = str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
 def stream_codecs(url: str) -> list[str]:
     """The codec of each stream ffmpeg finds in ``url`` (``["h264", "opus"]``)."""
-    result = run([modern_ffmpeg(), "-hide_banner", "-i", url], timeout=WAIT_S)
+    result = run([FFMPEG9, "-hide_banner", "-i", url], timeout=WAIT_S)
     return re.findall(r"Stream #0:\d+.*?: (?:Video|Audio): (\w+)", result.stderr)
 
 
@@ -48,7 +43,7 @@ def decode_errors(url: str, *extra: str) -> str:
     times are not on a constant frame-rate grid, and at ffmpeg's default
     1/frame-rate time base two frames less than one nominal frame apart
     would share a tick, which the null muxer reports as non-monotonic DTS."""
-    result = run([modern_ffmpeg(), "-v", "error", "-i", url, *extra, "-enc_time_base", "demux",
+    result = run([FFMPEG9, "-v", "error", "-i", url, *extra, "-enc_time_base", "demux",
                   "-f", "null", "-"], timeout=WAIT_S * 2)
     return result.stderr.strip() or ("" if result.returncode == 0 else f"exit {result.returncode}")
 
