@@ -165,6 +165,7 @@ def _entry(
     }
     if kind in FRAGMENT_NAMES:
         entry["fragments"] = last_fragment(target.path, FRAGMENT_NAMES[kind])
+        entry["inits"] = sorted(INIT_NAMES & set(target.visible_names()))
     else:
         entry["size"] = info.st_size
     return entry
@@ -189,7 +190,8 @@ def list_recordings(
     aside by a republish), ``mp4`` (a merged ``stream_full.mp4``), and the
     current fMP4 directories ``fmp4`` (``output_merge``) and
     ``fmp4-separate`` (``output_separate``), which also have ``fragments``:
-    the highest fragment number written so far (0: none yet)."""
+    the highest fragment number written so far (0: none yet), and ``inits``:
+    the names of their init segments (one per track when separate)."""
     entries: list[dict[str, Any] | None] = []
     for app, stream, directory in _stream_directories(files, "flv", only):
         recording = _recording(directory)

@@ -207,7 +207,8 @@ def test_recordings_lists_flv_and_mp4_files_newest_first(media: Path, tmp_path: 
         {"app": "live", "stream": "cam", "kind": "flv", "path": "flv/live/cam/index.flv",
          "size": 30, "modified": 1_800_000_000, "live": True},
         {"app": "live", "stream": "cam", "kind": "fmp4", "path": "mp4/live/cam/output_merge",
-         "size": None, "modified": 1_799_999_990, "live": True, "fragments": 2},
+         "size": None, "modified": 1_799_999_990, "live": True, "fragments": 2,
+         "inits": ["init.mp4"]},
         {"app": "live", "stream": "cam", "kind": "mp4",
          "path": "mp4/live/cam/output_merge-20260101T000000Z/stream_full.mp4",
          "size": 15, "modified": 1_799_999_980, "live": False},
@@ -226,8 +227,9 @@ def test_recordings_of_one_stream_and_its_fmp4_fragments(media: Path) -> None:
             (separate / name).write_bytes(b"x")
     site = make_web_site(str(media), reactor=Clock())
     listed = recordings(site, "?app=live&stream=cam")
-    assert [(e["path"], e["kind"], e["live"], e["fragments"]) for e in listed] == [
-        ("mp4/live/cam/output_separate", "fmp4-separate", False, 2)]
+    assert [(e["path"], e["kind"], e["live"], e["fragments"], e["inits"]) for e in listed] == [
+        ("mp4/live/cam/output_separate", "fmp4-separate", False, 2,
+         ["audio_init.mp4", "video_init.mp4"])]
     assert len(recordings(site)) == 2
     assert recordings(site, "?app=live&stream=nothing") == []
     assert recordings(site, "?app=..&stream=cam") == []
