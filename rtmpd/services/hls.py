@@ -237,6 +237,7 @@ class HlsRecording(Recording):
             self.fail(f"bad sequence header: {e}")
             return
         self.tracks = tracks
+        self._fragments = 0
         self.builder = FragmentBuilder(
             has_video=VIDEO_TRACK in tracks,
             fragment_ms=self.settings.fragment_ms,
@@ -322,9 +323,11 @@ class HlsRecording(Recording):
         if samples is None:
             return
         files = self.files
-        # The moof sequence_number only has to grow; the media sequence does.
+        # The moof sequence_number only has to grow (the playlist's numbers
+        # belong to the writer thread).
+        self._fragments += 1
         try:
-            data = fragment(files.playlist.next_sequence + 1, samples)
+            data = fragment(self._fragments, samples)
         except ProtocolError as e:
             self.fail(f"cannot build segment: {e}")
             return
