@@ -314,3 +314,17 @@ def test_hls_fmp4_of_opus_decodes_cleanly_with_ffmpeg(tmp_path: Path) -> None:
 def test_opus_constants_match_the_golden_file() -> None:
     head = opus.OpusHead.parse(OPUS_HEAD)
     assert (head.channel_count, head.pre_skip) == (1, 312)
+
+
+@pytest.mark.skipif(not HAVE_FFMPEG, reason="ffmpeg/ffprobe not installed")
+def test_audio_only_opus_hls_is_fmp4_cut_on_time_and_decodes(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ("hls", "fmp4"), window=20)
+    rig.publish([f for f in opus_frames(8) if f.kind is not FrameKind.VIDEO])
+    rig.stop()
+    playlist_path = rig.dir("hls") / "index.m3u8"
+    playlist = hls.MediaPlaylist.parse(playlist_path.read_text())
+    assert len(playlist.segments) >= 10  # 400 ms segments of ~4.6 s
+    assert all(s.uri.endswith(".m4s") for s in playlist.segments)
+    assert probe(playlist_path) == ["opus,48000,1"]
+    assert decode_errors(playlist_path) == (0, "")
+    assert probe(rig.dir("fmp4") / "stream_full.mp4") == ["opus,48000,1"]
