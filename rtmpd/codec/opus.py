@@ -19,7 +19,10 @@ RFC 7845 section 5.1 ("OpusHead"), fields little-endian::
     21      C    Channel Mapping        one byte per output channel, < N + M or 255
 
 So 19 bytes for mono or stereo, 21 + C otherwise. Bytes after that are
-ignored, as RFC 7845 asks of readers (later minor versions may append). An
+ignored, as RFC 7845 asks of readers (later minor versions may append). The
+one size read from the wire is C, a single byte, so a header is never more
+than :data:`MAX_OPUS_HEAD_SIZE` bytes and needs no limit of its own (the
+tag around it is bounded by ``flv.MAX_TAG_SIZE``). An
 empty SequenceStart body is allowed by Enhanced RTMP; it is read as stereo,
 family 0, no pre-skip (:data:`DEFAULT_HEAD`), since an Opus decoder set up
 for stereo also decodes mono packets.
@@ -47,6 +50,7 @@ from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 __all__ = [
     "DEFAULT_HEAD",
     "MAGIC",
+    "MAX_OPUS_HEAD_SIZE",
     "OPUS_HEAD_SIZE",
     "SAMPLE_RATE",
     "OpusHead",
@@ -56,6 +60,8 @@ __all__ = [
 MAGIC = b"OpusHead"
 #: Size of an identification header without a channel mapping table.
 OPUS_HEAD_SIZE = 19
+#: Largest header this module writes or reads: 21 bytes and a 255-channel mapping table.
+MAX_OPUS_HEAD_SIZE = OPUS_HEAD_SIZE + 2 + 0xFF
 #: Opus always decodes at 48 kHz; pre-skip and durations count samples at this rate.
 SAMPLE_RATE = 48000
 #: The one channel mapping family without a table (mono or stereo).

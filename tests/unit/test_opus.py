@@ -277,3 +277,15 @@ def test_audio_packet_of_arbitrary_bytes_is_data_or_the_codec_error(body: bytes)
     except RemoteProtocolError:
         return
     assert packet.data in body
+
+
+def test_the_largest_header_is_max_opus_head_size() -> None:
+    head = Head(
+        channel_count=255,
+        channel_mapping_family=255,
+        stream_count=255,
+        coupled_count=0,
+        channel_mapping=bytes(255),
+    )
+    assert len(bytes(head)) == opus.MAX_OPUS_HEAD_SIZE
+    assert Head.parse(bytes(head)) == head
