@@ -24,14 +24,16 @@ from tests.e2e.test_flv_transports import WsPublisher, record_ws, ws_url
 
 #: ffmpeg 9 (imageio-ffmpeg): Enhanced RTMP / FLV with Opus, both ways.
 FFMPEG9 = imageio_ffmpeg.get_ffmpeg_exe()
-CLIP_S = 8
+#: Long enough for three viewers to watch a few seconds each, one after the other, while
+#: it is published in real time.
+CLIP_S = 15
 RECORD = ("--record", "hls,flv,fmp4,fmp4-separate", "--hls-fragment", "1",
           "--hls-window", "20")
 
 
 @pytest.fixture(scope="module")
 def opus_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 s of H.264 (B-frames, 1 s GOP, 25 fps) + stereo Opus at 48 kHz, as FLV."""
+    """15 s of H.264 (B-frames, 1 s GOP, 25 fps) + stereo Opus at 48 kHz, as FLV."""
     out = tmp_path_factory.mktemp("opus") / "h264_opus.flv"
     subprocess.run(
         [
