@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from rtmpd.admission import Admission, Refusal
-from rtmpd.codec import aac, avc, flv
+from rtmpd.codec import aac, avc, flv, opus
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.interfaces import IUpstreamSource
 from rtmpd.media import Frame, FrameKind
@@ -341,6 +341,16 @@ def _aac_config(header: Frame | None) -> aac.AudioSpecificConfig | None:
         return None
 
 
+def _opus_head(header: Frame | None) -> opus.OpusHead | None:
+    """The OpusHead of an Enhanced RTMP Opus SequenceStart tag."""
+    if header is None or header.codec != flv.FOURCC_OPUS:
+        return None
+    try:
+        return opus.OpusHead.parse(flv.audio_packet(header.payload).data)
+    except ProtocolError:
+        return None
+
+
 def _audio(stream: Stream, meta: dict[str, object]) -> dict[str, Any] | None:
     if not stream.has_audio:
         return None
@@ -348,6 +358,12 @@ def _audio(stream: Stream, meta: dict[str, object]) -> dict[str, Any] | None:
     codec = _first_codec(stream, FrameKind.AUDIO, stream.audio_header)
     if codec is not None:
         out["codec"] = codec_name(FrameKind.AUDIO, codec)
+    head = _opus_head(stream.audio_header)
+    if head is not None:
+        # Opus decodes at 48 kHz whatever rate went into the encoder.
+        out["sample_rate"] = opus.SAMPLE_RATE
+        out["channels"] = head.channel_count
+        return out
     config = _aac_config(stream.audio_header)
     rate = _positive_number(meta.get("audiosamplerate"))
     if rate is not None:

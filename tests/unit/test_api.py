@@ -327,6 +327,21 @@ def test_metadata_size_wins_over_the_sps_and_audio_falls_back_to_the_aac_header(
     assert summary["audio"] == {"codec": "aac", "sample_rate": 48000, "channels": 2}
 
 
+def test_opus_audio_is_described_from_its_opus_head() -> None:
+    """Enhanced RTMP Opus: 48 kHz (what Opus decodes at) and the OpusHead's channel count,
+    whatever the publisher's metadata says."""
+    opus_head = b"OpusHead\x01\x01\x38\x01\x44\xac\x00\x00\x00\x00\x00"  # mono, 44.1 kHz in
+    s = Server([
+        metadata(audiosamplerate=44100.0, audiochannels=2.0),
+        frame(FrameKind.VIDEO, 0, AVC_HEADER),
+        frame(FrameKind.AUDIO, 0, b"\x90Opus" + opus_head),
+        frame(FrameKind.VIDEO, 0, KEYFRAME),
+        frame(FrameKind.AUDIO, 0, b"\x91Opus\xfc\xff\xfe"),
+    ])
+    summary = stream_summary(s.stream, s.admission)
+    assert summary["audio"] == {"codec": "opus", "sample_rate": 48000, "channels": 1}
+
+
 @pytest.mark.parametrize(
     ("frames", "audio"),
     [
