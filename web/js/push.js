@@ -7,6 +7,20 @@
 // Every async step ends in a catch that shows the error on the page; the
 // page never leaves an exception uncaught.
 
+import { captureTrack, missingCapture } from "./capture.js";
+import {
+  DEFAULT_APP,
+  DEFAULT_STREAM,
+  Status,
+  badName,
+  bindForm,
+  describe,
+  linkNav,
+  loadConfig,
+  readQuery,
+  showStats,
+  writeQuery,
+} from "./common.js";
 import { FlvMuxer, opusHead } from "./flvmux.js";
 
 /** Bytes the WebSocket may hold unsent, per kbit/s of the chosen bitrate,
@@ -37,8 +51,6 @@ const CLOSE_REASONS = {
   4502: "the server's upstream failed",
   4503: "the server is full (a connection or stream limit was reached)",
 };
-
-const $ = (id) => document.getElementById(id);
 
 /** H.264 Constrained Baseline at a level that fits the picture (the
  * encoder gives no B-frames in that profile). */
@@ -84,10 +96,11 @@ export function missingFeatures() {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) missing.push("getUserMedia");
   if (typeof VideoEncoder === "undefined") missing.push("VideoEncoder");
   if (typeof AudioEncoder === "undefined") missing.push("AudioEncoder");
-  if (typeof MediaStreamTrackProcessor === "undefined") missing.push("MediaStreamTrackProcessor");
+  const capture = missingCapture();
+  if (capture) missing.push(capture);
   if (!missing.length) return null;
   return `This browser lacks WebCodecs features the push needs (${missing.join(", ")}); `
-    + "use a current Chromium-based browser.";
+    + "use a current Chromium, Edge, Firefox or Safari.";
 }
 
 /** One push: capture, encoders, muxer and WebSocket, and their teardown. */
@@ -102,7 +115,8 @@ class PushSession {
     this.mux = null;
     this.videoEncoder = null;
     this.audioEncoder = null;
-    this.readers = [];
+    this.captures = [];
+    this.captureKinds = {}; // track kind -> how its frames are read
     this.timer = null;
     this.sentBytes = 0;
     this.lastStats = { at: 0, bytes: 0 };
@@ -119,14 +133,14 @@ class PushSession {
   }
 
   async start() {
-    this.ui.state("connecting", "Opening the devices…");
+    this.ui.state("connecting", "opening the devices");
     this.media = await this._openMedia();
     if (this._ended()) return;
     this.ui.preview(this.media);
-    this.ui.state("connecting", `Connecting to ${this.options.url}…`);
+    this.ui.state("connecting", this.options.url);
     await this._connect();
     if (this._ended()) return;
-    this.ui.state("pushing", `Pushing to ${this.options.url}`);
+    this.ui.state("pushing", this.options.url);
     const videoTrack = this.media.getVideoTracks()[0];
     const audioTrack = this.media.getAudioTracks()[0];
     this.mux = new FlvMuxer({
@@ -214,27 +228,24 @@ class PushSession {
     return `The connection closed${server}, close code ${event.code}.`;
   }
 
-  /** Read a track's frames and hand each to ``take`` until stopped. */
+  /** Hand the track's raw frames to ``take`` until the push stops. */
   async _pump(track, take) {
-    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
-    this.readers.push(reader);
+    const ended = (error) => {
+      if (this.closed || this.stopping) return;
+      this.fail(error ? `Reading the ${track.kind} failed: ${describe(error)}`
+        : `The ${track.kind} source ended (device unplugged or sharing stopped).`);
+    };
     try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        if (this.closed || this.stopping) {
-          value.close();
-          break;
-        }
-        try {
-          take(value);
-        } finally {
-          value.close();
-        }
-      }
-      if (!this.closed && !this.stopping) this.fail(`The ${track.kind} source ended (device unplugged or sharing stopped).`);
+      const capture = await captureTrack(track, (frame) => {
+        if (!this.closed && !this.stopping) take(frame);
+      }, ended);
+      this.captures.push(capture);
+      if (this.closed || this.stopping) capture.stop();
+      this.captureKinds[track.kind] = capture.kind;
+      this.ui.stats({ capture: Object.entries(this.captureKinds)
+        .map(([kind, how]) => `${kind}: ${how}`).join(", ") });
     } catch (error) {
-      if (!this.closed && !this.stopping) this.fail(`Reading the ${track.kind} failed: ${error.message || error}`);
+      ended(error);
     }
   }
 
@@ -415,7 +426,7 @@ class PushSession {
   async stop() {
     if (this.closed || this.stopping) return;
     this.stopping = true;
-    for (const reader of this.readers) reader.cancel().catch(() => {});
+    for (const capture of this.captures) capture.stop();
     try {
       for (const encoder of [this.videoEncoder, this.audioEncoder]) {
         if (encoder && encoder.state === "configured") await encoder.flush();
@@ -432,7 +443,7 @@ class PushSession {
   _teardown(code, reason) {
     this.closed = true;
     clearInterval(this.timer);
-    for (const reader of this.readers) reader.cancel().catch(() => {});
+    for (const capture of this.captures) capture.stop();
     for (const encoder of [this.videoEncoder, this.audioEncoder]) {
       if (encoder && encoder.state !== "closed") {
         try {
@@ -460,29 +471,28 @@ class PushSession {
 
 // ------------------------------------------------------------------ the page
 
+const form = document.getElementById("form");
+const button = document.getElementById("push");
+const status = new Status(document.getElementById("status"));
+const stats = document.getElementById("stats");
+
 const ui = {
   state(state, message) {
-    document.body.dataset.state = state;
-    const status = $("status");
-    status.textContent = message;
-    status.className = state === "error" ? "error" : "";
+    status.set(state, message);
     const busy = state === "connecting" || state === "pushing" || state === "stopping";
-    $("push").textContent = busy ? "Stop" : "Push";
-    $("push").disabled = state === "stopping";
-    for (const id of ["app", "stream", "source-camera", "source-screen", "resolution",
-      "bitrate", "keyframe"]) {
-      $(id).disabled = busy;
+    button.textContent = busy ? "Stop" : "Push";
+    button.disabled = state === "stopping";
+    for (const field of form.elements) {
+      if (field !== button) field.disabled = busy;
     }
   },
   stats(values) {
-    for (const [key, value] of Object.entries(values)) {
-      const cell = $(`stat-${key}`);
-      if (cell) cell.textContent = value;
-    }
-    $("backpressure").hidden = !values.backpressure;
+    const { backpressure, ...shown } = values;
+    showStats(stats, shown);
+    document.getElementById("backpressure").hidden = !backpressure;
   },
   preview(media) {
-    const video = $("preview");
+    const video = document.getElementById("preview");
     video.srcObject = media;
     if (media) video.play().catch(() => {});
   },
@@ -490,56 +500,37 @@ const ui = {
 
 let session = null;
 
-/**
- * Where to publish, from /config.json on the web port that served this page
- * (rtmpd writes it from its own options): the HTTP-FLV listener's port and
- * whether it uses TLS. The host name is the page's own.
- */
-async function pageConfig() {
-  let response;
-  try {
-    response = await fetch("/config.json", { cache: "no-store" });
-  } catch (error) {
-    throw new Error(`Could not load /config.json: ${error.message}`);
-  }
-  if (!response.ok) throw new Error(`/config.json answered ${response.status}.`);
-  const config = await response.json();
-  const http = config && config.http;
-  if (!http || !Number.isInteger(http.port)) {
-    throw new Error("/config.json names no TCP port for the HTTP-FLV listener.");
-  }
-  return { httpPort: http.port, tls: Boolean(http.tls) };
+/** The WS-FLV publish URL: this page's host name, the HTTP-FLV port and
+ * its TLS from /config.json. */
+function publishUrl(config, app, stream) {
+  const tls = config.http?.port ? Boolean(config.http.tls) : location.protocol === "https:";
+  const host = config.http?.port ? `${location.hostname}:${config.http.port}` : location.host;
+  return `${tls ? "wss" : "ws"}://${host}/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
 }
 
-function readOptions(config) {
-  const app = $("app").value.trim();
-  const stream = $("stream").value.trim();
-  const name = /^[A-Za-z0-9_-]{1,128}$/;
-  if (!name.test(app) || !name.test(stream)) {
-    throw new Error("App and stream may use letters, digits, _ and - only (1 to 128 of them).");
-  }
-  const [width, height] = $("resolution").value.split("x").map(Number);
-  const bitrateKbps = Number($("bitrate").value);
-  const keyframeS = Number($("keyframe").value);
+function readOptions(fields, config) {
+  const problem = badName(fields.app, fields.stream);
+  if (problem) throw new Error(problem);
+  const [width, height] = fields.resolution.split("x").map(Number);
+  const bitrateKbps = Number(fields.bitrate);
+  const keyframeS = Number(fields.keyframe);
   if (!(bitrateKbps >= 100 && bitrateKbps <= 20000)) {
-    throw new Error("The bitrate must be between 100 and 20000 kbit/s.");
+    throw new Error("the video bitrate must be between 100 and 20000 kbit/s");
   }
   if (!(keyframeS >= 0.5 && keyframeS <= 10)) {
-    throw new Error("The keyframe interval must be between 0.5 and 10 s.");
+    throw new Error("the keyframe interval must be between 0.5 and 10 s");
   }
-  const scheme = config.tls ? "wss" : "ws";
-  const url = `${scheme}://${location.hostname}:${config.httpPort}/`
-    + `${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
-  return { url, screen: $("source-screen").checked, width, height, bitrateKbps, keyframeS };
+  return { url: publishUrl(config, fields.app, fields.stream), screen: fields.source === "screen",
+    width, height, bitrateKbps, keyframeS };
 }
 
-async function toggle() {
+async function toggle(fields) {
   if (session) {
     const ending = session;
     session = null;
-    ui.state("stopping", "Stopping…");
+    ui.state("stopping", "sending what is encoded");
     await ending.stop();
-    ui.state("idle", "Stopped.");
+    ui.state("idle", "stopped");
     return;
   }
   const missing = missingFeatures();
@@ -547,19 +538,20 @@ async function toggle() {
     ui.state("error", missing);
     return;
   }
-  let config;
   let options;
   try {
-    config = await pageConfig();
-    options = readOptions(config);
+    options = readOptions(fields, await loadConfig());
   } catch (error) {
-    ui.state("error", error.message);
+    ui.state("error", describe(error));
     return;
   }
+  writeQuery({ app: fields.app, stream: fields.stream });
+  linkNav(document.getElementById("nav"), fields.app, fields.stream);
+  showStats(stats, { url: options.url });
   const current = session = new PushSession(options, {
     ...ui,
     state(state, message) {
-      if (session !== current) return; // a stopped session says nothing more
+      if (session !== current) return; // a stopped push says nothing more
       if (state === "error") session = null;
       ui.state(state, message);
     },
@@ -567,21 +559,23 @@ async function toggle() {
   try {
     await current.start();
   } catch (error) {
-    current.fail(error.message || String(error));
+    current.fail(describe(error));
   }
 }
 
-function init() {
-  const params = new URLSearchParams(location.search);
-  $("app").value = params.get("app") || "live";
-  $("stream").value = params.get("stream") || "test";
-  if (params.get("source") === "screen") $("source-screen").checked = true;
-  $("form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    toggle().catch((error) => ui.state("error", error.message || String(error)));
+function main() {
+  const query = readQuery();
+  const values = {
+    app: query.app || DEFAULT_APP,
+    stream: query.stream || DEFAULT_STREAM,
+    source: query.params.get("source") === "screen" ? "screen" : "camera",
+  };
+  linkNav(document.getElementById("nav"), values.app, values.stream);
+  bindForm(form, values, (fields) => {
+    toggle(fields).catch((error) => ui.state("error", describe(error)));
   });
-  ui.state("idle", missingFeatures() || "Ready: press Push to publish the camera and microphone.");
-  if (missingFeatures()) document.body.dataset.state = "error";
+  const missing = missingFeatures();
+  ui.state(missing ? "error" : "idle", missing || "press Push to publish the camera and microphone");
 }
 
-init();
+main();
