@@ -78,6 +78,9 @@ system-deps:
 		echo "installing ffmpeg, rtmpdump and chromium with apt-get"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg rtmpdump chromium; \
 	fi
+	@# nginx-rtmp: a forward target of the relay tests (tests/e2e/test_relay.py).
+	@[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || { echo "installing nginx and libnginx-mod-rtmp with apt-get"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx libnginx-mod-rtmp; }
 
 # Load tests against rtmpd, nginx-rtmp and Node-Media-Server (not part of
 # `make test`; see benchmarks/README.md). Needs gcc, nginx + libnginx-mod-rtmp
