@@ -14,9 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application import internet, service
-from twisted.internet import endpoints
-from twisted.internet.error import CannotListenError
+from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -76,12 +74,7 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
-        description = str(self["listen"])
-        try:
-            endpoints.serverFromString(None, description)
-        except Exception as e:
-            raise usage.UsageError(
-                f"--listen {description!r} is not a usable endpoint: {e}") from None
+        rtmpd_tap.check_endpoint("listen", str(self["listen"]))
 
 
 def check_root(root: str) -> str:
@@ -95,19 +88,6 @@ def check_root(root: str) -> str:
     if not os.access(path, os.R_OK | os.X_OK):
         raise SystemExit(f"filegateway: --root {path} is not readable")
     return path
-
-
-class FileListener(rtmpd_tap.ListenerService):
-    """The listener, stopping twistd with one line when it cannot listen."""
-
-    def privilegedStartService(self) -> None:
-        try:
-            internet.StreamServerEndpointService.privilegedStartService(self)
-        except CannotListenError as e:
-            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
-            raise SystemExit(
-                f"filegateway: cannot listen on --listen {self.description}: {reason}"
-            ) from None
 
 
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> service.MultiService:
@@ -130,15 +110,9 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
         max_header_bytes=int(options.get("max-header-bytes", 16384)),
     )
     description = str(options["listen"])
-    try:
-        endpoint = endpoints.serverFromString(reactor, rtmpd_tap.with_backlog(description))
-    except (ValueError, KeyError, TypeError) as e:
-        raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from None
     top = service.MultiService()
     top.setName("filegateway")
-    listener = FileListener("listen", description, endpoint, site)
-    listener.setName("listen")
-    listener.setServiceParent(top)
+    rtmpd_tap.add_listener(top, "listen", description, site, reactor, program="filegateway")
     log.info(
         "filegateway {version}: listen {listen}, root {root}, listing {listing}, "
         "max connections {max_connections}",

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web import resource, server
@@ -24,7 +23,7 @@ from zope.interface import implementer
 from rtmpd._version import __version__
 from rtmpd.admission import Action, Decision, deny
 from rtmpd.interfaces import IAuthorizer
-from rtmpd.registry import StreamConfig, StreamRegistry
+from rtmpd.registry import StreamRegistry
 from rtmpd.tap import rtmpd as rtmpd_tap
 from rtmpd.viewerlog import ViewerLogService
 
@@ -133,22 +132,8 @@ class Options(usage.Options):
         for name in ("play-key", "sign-secret", "api-token"):
             if self[name] is not None and not str(self[name]).strip():
                 raise usage.UsageError(f"--{name} must not be empty")
-        merge = str(self["merge-ms"]).strip().lower()
-        if merge == "auto":
-            self["merge-ms"] = None
-        else:
-            try:
-                self["merge-ms"] = int(merge)
-            except ValueError:
-                raise usage.UsageError(
-                    f"--merge-ms must be 'auto' or a number of ms, not {merge!r}") from None
-            if not 0 <= self["merge-ms"] <= 10_000:
-                raise usage.UsageError(f"--merge-ms {merge} is out of range 0..10000")
-        try:
-            endpoints.serverFromString(None, str(self["listen"]))
-        except Exception as e:
-            raise usage.UsageError(
-                f"--listen {self['listen']!r} is not a usable endpoint: {e}") from None
+        self["merge-ms"] = rtmpd_tap.parse_merge_ms(self["merge-ms"])
+        rtmpd_tap.check_endpoint("listen", str(self["listen"]))
 
 
 @implementer(IAuthorizer)
@@ -218,14 +203,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
     from rtmpd.services.stats import Metrics, StatsSampler
     from rtmpd.services.upstream import Upstream
 
-    config = StreamConfig(
-        gop_cache_frames=options["gop-cache-frames"],
-        gop_cache_bytes=options["gop-cache-bytes"],
-        gop_cache_ms=int(float(options["gop-cache-seconds"]) * 1000),
-        viewer_queue_bytes=options["viewer-queue-bytes"],
-        merge_ms=options["merge-ms"],
-    )
-    registry = StreamRegistry(reactor, config)
+    registry = StreamRegistry(reactor, rtmpd_tap.stream_config(options))
     top = service.MultiService()
     top.setName("flvgateway")
     ViewerLogService(registry.viewer_log).setServiceParent(top)
@@ -280,14 +258,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
         max_header_bytes=int(options.get("max-header-bytes", 16384)),
     )
     description = str(options["listen"])
-    try:
-        endpoint = endpoints.serverFromString(reactor, rtmpd_tap.with_backlog(description))
-    except (ValueError, KeyError, TypeError) as e:
-        raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from None
-    listener_service = rtmpd_tap.ListenerService(
-        "listen", description, endpoint, site, program="flvgateway")
-    listener_service.setName("listen")
-    listener_service.setServiceParent(top)
+    rtmpd_tap.add_listener(top, "listen", description, site, reactor, program="flvgateway")
     log.info(
         "flvgateway {version}: listen {listen}, upstream {upstream}, linger {linger:g} s, "
         "stats every {interval:g} s",

@@ -270,29 +270,9 @@ class Options(usage.Options):
         for name in ("publish-key", "play-key", "sign-secret", "api-token"):
             if self[name] is not None and not str(self[name]).strip():
                 raise usage.UsageError(f"--{name} must not be empty")
-        merge = str(self["merge-ms"]).strip().lower()
-        if merge == "auto":
-            self["merge-ms"] = None
-        else:
-            try:
-                value = int(merge)
-            except ValueError:
-                raise usage.UsageError(
-                    f"--merge-ms must be 'auto' or a number of ms, not {merge!r}"
-                ) from None
-            if not 0 <= value <= 10_000:
-                raise usage.UsageError(f"--merge-ms {value} is out of range 0..10000")
-            self["merge-ms"] = value
+        self["merge-ms"] = parse_merge_ms(self["merge-ms"])
         for name in ("rtmp", "http", "web"):
-            description = str(self[name])
-            try:
-                # Only parsed here (the reactor is used when listening);
-                # ssl: also loads its key and certificate now.
-                endpoints.serverFromString(None, description)
-            except Exception as e:
-                raise usage.UsageError(
-                    f"--{name} {description!r} is not a usable endpoint: {e}"
-                ) from None
+            check_endpoint(name, str(self[name]))
         if not MIN_CHUNK_SIZE <= self["chunk-size"] <= MAX_CHUNK_SIZE:
             raise usage.UsageError(
                 f"--chunk-size {self['chunk-size']} is out of range "
@@ -370,6 +350,59 @@ class ListenerService(internet.StreamServerEndpointService):
             ) from None
 
 
+def parse_merge_ms(value: object) -> int | None:
+    """``--merge-ms``: None for 'auto' (the adaptive window), else ms in 0..10000."""
+    merge = str(value).strip().lower()
+    if merge == "auto":
+        return None
+    try:
+        ms = int(merge)
+    except ValueError:
+        raise usage.UsageError(
+            f"--merge-ms must be 'auto' or a number of ms, not {merge!r}") from None
+    if not 0 <= ms <= 10_000:
+        raise usage.UsageError(f"--merge-ms {ms} is out of range 0..10000")
+    return ms
+
+
+def check_endpoint(option: str, description: str) -> None:
+    """Refuse a listener option that is not a usable endpoint string, at parse time.
+
+    Only parsed here (the reactor is used when listening); ssl: also loads its
+    key and certificate now, so a missing file is a usage error, not a traceback."""
+    try:
+        endpoints.serverFromString(None, description)
+    except Exception as e:
+        raise usage.UsageError(
+            f"--{option} {description!r} is not a usable endpoint: {e}") from None
+
+
+def stream_config(options: Any) -> StreamConfig:
+    """The registry's settings from the options every program with viewers shares."""
+    return StreamConfig(
+        gop_cache_frames=options["gop-cache-frames"],
+        gop_cache_bytes=options["gop-cache-bytes"],
+        gop_cache_ms=int(float(options["gop-cache-seconds"]) * 1000),
+        viewer_queue_bytes=options["viewer-queue-bytes"],
+        merge_ms=options["merge-ms"],
+    )
+
+
+def add_listener(
+    top: service.MultiService, option: str, description: str, factory: Any, reactor: Any, *,
+    program: str = "rtmpd",
+) -> ListenerService:
+    """Listen on ``description`` (``--option``) with ``factory``, as a child of ``top``."""
+    try:
+        endpoint = endpoints.serverFromString(reactor, with_backlog(description))
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(f"--{option} {description!r} is not an endpoint: {e}") from None
+    listener = ListenerService(option, description, endpoint, factory, program=program)
+    listener.setName(option)
+    listener.setServiceParent(top)
+    return listener
+
+
 #: Seconds shutdown waits for done hooks still being posted.
 DONE_HOOK_SHUTDOWN_S = 5.0
 
@@ -410,14 +443,7 @@ def makeService(
     from rtmpd.protocols.web import make_web_site
     from rtmpd.services.stats import Metrics
 
-    config = StreamConfig(
-        gop_cache_frames=options["gop-cache-frames"],
-        gop_cache_bytes=options["gop-cache-bytes"],
-        gop_cache_ms=int(float(options["gop-cache-seconds"]) * 1000),
-        viewer_queue_bytes=options["viewer-queue-bytes"],
-        merge_ms=options["merge-ms"],
-    )
-    registry = StreamRegistry(reactor, config)
+    registry = StreamRegistry(reactor, stream_config(options))
     root = os.path.abspath(options["root"])
     try:
         os.makedirs(root, exist_ok=True)
@@ -493,13 +519,7 @@ def makeService(
         ("http", options["http"], http_site),
         ("web", options["web"], web_site),
     ):
-        try:
-            endpoint = endpoints.serverFromString(reactor, with_backlog(description))
-        except (ValueError, KeyError, TypeError) as e:
-            raise usage.UsageError(f"--{name} {description!r} is not an endpoint: {e}") from None
-        listener = ListenerService(name, description, endpoint, factory)
-        listener.setName(name)
-        listener.setServiceParent(top)
+        add_listener(top, name, description, factory, reactor)
     # Recorders (the disk writer first, so it stops after them).
     from rtmpd.services.recorder import Recorder
     from rtmpd.services.recorders import make_recorders
