@@ -1,6 +1,7 @@
 """Packaging: the built wheel ships the twistd dropin, so after installing it
 into a fresh venv ``twistd --help`` lists the three programs (a plugin left
-out of the wheel is a classic Twisted packaging bug). And the venv that the
+out of the wheel is a classic Twisted packaging bug), and the player pages
+with their vendored libraries, which the installed server finds. And the venv that the
 Makefile sets up in a fresh checkout: its editable install finds the dropin
 in the source tree without setuptools' deprecated "compat" mode, edits take
 effect without a reinstall, ``make run`` installs no test extras, and Ctrl-C
@@ -29,6 +30,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = ("rtmpd", "flvgateway", "filegateway")
+#: What the web port serves from the package: the pages, their modules and
+#: style, and the libraries `make` copies from npm into web/vendor/.
+PAGE_FILES = (
+    "index.html", "play.html", "play_merge.html", "mp4.html", "video.html",
+    "js/common.js", "js/players.js", "js/mp4box.js", "css/rtmpd.css",
+    "vendor/hls.min.mjs", "vendor/mpegts.js",
+)
 
 
 def lists_programs(help_text: str) -> list[str]:
@@ -69,6 +77,18 @@ def test_wheel_installed_in_a_fresh_venv_provides_the_twistd_plugin(tmp_path: Pa
     assert "twisted/plugins/rtmpd_plugins.py" in names
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
+    # The pages and the browser libraries they load, and none of npm's files.
+    assert [name for name in PAGE_FILES if f"rtmpd/web/{name}" not in names] == []
+    assert not [name for name in names if "node_modules" in name or "package" in name], names
+    # The installed server finds them (not the source tree: cwd is elsewhere).
+    found = subprocess.run(
+        [str(fresh / "bin" / "python"), "-c",
+         "from rtmpd.protocols.pages import pages_directory; print(pages_directory())"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    pages = Path(found.stdout.strip())
+    assert pages.is_relative_to(fresh), found.stdout + found.stderr
+    assert [name for name in PAGE_FILES if not (pages / name).is_file()] == []
 
 
 # --- the Makefile's venv in a fresh checkout --------------------------------
