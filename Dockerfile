@@ -14,12 +14,15 @@
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS build
+# make, nodejs and npm: `make web` installs the pages' libraries from the
+# npm lock file into web/vendor/, which the package carries.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3 python3-venv ca-certificates \
+        python3 python3-venv ca-certificates make nodejs npm \
     && rm -rf /var/lib/apt/lists/*
 COPY . /src
-RUN python3 -m venv /opt/rtmpd/venv \
+RUN make -C /src web \
+    && python3 -m venv /opt/rtmpd/venv \
     && /opt/rtmpd/venv/bin/pip install --no-cache-dir /src \
     # twistd caches the dropins it found beside them (dropin.cache); write it
     # now, while the venv is writable.
@@ -41,7 +44,7 @@ WORKDIR /var/lib/rtmpd
 # Made after the directory exists with its owner, so a new named volume starts
 # owned by rtmpd.
 VOLUME /var/lib/rtmpd/media
-# RTMP, HTTP-FLV / WS-FLV, web port (recordings, /api, /metrics).
+# RTMP, HTTP-FLV / WS-FLV, web port (pages, recordings, /api, /metrics).
 EXPOSE 1935 8501 8080
 # twistd stops on SIGTERM after finalising the recordings: give `docker stop`
 # time for them (`--time 60`; the default is 10 s).

@@ -257,12 +257,14 @@ def test_image_lists_the_three_programs_and_runs_as_non_root(image: tuple[str, s
 
 def test_image_serves_and_stops_cleanly(image: tuple[str, str]) -> None:
     """The default command starts rtmpd on its three ports with the media root
-    in the volume; an unknown stream answers 404, and ``docker stop`` (SIGTERM)
+    in the volume; an unknown stream answers 404, the web port serves the
+    pages and their libraries, and ``docker stop`` (SIGTERM)
     shuts twistd down through its handler, not by the kill at the timeout (137)."""
     docker, tag = image
     name = f"rtmpd-test-{uuid.uuid4().hex[:12]}"
     subprocess.run(
-        [docker, "run", "--detach", "--name", name, "--publish", "127.0.0.1::8501", tag],
+        [docker, "run", "--detach", "--name", name, "--publish", "127.0.0.1::8501",
+         "--publish", "127.0.0.1::8080", tag],
         check=True, capture_output=True, timeout=120,
     )
     try:
@@ -281,6 +283,13 @@ def test_image_serves_and_stops_cleanly(image: tuple[str, str]) -> None:
         logs = subprocess.run([docker, "logs", name], capture_output=True, text=True, timeout=60)
         assert status == 404, logs.stdout + logs.stderr
         assert f"root {MEDIA_ROOT}" in logs.stdout + logs.stderr
+        # The pages and the libraries the build installed from npm.
+        web = subprocess.run([docker, "port", name, "8080/tcp"], check=True,
+                             capture_output=True, text=True, timeout=60)
+        for path in ("/", "/vendor/mpegts.js", "/vendor/hls.min.mjs"):
+            with urllib.request.urlopen(f"http://{web.stdout.split()[0]}{path}",
+                                        timeout=10) as response:
+                assert response.status == 200, path
         subprocess.run([docker, "stop", "--time", "60", name], check=True,
                        capture_output=True, timeout=120)
         code = subprocess.run([docker, "inspect", "--format", "{{.State.ExitCode}}", name],
