@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.browser import browser_or_skip
 from tests.e2e.conftest import (
     VENV_BIN,
     WAIT_S,
+    BrowserPage,
     free_ports,
     run,
     start_server,
@@ -428,28 +428,30 @@ def _record_mp4(clip: Path, tmp: Path) -> Path:
 
 
 def test_a_recording_plays_in_chromium_and_seeks_by_range_requests(
-    clip_4mbit: Path, tmp_path: Path
+    clip_4mbit: Path, tmp_path: Path, browser_page: BrowserPage
 ) -> None:
-    with browser_or_skip() as browser:
-        root = _record_mp4(clip_4mbit, tmp_path)
-        (root / "player.html").write_text(PLAYER)
-        full = root / "mp4" / "live" / "cam" / "output_merge" / "stream_full.mp4"
-        size = full.stat().st_size
-        gateway = start_gateway(tmp_path, root)
-        try:
-            src = f"http://127.0.0.1:{gateway.port}/mp4/live/cam/output_merge/stream_full.mp4"
-            # The page comes from another origin (localhost, not 127.0.0.1),
-            # so the crossorigin video and the fetch go through CORS.
-            page = browser.open(f"http://localhost:{gateway.port}/player.html?src={src}")
-            page.wait_for("typeof v !== 'undefined' && (v.readyState >= 1 || v.error !== null)",
-                          timeout_s=WAIT_S)
-            assert page.evaluate("v.error") is None, page.console
-            duration = page.evaluate("v.duration")
-            assert 9.5 <= duration <= 10.5
-            seek = page.evaluate(SEEK, timeout_s=WAIT_S)
-            fetched = page.evaluate(FETCH.replace("SRC", repr(src)), timeout_s=WAIT_S)
-        finally:
-            stop_gateway(gateway)
+    root = _record_mp4(clip_4mbit, tmp_path)
+    (root / "player.html").write_text(PLAYER)
+    full = root / "mp4" / "live" / "cam" / "output_merge" / "stream_full.mp4"
+    size = full.stat().st_size
+    gateway = start_gateway(tmp_path, root)
+    page = browser_page.page
+    try:
+        src = f"http://127.0.0.1:{gateway.port}/mp4/live/cam/output_merge/stream_full.mp4"
+        # The page comes from another origin (localhost, not 127.0.0.1),
+        # so the crossorigin video and the fetch go through CORS.
+        page.goto(f"http://localhost:{gateway.port}/player.html?src={src}")
+        page.wait_for_function(
+            "typeof v !== 'undefined' && (v.readyState >= 1 || v.error !== null)",
+            timeout=WAIT_S * 1000,
+        )
+        assert page.evaluate("v.error") is None, browser_page.report()
+        duration = page.evaluate("v.duration")
+        assert 9.5 <= duration <= 10.5
+        seek = page.evaluate(SEEK)
+        fetched = page.evaluate(FETCH.replace("SRC", repr(src)))
+    finally:
+        stop_gateway(gateway)
     assert abs(seek["currentTime"] - seek["target"]) < 1.0, seek
     assert seek["mediaTime"] >= seek["target"] - 1.0, seek
     assert seek["decoded"] > 0, seek
