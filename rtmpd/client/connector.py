@@ -1,8 +1,8 @@
 """One connection attempt per call: the URL's scheme picks the session.
 
-``rtmp`` → :mod:`rtmpd.client.rtmp`, ``http(s)`` → :mod:`rtmpd.client.http`,
-``ws(s)`` → :mod:`rtmpd.client.ws`; each over a TCP connection (TLS for ``https`` and
-``wss``, the host name checked against the platform's trust roots).
+``rtmp(s)`` → :mod:`rtmpd.client.rtmp`, ``http(s)`` → :mod:`rtmpd.client.http`,
+``ws(s)`` → :mod:`rtmpd.client.ws`; each over a TCP connection (TLS for ``rtmps``,
+``https`` and ``wss``, the host name checked against the platform's trust roots).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 
 from rtmpd.client.http import HttpPublisher
-from rtmpd.client.rtmp import rtmp_factory
+from rtmpd.client.rtmp import DEFAULT_CHUNK_SIZE, rtmp_factory
 from rtmpd.client.session import SETUP_TIMEOUT_S, Connector, SessionListener
 from rtmpd.client.target import PushTarget
 from rtmpd.client.ws import ws_factory
@@ -25,7 +25,7 @@ __all__ = ["client_endpoint", "make_connector"]
 
 
 def client_endpoint(reactor: Any, target: PushTarget) -> IStreamClientEndpoint:
-    """TCP to the target's host and port, in TLS for ``https`` / ``wss``."""
+    """TCP to the target's host and port, in TLS for ``rtmps`` / ``https`` / ``wss``."""
     plain = HostnameEndpoint(reactor, target.host, target.port, timeout=SETUP_TIMEOUT_S)
     if target.tls:
         return wrapClientTLS(optionsForClientTLS(target.host), plain)
@@ -33,9 +33,11 @@ def client_endpoint(reactor: Any, target: PushTarget) -> IStreamClientEndpoint:
 
 
 def make_connector(
-    reactor: Any, target: PushTarget, *, has_audio: bool, has_video: bool
+    reactor: Any, target: PushTarget, *, has_audio: bool, has_video: bool,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Connector:
-    """A :data:`~rtmpd.client.session.Connector` opening one connection per attempt."""
+    """A :data:`~rtmpd.client.session.Connector` opening one connection per attempt
+    (``chunk_size``: the RTMP chunk size announced to the server)."""
 
     def connect(listener: SessionListener) -> None:
         if target.scheme in ("http", "https"):
@@ -44,8 +46,8 @@ def make_connector(
             publisher.post(reactor, client_endpoint(reactor, target))
             return
         factory: protocol.Factory
-        if target.scheme == "rtmp":
-            factory = rtmp_factory(target, listener, reactor)
+        if target.scheme in ("rtmp", "rtmps"):
+            factory = rtmp_factory(target, listener, reactor, chunk_size=chunk_size)
         else:
             factory = ws_factory(target, listener, reactor,
                                  has_audio=has_audio, has_video=has_video)

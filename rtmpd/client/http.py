@@ -117,6 +117,13 @@ class HttpPublisher(SessionBase):
         if data:
             consumer.write(data)  # one chunk
 
+    def write_flv(self, data: bytes) -> None:
+        """Send FLV bytes as they are (the FLV header and tags a live source
+        serialized already): one chunk."""
+        consumer = self._consumer
+        if consumer is not None and data:
+            consumer.write(data)
+
     def finish(self) -> Deferred[None]:
         if not self.finishing:
             self._begin_finish()

@@ -26,7 +26,10 @@ from rtmpd.codec.rtmp import messages as msg
 from rtmpd.codec.rtmp.chunk import NEED_DATA
 from rtmpd.codec.rtmp.connection import DATA_CSID, ClientConnection
 
-__all__ = ["RtmpPublishProtocol", "rtmp_factory"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "RtmpPublishProtocol", "rtmp_factory"]
+
+#: The chunk size announced to the server before publishing.
+DEFAULT_CHUNK_SIZE = 4096
 
 _SET_DATA_FRAME = amf0.encode("@setDataFrame")
 _ON_METADATA = amf0.encode("onMetaData")
@@ -36,9 +39,13 @@ class RtmpPublishProtocol(protocol.Protocol, SessionBase):
     """Publishes over RTMP with :class:`ClientConnection`: connect, releaseStream,
     FCPublish, createStream, publish; ends with FCUnpublish and deleteStream."""
 
-    def __init__(self, target: PushTarget, listener: SessionListener, clock: IReactorTime):
+    def __init__(self, target: PushTarget, listener: SessionListener, clock: IReactorTime,
+                 *, chunk_size: int = DEFAULT_CHUNK_SIZE):
         SessionBase.__init__(self, target, listener, clock)
-        self.conn = ClientConnection()
+        #: Outgoing chunk size, announced before ``publish``.
+        self.chunk_size = chunk_size
+        self.conn = ClientConnection(out_chunk_size=chunk_size)
+        #: The message stream the server created for the publish (0 before).
         self.stream_id = 0
 
     def _transport(self) -> Any:
@@ -52,7 +59,7 @@ class RtmpPublishProtocol(protocol.Protocol, SessionBase):
     def connectionMade(self) -> None:
         self._started()
         t = self.target
-        self.conn.connect(t.app, f"rtmp://{t.authority}/{t.app}")
+        self.conn.connect(t.app, f"{t.scheme}://{t.authority}/{t.app}")
         self._flush()
 
     def dataReceived(self, data: bytes) -> None:
@@ -121,7 +128,10 @@ class RtmpPublishProtocol(protocol.Protocol, SessionBase):
 
 
 def rtmp_factory(
-    target: PushTarget, listener: SessionListener, clock: IReactorTime
+    target: PushTarget, listener: SessionListener, clock: IReactorTime, *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> protocol.Factory:
     """Builds the one :class:`RtmpPublishProtocol` of a connection attempt."""
-    return protocol.Factory.forProtocol(lambda: RtmpPublishProtocol(target, listener, clock))
+    return protocol.Factory.forProtocol(
+        lambda: RtmpPublishProtocol(target, listener, clock, chunk_size=chunk_size)
+    )

@@ -1,6 +1,6 @@
 """Where ``rtmpd-push`` publishes: the URL, parsed and checked.
 
-``rtmp://``, ``http(s)://`` or ``ws(s)://`` + ``host[:port]/{app}/{stream}[?query]``,
+``rtmp(s)://``, ``http(s)://`` or ``ws(s)://`` + ``host[:port]/{app}/{stream}[?query]``,
 names as the server accepts them (``[A-Za-z0-9_-]{1,128}``; an RTMP app may have an
 instance part, ``app/instance``).
 """
@@ -14,7 +14,9 @@ from urllib.parse import quote, urlsplit
 __all__ = ["PushTarget", "UsageError", "parse_target"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_DEFAULT_PORTS = {"rtmp": 1935, "http": 80, "https": 443, "ws": 80, "wss": 443}
+_DEFAULT_PORTS = {
+    "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443, "ws": 80, "wss": 443,
+}
 
 
 class UsageError(Exception):
@@ -34,7 +36,7 @@ class PushTarget:
 
     @property
     def tls(self) -> bool:
-        return self.scheme in ("https", "wss")
+        return self.scheme in ("https", "wss", "rtmps")
 
     @property
     def path(self) -> str:
@@ -56,7 +58,9 @@ def parse_target(url: str) -> PushTarget:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise UsageError(f"URL scheme {parts.scheme!r} is not rtmp, http, https, ws or wss")
+        raise UsageError(
+            f"URL scheme {parts.scheme!r} is not rtmp, rtmps, http, https, ws or wss"
+        )
     if not parts.hostname:
         raise UsageError(f"URL {url!r} has no host")
     try:
@@ -69,7 +73,8 @@ def parse_target(url: str) -> PushTarget:
     app, stream = "/".join(segments[:-1]), segments[-1]
     for what, value in (("app", app), ("stream", stream)):
         # The server accepts [A-Za-z0-9_-]{1,128}; RTMP apps may have an instance part.
-        pieces = value.split("/") if what == "app" and scheme == "rtmp" else [value]
+        rtmp = scheme in ("rtmp", "rtmps")
+        pieces = value.split("/") if what == "app" and rtmp else [value]
         if not all(_NAME.fullmatch(p) for p in pieces):
             raise UsageError(f"{what} name {value!r} is not [A-Za-z0-9_-]{{1,128}}")
     return PushTarget(scheme, parts.hostname, port, app, stream, parts.query)

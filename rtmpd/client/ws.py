@@ -63,6 +63,12 @@ class WsPublishProtocol(WebSocketClientProtocol, SessionBase):  # type: ignore[m
         if parts:
             self.sendMessage(b"".join(parts), isBinary=True)
 
+    def write_flv(self, data: bytes) -> None:
+        """Send FLV bytes as they are (the FLV header and tags a live source
+        serialized already): one binary message."""
+        if data:
+            self.sendMessage(data, isBinary=True)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if code is not None and code != 1000 and code != 1006:
             self._fail(f"WebSocket closed with {code} {reason or ''}".strip(),
