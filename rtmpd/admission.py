@@ -486,22 +486,27 @@ class Admission:
         self,
         request: AdmissionRequest,
         start: Callable[[Stream], ViewerOutput | None],
+        *,
+        internal: bool = False,
     ) -> defer.Deferred[ViewerOutput]:
         """Admit a viewer. Once allowed, ``start(stream)`` makes the adapter's
         viewer (wire prelude sent, producer registered) or returns None if
         the client left meanwhile; admission then adds it to the stream. The
-        Deferred fires with the viewer or fails with AdmissionRefused."""
-        origin = self.origin
+        Deferred fires with the viewer or fails with AdmissionRefused. An
+        ``internal`` viewer (a forward, which the server opened itself for a
+        live stream) is not asked for credentials nor counted against
+        ``--max-viewers-per-stream``; logging and listeners apply."""
+        origin = None if internal else self.origin
         try:
             self._check_names(request)
             if origin is None or (request.app, request.stream) in self.registry.streams:
-                self._check_play(request)
+                self._check_play(request, internal=internal)
         except AdmissionRefused as e:
             return self.refuse(request, e)
-        d: defer.Deferred[Any] = self._authorize(request)
+        d: defer.Deferred[Any] = defer.succeed(None) if internal else self._authorize(request)
         if origin is not None:
             d.addCallback(lambda _: self._from_origin(origin, request))
-        d.addCallback(lambda _: self._start_play(request, start))
+        d.addCallback(lambda _: self._start_play(request, start, internal=internal))
         d.addErrback(self._refusal_errback, request)
         return d
 
@@ -518,11 +523,11 @@ class Admission:
         assert isinstance(d, defer.Deferred)
         return d
 
-    def _check_play(self, request: AdmissionRequest) -> Stream:
+    def _check_play(self, request: AdmissionRequest, *, internal: bool = False) -> Stream:
         stream = self.registry.streams.get((request.app, request.stream))
         if stream is None:
             raise AdmissionRefused(Refusal.NOT_FOUND, f"stream {request.path} is not live")
-        limit = self.limits.max_viewers_per_stream
+        limit = 0 if internal else self.limits.max_viewers_per_stream
         # Paused viewers count: they come back without asking.
         if limit and len(stream.viewers) >= limit:
             raise AdmissionRefused(
@@ -533,11 +538,12 @@ class Admission:
         return stream
 
     def _start_play(
-        self, request: AdmissionRequest, start: Callable[[Stream], ViewerOutput | None]
+        self, request: AdmissionRequest, start: Callable[[Stream], ViewerOutput | None],
+        *, internal: bool = False,
     ) -> ViewerOutput:
         if self._gone(request):
             raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
-        stream = self._check_play(request)
+        stream = self._check_play(request, internal=internal)
         viewer = start(stream)
         if viewer is None:
             raise AdmissionRefused(Refusal.GONE, "the client left before the decision")

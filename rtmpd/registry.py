@@ -8,6 +8,7 @@ import re
 import secrets
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -181,6 +182,9 @@ class Stream:
         #: hold only those being sent to).
         self.viewers: dict[ViewerOutput, None] = {}
         self.sinks: list[IMediaSink] = []
+        #: Its forwards to other servers (:class:`rtmpd.services.forward.Forward`,
+        #: kept there), for ``/api``.
+        self.forwards: list[Any] = []
         self.frames_in = 0
         self.bytes_in = 0
         self._flush_call: IDelayedCall | None = None

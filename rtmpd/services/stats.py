@@ -439,6 +439,8 @@ def stream_summary(
         "viewers_total": sum(counts.values()),
         # A gateway's stream: its upstream pull (None for published ones).
         "upstream": source.status() if (source := IUpstreamSource(stream.source, None)) else None,
+        # Its forwards to other servers (--forward, hooks).
+        "forwards": [forward.status() for forward in stream.forwards],
     }
 
 

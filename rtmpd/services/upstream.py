@@ -21,12 +21,18 @@ Either way codec headers and metadata are passed on only if they changed, and
 stamped with the time of the frame they precede, so timestamps only go
 forward. With no media at all for ``upstream_timeout`` (admission's publisher
 timeout), the stream ends and its viewers are told.
+
+rtmpd itself uses the same origin for ``--pull APP/STREAM=URL`` (a static
+relay in): there each pulled name has its own URL (:class:`PullRule`), names
+not listed are simply not found, and with ``--pull-always`` every listed
+stream is pulled from the start, with no viewer, and opened again whenever it
+ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -45,9 +51,11 @@ from rtmpd.admission import (
     Publisher,
     Refusal,
 )
-from rtmpd.client.pull import FlvPull, probe, shown_url, stream_url
+from rtmpd.client.pull import FlvPull, check_upstream, probe, shown_url, stream_url
+from rtmpd.client.target import UsageError
 from rtmpd.interfaces import IAdmissionListener, IStreamOrigin, IUpstreamSource
 from rtmpd.media import Frame, FrameKind
+from rtmpd.registry import NAME_PATTERN
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -77,6 +85,44 @@ RECONNECTING = "reconnecting"
 STOPPED = "stopped"
 STATES = (CONNECTING, STREAMING, RECONNECTING)
 
+
+@dataclass(frozen=True, slots=True)
+class PullRule:
+    """``--pull APP/STREAM=URL``: the local stream ``app/stream`` is pulled
+    from ``url`` (an HTTP-FLV play URL of another server)."""
+
+    app: str
+    stream: str
+    url: str
+
+
+def parse_pull(value: str) -> PullRule:
+    """Parse ``APP/STREAM=URL`` (``--pull``); raises :class:`UsageError`
+    with one line saying what is wrong."""
+    path, sep, url = value.partition("=")
+    path, url = path.strip(), url.strip()
+    app, slash, name = path.partition("/")
+    if not sep or not slash or not url:
+        raise UsageError(
+            f"--pull {value!r} is not APP/STREAM=URL "
+            "(e.g. live/cam1=http://origin:8501/live/cam1.flv)"
+        )
+    for what, text in (("app", app), ("stream", name)):
+        if not NAME_PATTERN.fullmatch(text):
+            raise UsageError(f"--pull {value!r}: {what} {text!r} is not [A-Za-z0-9_-]{{1,128}}")
+    if url.lower().startswith(("rtmp://", "rtmps://")):
+        raise UsageError(
+            f"--pull {path}=...: pulling over RTMP is not supported; give the other "
+            "server's HTTP-FLV URL (http://host:8501/APP/STREAM.flv for rtmpd, SRS and "
+            "Node-Media-Server; nginx-rtmp has none)"
+        )
+    try:
+        check_upstream(url)
+    except ValueError as e:
+        raise UsageError(f"--pull {path}=...: {e}") from None
+    return PullRule(app, name, url)
+
+
 #: How an upstream's answer before any body maps to a refusal of the viewer.
 _REFUSALS = {404: Refusal.NOT_FOUND, 400: Refusal.BAD_NAME, 401: Refusal.FORBIDDEN,
              403: Refusal.FORBIDDEN}
@@ -91,8 +137,10 @@ class PulledStream:
         self.upstream = upstream
         self.app = app
         self.name = name
-        self.url = stream_url(upstream.base_url, app, name)
-        parts = urlsplit(upstream.base_url)
+        url = upstream.url_for(app, name)
+        assert url is not None, "only streams the upstream has a URL for are pulled"
+        self.url = url
+        parts = urlsplit(url.decode("ascii"))
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.description = f"upstream {self.host}:{self.port}"
@@ -357,6 +405,8 @@ class PulledStream:
             linger.cancel()
 
     def linger(self, seconds: float) -> None:
+        if self.upstream.always:
+            return  # pulled with or without viewers
         if self._linger is None and self.state is not STOPPED:
             self._linger = self.upstream.clock.callLater(seconds, self._lingered)
 
@@ -394,18 +444,25 @@ class PulledStream:
 
 @implementer(IStreamOrigin, IAdmissionListener)
 class Upstream(service.Service):
-    """The gateway's origin: one :class:`PulledStream` per stream viewed."""
+    """The origin of a gateway (every stream, under ``base_url``) or of
+    rtmpd's ``--pull`` (the streams of ``rules``, each from its own URL;
+    ``always``: pulled from the start, without viewers): one
+    :class:`PulledStream` per stream."""
 
     name = "upstream"
 
     def __init__(
-        self, admission: Admission, agent: IAgent, base_url: str, clock: IReactorTime, *,
+        self, admission: Admission, agent: IAgent, base_url: str | None, clock: IReactorTime,
+        *, rules: Sequence[PullRule] = (), always: bool = False,
         linger_s: float = LINGER_S, open_timeout_s: float = OPEN_TIMEOUT_S,
         idle_timeout_s: float = 10.0, stats_interval_s: float = 0.0,
     ) -> None:
         self.admission = admission
         self.agent = agent
         self.base_url = base_url
+        self.rules = {(rule.app, rule.stream): rule.url.encode("ascii") for rule in rules}
+        self.always = always
+        self._reopen: dict[tuple[str, str], IDelayedCall] = {}
         self.clock = clock
         self.linger_s = linger_s
         self.open_timeout_s = open_timeout_s
@@ -418,11 +475,20 @@ class Upstream(service.Service):
         admission.origin = self
         admission.add_listener(self)
 
+    def url_for(self, app: str, name: str) -> bytes | None:
+        """Where ``app/name`` is pulled from, None if it is not."""
+        if self.base_url is not None:
+            return stream_url(self.base_url, app, name)
+        return self.rules.get((app, name))
+
     # -- IStreamOrigin -------------------------------------------------------------
 
     def open(self, request: object) -> defer.Deferred[None]:
         assert isinstance(request, AdmissionRequest)
         key = (request.app, request.stream)
+        if self.url_for(*key) is None:
+            return defer.fail(AdmissionRefused(
+                Refusal.NOT_FOUND, f"stream {request.path} is not live"))
         pulled = self.pulls.get(key)
         if pulled is None:
             pulled = self.pulls[key] = PulledStream(self, request.app, request.stream)
@@ -442,7 +508,10 @@ class Upstream(service.Service):
                 return Refusal.UNAVAILABLE
             return _REFUSALS.get(status, Refusal.UNAVAILABLE)
 
-        return probe(self.agent, stream_url(self.base_url, app, name), self.clock,
+        url = self.url_for(app, name)
+        if url is None:
+            return defer.succeed(Refusal.NOT_FOUND)
+        return probe(self.agent, url, self.clock,
                      timeout=self.open_timeout_s).addCallback(answered)
 
     def forget(self, pulled: PulledStream) -> None:
@@ -450,6 +519,22 @@ class Upstream(service.Service):
         if self.pulls.get(key) is pulled:
             del self.pulls[key]
             self.ended_connects += pulled.connects
+            if self.always and self.running and key not in self._reopen:
+                # Ended (the upstream gone for the upstream timeout, no answer):
+                # opened again at the backoff's cap.
+                self._reopen[key] = self.clock.callLater(BACKOFF_MAX_S, self._open_always, key)
+
+    def _open_always(self, key: tuple[str, str]) -> None:
+        """Pull a ``--pull-always`` stream with no viewer asking."""
+        self._reopen.pop(key, None)
+        if not self.running or key in self.pulls or key in self.admission.registry.streams:
+            if self.running and key not in self.pulls:
+                # Published here meanwhile: look again later.
+                self._reopen[key] = self.clock.callLater(BACKOFF_MAX_S, self._open_always, key)
+            return
+        pulled = self.pulls[key] = PulledStream(self, *key)
+        pulled.wait().addErrback(lambda _: None)  # its failure is logged; forget reopens
+        pulled.start()
 
     # -- IAdmissionListener: the last viewer leaving starts the linger ---------
 
@@ -481,6 +566,9 @@ class Upstream(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.always:
+            for key in self.rules:
+                self._open_always(key)
         if self.stats_interval_s > 0:
             self._stats_loop = task.LoopingCall(self.log_stats)
             self._stats_loop.clock = self.clock
@@ -491,8 +579,12 @@ class Upstream(service.Service):
         loop, self._stats_loop = self._stats_loop, None
         if loop is not None and loop.running:
             loop.stop()
+        for call in self._reopen.values():
+            if call.active():
+                call.cancel()
+        self._reopen.clear()
         for pulled in list(self.pulls.values()):
-            pulled.close("the gateway is shutting down")
+            pulled.close("the server is shutting down")
 
     def stream_stats(self) -> Iterator[dict[str, Any]]:
         """Per pulled stream: what the periodic line and ``/api`` show."""

@@ -58,7 +58,45 @@ _CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
     "max-header-bytes": int,
     "api-token": str,
     "no-metrics": bool,
+    "forward": lambda v: _forward_table(v),
+    "pull": lambda v: _pull_table(v),
+    "pull-always": bool,
 }
+
+
+def _forward_table(value: Any) -> list[Any]:
+    """TOML ``[forward]``: ``APP = URL`` or ``APP = [URL, ...]``."""
+    from rtmpd.client.target import UsageError
+    from rtmpd.services.forward import parse_forward
+
+    if not isinstance(value, dict):
+        raise ValueError("forward must be a table: APP = URL or APP = [URL, ...]")
+    rules = []
+    for app, urls in value.items():
+        for url in [urls] if isinstance(urls, str) else urls:
+            if not isinstance(url, str):
+                raise ValueError(f"forward.{app}: {url!r} is not a URL")
+            try:
+                rules.append(parse_forward(f"{app}={url}"))
+            except UsageError as e:
+                raise ValueError(str(e)) from None
+    return rules
+
+
+def _pull_table(value: Any) -> list[Any]:
+    """TOML ``[pull]``: ``"APP/STREAM" = URL``."""
+    from rtmpd.client.target import UsageError
+    from rtmpd.services.upstream import parse_pull
+
+    if not isinstance(value, dict):
+        raise ValueError('pull must be a table: "APP/STREAM" = URL')
+    rules = []
+    for path, url in value.items():
+        try:
+            rules.append(parse_pull(f"{path}={url}"))
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+    return rules
 
 #: Outgoing RTMP chunk size bounds: RTMP allows 1..0x7FFFFFFF; below 128 is
 #: pointless overhead, and above 16 MiB no client has a use for it.
@@ -242,11 +280,41 @@ class Options(usage.Options):
             "browser page may publish only from the server's own host name.",
         ],
         ["no-metrics", None, "Serve no /metrics."],
+        [
+            "pull-always", None,
+            "Pull every --pull stream from the start and keep it pulled, not only while "
+            "it has viewers.",
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self._given: set[str] = set()
+        self["forward"] = []
+        self["pull"] = []
+
+    def opt_forward(self, value: str) -> None:
+        """APP=URL: re-publish every stream published under APP to URL, with {stream}
+        replaced by the stream's name (rtmp://, rtmps://, http(s)://, ws(s)://).
+        Repeatable."""
+        from rtmpd.client.target import UsageError
+        from rtmpd.services.forward import parse_forward
+
+        try:
+            self["forward"].append(parse_forward(value))
+        except UsageError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def opt_pull(self, value: str) -> None:
+        """APP/STREAM=URL: the stream APP/STREAM is pulled from URL (another server's
+        HTTP-FLV play URL) when a viewer asks for it. Repeatable."""
+        from rtmpd.client.target import UsageError
+        from rtmpd.services.upstream import parse_pull
+
+        try:
+            self["pull"].append(parse_pull(value))
+        except UsageError as e:
+            raise usage.UsageError(str(e)) from None
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         argv = list(sys.argv[1:] if options is None else options)
@@ -305,9 +373,10 @@ class Options(usage.Options):
                 continue
             try:
                 self[key] = convert(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError) as e:
+                why = f" ({e})" if key in ("forward", "pull") else ""
                 raise usage.UsageError(
-                    f"--config {path}: bad value {value!r} for {raw_key!r}"
+                    f"--config {path}: bad value {value!r} for {raw_key!r}{why}"
                 ) from None
 
 
@@ -486,6 +555,25 @@ def makeService(
             DoneHookService(admission_listener, reactor).setServiceParent(top)
     if metrics is not None:
         metrics.attach(admission)
+    # Relay: forwards out (--forward) and pulls in (--pull).
+    forwarder = None
+    if options.get("forward"):
+        from rtmpd.services.forward import Forwarder
+
+        forwarder = Forwarder(admission, reactor, options["forward"],
+                              chunk_size=options["chunk-size"])
+        forwarder.setServiceParent(top)
+        if metrics is not None:
+            metrics.add_collector(forwarder)
+    if options.get("pull"):
+        from rtmpd.client.pull import make_agent as make_pull_agent
+        from rtmpd.services.upstream import Upstream
+
+        upstream = Upstream(admission, make_pull_agent(reactor), None, reactor,
+                            rules=options["pull"], always=bool(options.get("pull-always")))
+        upstream.setServiceParent(top)
+        if metrics is not None:
+            metrics.add_collector(upstream)
 
     rtmp_factory = RtmpServerFactory(
         admission,
@@ -542,4 +630,5 @@ def makeService(
     )
     top.registry = registry  # type: ignore[attr-defined]
     top.admission = admission  # type: ignore[attr-defined]
+    top.forwarder = forwarder  # type: ignore[attr-defined]
     return top
