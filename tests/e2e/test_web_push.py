@@ -8,8 +8,14 @@ use the static ffmpeg 9 of the ``imageio-ffmpeg`` wheel (a test extra)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import socket
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +62,14 @@ def status(page: BrowserPage) -> str:
     return str(page.page.locator("#status").text_content())
 
 
-def start_push(page: BrowserPage, server: Server, name: str) -> None:
+def start_push(page: BrowserPage, server: Server, name: str, *,
+               resolution: str = "640x360", keyframe_s: float = 2) -> None:
+    """Open push.html for ``live/{name}``, press Push, wait for the outcome.
+    The default resolution is light on the CPU."""
     page.page.goto(server.web_url(f"push.html?app=live&stream={name}"))
     assert page.page.input_value("input[name=stream]") == name
-    page.page.select_option("select[name=resolution]", "640x360")  # light on the CPU
+    page.page.select_option("select[name=resolution]", resolution)
+    page.page.fill("input[name=keyframe]", str(keyframe_s))
     page.page.click("#push")
     page.page.wait_for_function("['pushing', 'error'].includes(document.body.dataset.state)")
 
@@ -153,6 +163,118 @@ def test_push_without_track_processor_reads_a_video_element_and_a_worklet(
     codecs = stream_codecs(url)
     assert codecs[:1] == ["h264"] and codecs[1:] in (["opus"], ["aac"]), codecs
     assert decode_errors(url, "-t", "3") == ""
+    stop_push(browser_page)
+    browser_page.assert_clean()
+
+
+class StallingProxy:
+    """A TCP forwarder to ``127.0.0.1:target`` that can stop reading what its
+    clients send (:meth:`stall`), so their socket backs up as on a slow
+    uplink, and read again (:meth:`resume`)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.listener = socket.socket()
+        # Small buffers on the stalled side: the sender's window closes soon.
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = int(self.listener.getsockname()[1])
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, stallable: bool) -> None:
+        try:
+            while True:
+                if stallable:
+                    self.flowing.wait()
+                data = source.recv(16384)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
+
+    def close(self) -> None:
+        self.flowing.set()
+        for sock in self.sockets:
+            sock.close()
+
+
+#: How long the stalled push may take to back up: the kernel first takes
+#: megabytes into the browser's socket buffer (loopback segments are 64 KiB),
+#: at the fake camera's ~1 Mbit/s about half a minute.
+BACKUP_S = 120
+
+
+@pytest.fixture
+def patient_server(tmp_path: Path) -> Iterator[Server]:
+    """A server that waits longer than :data:`BACKUP_S` for a silent publisher."""
+    srv = start_server(tmp_path, "--publisher-timeout", str(BACKUP_S + 30))
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture
+def stalling_proxy(patient_server: Server) -> Iterator[StallingProxy]:
+    proxy = StallingProxy(patient_server.http_port)
+    yield proxy
+    proxy.close()
+
+
+def test_backed_up_socket_drops_delta_frames_and_says_so(
+    patient_server: Server, stalling_proxy: StallingProxy, browser_page: BrowserPage
+) -> None:
+    """While the WebSocket holds more than its bound, the page encodes no
+    delta frames and shows that it drops them; when the network drains it
+    goes on, and what reached the server still decodes cleanly."""
+    server = patient_server
+    with urllib.request.urlopen(server.web_url("config.json"), timeout=WAIT_S) as response:
+        config = json.load(response)
+    # The page publishes to the HTTP port /config.json names: here the proxy.
+    config["http"]["port"] = stalling_proxy.port
+    browser_page.page.route("**/config.json", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(config)))
+    # Big frames and frequent keyframes, so the buffers fill sooner.
+    start_push(browser_page, server, "slow", resolution="1920x1080", keyframe_s=0.5)
+    assert state(browser_page) == "pushing", status(browser_page) + browser_page.report()
+    wait_frames(browser_page, 20)
+    assert stat(browser_page, "dropped") == "0"
+    stalling_proxy.stall()
+    browser_page.page.wait_for_function(
+        "!document.getElementById('backpressure').hidden"
+        " && Number(document.querySelector('[data-stat=dropped]').textContent) > 0",
+        timeout=BACKUP_S * 1000)
+    browser_page.screenshot("push-page-backpressure")
+    assert state(browser_page) == "pushing"
+    stalling_proxy.resume()
+    browser_page.page.wait_for_function("document.getElementById('backpressure').hidden")
+    sent = int(stat(browser_page, "frames"))
+    wait_frames(browser_page, sent + 20)
+    assert decode_errors(server.flv_url("slow"), "-t", "3") == ""
     stop_push(browser_page)
     browser_page.assert_clean()
 

@@ -276,6 +276,10 @@ class PushSession {
       throw new Error(`This browser cannot encode H.264 at ${w}x${h} (${config.codec}).`);
     }
     this.encodedSize = `${w}×${h}`;
+    // onMetaData goes out with the first tags, after the first frames.
+    const frameRate = this.media.getVideoTracks()[0]?.getSettings().frameRate;
+    Object.assign(this.mux.metadata, { width: w, height: h,
+      framerate: frameRate ? Math.round(frameRate * 100) / 100 : undefined });
     this.videoEncoder.configure(config);
   }
 
@@ -360,6 +364,8 @@ class PushSession {
         error: (error) => this.fail(`The audio encoder failed: ${error.message}`),
       });
       this.audioFormat = { sampleRate: data.sampleRate, channels: data.numberOfChannels };
+      Object.assign(this.mux.metadata, { audiosamplerate: data.sampleRate,
+        audiochannels: data.numberOfChannels, stereo: data.numberOfChannels === 2 });
       this.audioReady = this._chooseAudio(data).then(([codec, config]) => {
         if (this.closed) return;
         this.audioCodec = codec;
