@@ -54,6 +54,21 @@ def decode_errors(url: str, *extra: str) -> str:
     return result.stderr.strip() or ("" if result.returncode == 0 else f"exit {result.returncode}")
 
 
+def first_tags(url: str, count: int) -> list[flv.TagReceived]:
+    """The first ``count`` tags a viewer of ``url`` gets."""
+    reader = flv.FlvReader()
+    tags: list[flv.TagReceived] = []
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+        while len(tags) < count:
+            data = response.read1(65536)
+            assert data, f"{url} ended after {len(tags)} tags"
+            reader.receive_data(data)
+            while not isinstance(event := reader.next_event(), flv.NeedData):
+                if isinstance(event, flv.TagReceived):
+                    tags.append(event)
+    return tags[:count]
+
+
 def state(page: BrowserPage) -> str:
     return str(page.page.evaluate("document.body.dataset.state"))
 
@@ -121,6 +136,13 @@ def test_pushed_camera_plays_back_and_records_cleanly(
     assert re.fullmatch(r"(Opus|AAC), [1-9]\d* frames", stat(browser_page, "audio"))
 
     url = server.flv_url("web1")
+    script, video_header, audio_header = first_tags(url, 3)
+    name, meta = amf0.decode_all(script.body)
+    assert name == "onMetaData" and isinstance(meta, dict)
+    assert (meta["width"], meta["height"], meta["videocodecid"]) == (640, 360, 7)
+    assert meta["audiocodecid"] in (flv.FOURCC_OPUS, 10) and meta["audiosamplerate"] == 48000
+    assert flv.describe_tag(video_header.tag_type, video_header.body).sequence_header
+    assert flv.describe_tag(audio_header.tag_type, audio_header.body).sequence_header
     codecs = stream_codecs(url)
     assert codecs[:1] == ["h264"] and codecs[1:] in (["opus"], ["aac"]), codecs
     assert decode_errors(url, "-t", "4") == ""
