@@ -319,6 +319,13 @@ class RootedFile(static.File):
             return None
         return child
 
+    def visible_child(self, name: str) -> filepath.FilePath[str] | None:
+        """The child ``name`` of this directory if a request may name it
+        and it exists, else None: what :meth:`getChild` would serve."""
+        if not name or safe_segment(name.encode("utf-8", "surrogateescape")) != name:
+            return None
+        return self._child(name)
+
     def visible_names(self) -> list[str]:
         """Names in this directory a request may name, sorted; at most
         :data:`MAX_LISTED_NAMES`."""

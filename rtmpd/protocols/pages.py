@@ -154,7 +154,7 @@ def _entry(
         info = os.stat(target.path)
     except OSError:
         return None
-    entry = {
+    entry: dict[str, Any] = {
         "app": app,
         "stream": stream,
         "kind": kind,
@@ -165,10 +165,16 @@ def _entry(
     }
     if kind in FRAGMENT_NAMES:
         entry["fragments"] = last_fragment(target.path, FRAGMENT_NAMES[kind])
-        entry["inits"] = sorted(INIT_NAMES & set(target.visible_names()))
+        entry["inits"] = _init_names(target)
     else:
         entry["size"] = info.st_size
     return entry
+
+
+def _init_names(directory: RootedFile) -> list[str]:
+    """The init segments in an fMP4 directory (looked up by name: the
+    directory may hold thousands of fragments)."""
+    return sorted(name for name in INIT_NAMES if directory.visible_child(name) is not None)
 
 
 def _recording(directory: RootedFile) -> bool:
@@ -203,13 +209,13 @@ def list_recordings(
         for name, child in _visible_children(directory):
             if not child.isdir():
                 continue
-            if name in CURRENT_DIRECTORIES and INIT_NAMES & set(child.visible_names()):
+            if name in CURRENT_DIRECTORIES and _init_names(child):
                 entries.append(_entry(files, app, stream, CURRENT_DIRECTORIES[name], child,
                                       live=_recording(child)))
-            if MERGE_DIRECTORY.fullmatch(name) and MERGED_NAME in child.visible_names():
-                merged = child.createSimilarFile(os.path.join(child.path, MERGED_NAME))
-                if merged.isfile():
-                    entries.append(_entry(files, app, stream, "mp4", merged, live=False))
+            merged = child.visible_child(MERGED_NAME) if MERGE_DIRECTORY.fullmatch(name) else None
+            if merged is not None and merged.isfile():
+                entries.append(_entry(files, app, stream, "mp4",
+                                      child.createSimilarFile(merged.path), live=False))
     found = [e for e in entries if e is not None]
     found.sort(key=lambda e: (-e["modified"], e["path"]))
     return found[:MAX_LISTED_RECORDINGS]

@@ -125,6 +125,15 @@ def test_ordinary_segments_name_their_file(segment: bytes) -> None:
     assert safe_segment(segment) == segment.decode()
 
 
+def test_visible_child_is_what_a_request_may_name(root: Path) -> None:
+    files = RootedFile(str(root))
+    assert files.visible_child("data.bin") is not None
+    assert files.visible_child("link-in.mp4") is not None
+    for name in (".env", "secret.txt.tmp", "link-out", "dir-out", "link-hidden", "..",
+                 "hls/live", "missing.flv", ""):
+        assert files.visible_child(name) is None, name
+
+
 def test_every_internal_name_the_recorders_write_is_hidden() -> None:
     """Markers (and what recovery renames them to), and what write_atomically
     and the MP4 merge write before their rename."""
