@@ -318,6 +318,29 @@ def test_push_to_a_busy_name_shows_the_refusal(
     browser_page.assert_clean()
 
 
+def test_publish_key_from_the_address_is_passed_on(
+    tmp_path: Path, browser_page: BrowserPage
+) -> None:
+    """With --publish-key, ``?key=`` in the page's address publishes; the
+    page never shows the key; without it the refusal (4403) is shown."""
+    server = start_server(tmp_path, "--publish-key", "s3cret")
+    try:
+        start_push(browser_page, server, "nokey")
+        assert state(browser_page) == "error"
+        assert "not authorized" in status(browser_page) and "4403" in status(browser_page)
+
+        browser_page.page.goto(server.web_url("push.html?stream=keyed&key=s3cret"))
+        browser_page.page.select_option("select[name=resolution]", "640x360")
+        browser_page.page.click("#push")
+        browser_page.page.wait_for_function("document.body.dataset.state === 'pushing'")
+        server.wait_live("keyed")
+        assert "s3cret" not in status(browser_page) + stat(browser_page, "url")
+        stop_push(browser_page)
+        browser_page.assert_clean()
+    finally:
+        stop_server(server)
+
+
 def test_bad_name_is_refused_on_the_page_before_connecting(
     server: Server, browser_page: BrowserPage
 ) -> None:

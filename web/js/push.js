@@ -137,10 +137,10 @@ class PushSession {
     this.media = await this._openMedia();
     if (this._ended()) return;
     this.ui.preview(this.media);
-    this.ui.state("connecting", this.options.url);
+    this.ui.state("connecting", this.options.shown);
     await this._connect();
     if (this._ended()) return;
-    this.ui.state("pushing", this.options.url);
+    this.ui.state("pushing", this.options.shown);
     const videoTrack = this.media.getVideoTracks()[0];
     const audioTrack = this.media.getAudioTracks()[0];
     this.mux = new FlvMuxer({
@@ -194,7 +194,7 @@ class PushSession {
       try {
         ws = this.ws = new WebSocket(this.options.url);
       } catch (error) {
-        reject(new Error(`Cannot connect to ${this.options.url}: ${error.message}`));
+        reject(new Error(`Cannot connect to ${this.options.shown}: ${error.message}`));
         return;
       }
       ws.binaryType = "arraybuffer";
@@ -221,7 +221,7 @@ class PushSession {
     const known = CLOSE_REASONS[event.code];
     if (known) return `Refused: ${known}${server}, close code ${event.code}.`;
     if (!opened) {
-      return `Could not connect to ${this.options.url} (close code ${event.code}): is rtmpd `
+      return `Could not connect to ${this.options.shown} (close code ${event.code}): is rtmpd `
         + "running, and is its HTTP port the one in /config.json?";
     }
     if (event.code === 1000) return `The server ended the publish${server}.`;
@@ -506,12 +506,30 @@ const ui = {
 
 let session = null;
 
+/** Parameters of this page's address passed on to the publish: a
+ * publish key, or a signed URL's expiry and signature. */
+const CREDENTIALS = ["key", "expires", "sig"];
+
 /** The WS-FLV publish URL: this page's host name, the HTTP-FLV port and
- * its TLS from /config.json. */
-function publishUrl(config, app, stream) {
+ * its TLS from /config.json, and the credentials of the page's query. */
+function publishUrl(config, app, stream, params) {
   const tls = config.http?.port ? Boolean(config.http.tls) : location.protocol === "https:";
   const host = config.http?.port ? `${location.hostname}:${config.http.port}` : location.host;
-  return `${tls ? "wss" : "ws"}://${host}/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
+  const url = new URL(`${tls ? "wss" : "ws"}://${host}/`);
+  url.pathname = `/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
+  for (const name of CREDENTIALS) {
+    if (params.has(name)) url.searchParams.set(name, params.get(name));
+  }
+  return url.href;
+}
+
+/** A URL to show: credentials left out. */
+function shownUrl(url) {
+  const shown = new URL(url);
+  for (const name of CREDENTIALS) {
+    if (shown.searchParams.has(name)) shown.searchParams.set(name, "…");
+  }
+  return decodeURIComponent(shown.href);
 }
 
 function readOptions(fields, config) {
@@ -526,7 +544,8 @@ function readOptions(fields, config) {
   if (!(keyframeS >= 0.5 && keyframeS <= 10)) {
     throw new Error("the keyframe interval must be between 0.5 and 10 s");
   }
-  return { url: publishUrl(config, fields.app, fields.stream), screen: fields.source === "screen",
+  const url = publishUrl(config, fields.app, fields.stream, readQuery().params);
+  return { url, shown: shownUrl(url), screen: fields.source === "screen",
     width, height, bitrateKbps, keyframeS };
 }
 
@@ -551,9 +570,11 @@ async function toggle(fields) {
     ui.state("error", describe(error));
     return;
   }
-  writeQuery({ app: fields.app, stream: fields.stream });
+  const params = readQuery().params;
+  const kept = Object.fromEntries(CREDENTIALS.map((name) => [name, params.get(name)]));
+  writeQuery({ app: fields.app, stream: fields.stream, ...kept });
   linkNav(document.getElementById("nav"), fields.app, fields.stream);
-  showStats(stats, { url: options.url });
+  showStats(stats, { url: options.shown });
   const current = session = new PushSession(options, {
     ...ui,
     state(state, message) {
