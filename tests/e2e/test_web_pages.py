@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -380,4 +381,63 @@ def test_a_bad_name_is_an_error_on_the_page_not_an_exception(
     page.goto(live_server.web_url("index.html?app=live&stream=bad%2Fname"))
     page.wait_for_function(f"{STATE} === 'error'", timeout=PAGE_WAIT_S * 1000)
     assert "bad stream name" in status_text(browser_page)
+    browser_page.assert_clean()
+
+
+# --------------------------------------------------------------------------- init segments
+
+#: Fragmented MP4s from ffmpeg (each begins with its init segment): the
+#: encoder arguments and the codec string its sample entry must give.
+INIT_SEGMENTS = {
+    "h264-aac.mp4": (
+        ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi", "-i", "sine",
+         "-c:v", "libx264", "-profile:v", "high", "-level", "1.3", "-c:a", "aac"],
+        # avcC: profile_idc 100, no compatibility flags, level_idc 13; AAC LC.
+        ["avc1.64000d", "mp4a.40.2"],
+    ),
+    "hevc.mp4": (
+        ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-c:v", "libx265",
+         "-x265-params", "log-level=error", "-tag:v", "hvc1"],
+        # hvcC: Main (1), compatible with Main and Main 10 (flags 0x60000000,
+        # written bit-reversed: 6), main tier level 2 (60), progressive and
+        # frame-only constraint flags (0x90).
+        ["hvc1.1.6.L60.90"],
+    ),
+    "opus.mp4": (["-f", "lavfi", "-i", "sine", "-c:a", "libopus"], ["opus"]),
+}
+
+
+def test_codecs_are_read_from_the_init_segment_boxes(
+    live_server: Server, browser_page: BrowserPage
+) -> None:
+    directory = live_server.root / "inits"
+    directory.mkdir(exist_ok=True)
+    for name, (arguments, _) in INIT_SEGMENTS.items():
+        made = subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", *arguments, "-t", "1",
+             "-movflags", "frag_keyframe+empty_moov", "-f", "mp4", str(directory / name)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert made.returncode == 0, made.stderr
+    page = browser_page.page
+    page.goto(live_server.web_url("index.html"))
+    found = page.evaluate(
+        """async (names) => {
+          const { tracksOfInit, mimeOfTracks } = await import('./js/mp4box.js');
+          const out = {};
+          for (const name of names) {
+            const bytes = await (await fetch('inits/' + name)).arrayBuffer();
+            const tracks = tracksOfInit(bytes);
+            out[name] = { codecs: tracks.map((t) => t.codec),
+                          playable: MediaSource.isTypeSupported(mimeOfTracks(tracks)) };
+          }
+          return out;
+        }""",
+        list(INIT_SEGMENTS),
+    )
+    assert {name: got["codecs"] for name, got in found.items()} == {
+        name: codecs for name, (_, codecs) in INIT_SEGMENTS.items()
+    }
+    # The strings are ones the browser understands (HEVC decoding varies by build).
+    assert found["h264-aac.mp4"]["playable"] and found["opus.mp4"]["playable"], found
     browser_page.assert_clean()
