@@ -294,6 +294,22 @@ def seek(browser_page: BrowserPage, target_s: float) -> None:
     assert landed["later"] > landed["at"], landed
 
 
+def test_index_says_when_the_stream_ends_and_waits_for_it(
+    live_server: Server, browser_page: BrowserPage, clip: Path
+) -> None:
+    publisher = live_server.publish(clip, "brief", loops=0)
+    live_server.wait_live("brief")
+    page = browser_page.page
+    page.goto(live_server.web_url("index.html?app=live&stream=brief"))
+    page.wait_for_function(f"{STATE} === 'playing'", timeout=PAGE_WAIT_S * 1000)
+    publisher.wait(timeout=WAIT_S)
+    page.wait_for_function(f"{STATE} === 'ended'", timeout=PAGE_WAIT_S * 1000)
+    assert "the stream ended" in status_text(browser_page)
+    page.wait_for_function(f"{STATE} === 'missing'", timeout=PAGE_WAIT_S * 1000)
+    assert browser_page.page_errors == []
+    assert all("404" in line for line in browser_page.console_errors), browser_page.console_errors
+
+
 # --------------------------------------------------------------------------- missing streams
 
 MISSING_PAGES = {
