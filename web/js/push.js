@@ -36,6 +36,10 @@ const GIVE_UP_FACTOR = 16;
 const MAX_ENCODE_QUEUE = 4;
 const AUDIO_BITRATE = 96000;
 const STATS_INTERVAL_MS = 1000;
+/** The muxer waits for both tracks' first frames; a device that gives none
+ * within this long fails the push (rather than holding the other track's
+ * frames without end). */
+const FIRST_FRAMES_MS = 10000;
 
 // The server's close codes (rtmpd/protocols/flvws.py) and what they mean
 // for someone pushing from this page.
@@ -152,6 +156,7 @@ class PushSession {
         audiodatarate: audioTrack ? AUDIO_BITRATE / 1000 : undefined,
       },
     });
+    this.startedAt = performance.now();
     this.timer = setInterval(() => this._stats(), STATS_INTERVAL_MS);
     if (videoTrack) this._pump(videoTrack, (frame) => this._onVideoFrame(frame));
     if (audioTrack) this._pump(audioTrack, (data) => this._onAudioData(data));
@@ -267,9 +272,10 @@ class PushSession {
   async _configureVideo(frame) {
     const { width, height, bitrateKbps } = this.options;
     const [w, h] = fitSize(frame.displayWidth, frame.displayHeight, width, height);
+    const frameRate = this.media.getVideoTracks()[0]?.getSettings().frameRate;
     const config = {
       codec: avcCodec(w, h), width: w, height: h, bitrate: bitrateKbps * 1000,
-      framerate: 30, latencyMode: "realtime", avc: { format: "avc" },
+      framerate: frameRate || 30, latencyMode: "realtime", avc: { format: "avc" },
     };
     const support = await VideoEncoder.isConfigSupported(config);
     if (!support.supported) {
@@ -277,7 +283,6 @@ class PushSession {
     }
     this.encodedSize = `${w}×${h}`;
     // onMetaData goes out with the first tags, after the first frames.
-    const frameRate = this.media.getVideoTracks()[0]?.getSettings().frameRate;
     Object.assign(this.mux.metadata, { width: w, height: h,
       framerate: frameRate ? Math.round(frameRate * 100) / 100 : undefined });
     this.videoEncoder.configure(config);
@@ -288,7 +293,7 @@ class PushSession {
     this._rebase("video", frame.timestamp);
     if (!this.videoEncoder) {
       this.videoEncoder = new VideoEncoder({
-        output: (chunk, metadata) => this._onVideoChunk(chunk, metadata),
+        output: (chunk, metadata) => this._guard("video", () => this._onVideoChunk(chunk, metadata)),
         error: (error) => this.fail(`The video encoder failed: ${error.message}`),
       });
       // Frames wait while the support check runs; the first is kept.
@@ -297,14 +302,19 @@ class PushSession {
       this.videoReady.then(() => {
         const first = this.firstFrame;
         this.firstFrame = null;
-        if (!this.closed && this.videoEncoder.state === "configured") this._encode(first);
-        first.close();
+        if (!first) return; // closed by a teardown meanwhile
+        try {
+          if (!this.closed && this.videoEncoder.state === "configured") this._encode(first);
+        } catch (error) {
+          this.fail(`The video encoder failed: ${describe(error)}`);
+        } finally {
+          first.close();
+        }
       });
       return;
     }
     if (this.videoEncoder.state !== "configured" || this.firstFrame) {
-      this.dropped += 1;
-      return;
+      return; // still setting up: the stream starts with the first frame
     }
     this._encode(frame);
   }
@@ -329,6 +339,16 @@ class PushSession {
     }
     if (due) this.lastKeyUs = frame.timestamp;
     this.videoEncoder.encode(frame, { keyFrame: due });
+  }
+
+  /** Run an encoder's output callback; what it throws fails the push
+   * (an exception there would otherwise go uncaught). */
+  _guard(kind, run) {
+    try {
+      run();
+    } catch (error) {
+      this.fail(`Muxing the ${kind} failed: ${describe(error)}`);
+    }
   }
 
   _onVideoChunk(chunk, metadata) {
@@ -360,7 +380,7 @@ class PushSession {
     this._rebase("audio", data.timestamp);
     if (!this.audioEncoder) {
       this.audioEncoder = new AudioEncoder({
-        output: (chunk, metadata) => this._onAudioChunk(chunk, metadata),
+        output: (chunk, metadata) => this._guard("audio", () => this._onAudioChunk(chunk, metadata)),
         error: (error) => this.fail(`The audio encoder failed: ${error.message}`),
       });
       this.audioFormat = { sampleRate: data.sampleRate, channels: data.numberOfChannels };
@@ -404,6 +424,15 @@ class PushSession {
 
   _stats() {
     const now = performance.now();
+    if (this.mux && !this.mux.started && !this.stopping
+        && now - this.startedAt > FIRST_FRAMES_MS) {
+      const missing = [["video", this.mux.hasVideo && !this.videoEncoder],
+        ["audio", this.mux.hasAudio && !this.audioEncoder]]
+        .filter(([, none]) => none).map(([kind]) => kind);
+      this.fail(`No ${missing.join(" or ") || "encoded"} frames after `
+        + `${FIRST_FRAMES_MS / 1000} s: is the device working?`);
+      return;
+    }
     const onWire = this.sentBytes - (this.ws ? this.ws.bufferedAmount : 0);
     const seconds = (now - this.lastStats.at) / 1000;
     const kbps = this.lastStats.at ? ((onWire - this.lastStats.bytes) * 8) / 1000 / seconds : 0;
