@@ -391,7 +391,8 @@ def test_denied_camera_permission_is_told(server: Server, browser_page: BrowserP
 # --------------------------------------------------------------------------- the muxer
 
 # Runs web/js/flvmux.js in the page on known inputs and returns the bytes.
-MUX_SCRIPT = """async ([audioCodec, videoPts, reorderDepth]) => {
+# The video's configuration changes at the chunk numbered ``newConfigAt``.
+MUX_SCRIPT = """async ([audioCodec, videoPts, reorderDepth, newConfigAt]) => {
   const m = await import("/js/flvmux.js");
   const out = [];
   const mux = new m.FlvMuxer({hasVideo: true, hasAudio: true, reorderDepth,
@@ -403,9 +404,12 @@ MUX_SCRIPT = """async ([audioCodec, videoPts, reorderDepth]) => {
   // Capture clocks start at 5 s; audio (20 ms frames) starts 10 ms before video.
   const base = 5000000;
   const events = [];
+  const avcc2 = avcc.slice();
+  avcc2[3] = 0x28;  // another level: as after a change of size
   videoPts.forEach((pts, i) => events.push([base + 40000 * i, () => mux.addVideo({
-    timestampUs: base + pts * 1000, keyframe: i === 0, data: new Uint8Array([0, 0, 0, 1, i]),
-    description: i === 0 ? avcc : undefined})]));
+    timestampUs: base + pts * 1000, keyframe: i === 0 || i === newConfigAt,
+    data: new Uint8Array([0, 0, 0, 1, i]),
+    description: i === 0 ? avcc : i === newConfigAt ? avcc2 : undefined})]));
   for (let i = 0; i < 20; i++) {
     const at = base - 10000 + 20000 * i;
     events.push([at, () => mux.addAudio({timestampUs: at,
@@ -420,9 +424,9 @@ MUX_SCRIPT = """async ([audioCodec, videoPts, reorderDepth]) => {
 
 
 def mux_in_page(page: BrowserPage, server: Server, audio: str, video_pts: list[int],
-                depth: int) -> list[tuple[int, int, bytes]]:
+                depth: int, new_config_at: int = -1) -> list[tuple[int, int, bytes]]:
     page.page.goto(server.web_url("push.html"))
-    data = bytes(page.page.evaluate(MUX_SCRIPT, [audio, video_pts, depth]))
+    data = bytes(page.page.evaluate(MUX_SCRIPT, [audio, video_pts, depth, new_config_at]))
     reader = flv.FlvReader()
     reader.receive_data(data)
     reader.receive_data(b"")
@@ -489,3 +493,15 @@ def test_muxer_without_reordering_writes_zero_composition_times(
     video = [(ts, body) for kind, ts, body in tags[3:] if kind == flv.TAG_VIDEO]
     assert [ts for ts, _ in video] == [p + 10 for p in pts]
     assert all(flv.describe_tag(flv.TAG_VIDEO, body).composition_ms == 0 for _, body in video)
+
+
+def test_muxer_sends_a_new_sequence_header_before_a_reconfigured_frame(
+    server: Server, browser_page: BrowserPage
+) -> None:
+    tags = mux_in_page(browser_page, server, "opus", [0, 40, 80, 120, 160], 0, new_config_at=3)
+    video = [(ts, body) for kind, ts, body in tags if kind == flv.TAG_VIDEO]
+    headers = [i for i, (_, body) in enumerate(video) if body[1] == flv.AVC_SEQUENCE_HEADER]
+    assert headers == [0, 4]  # first, and right before chunk 3 (the 5th video tag)
+    assert video[4][1][5 + 3] == 0x28 and video[0][1][5 + 3] == 0x1F
+    assert video[4][0] == video[5][0] == 130  # stamped as the frame it configures
+    assert video[5][1][0] == 0x17 and video[5][1][9] == 3
