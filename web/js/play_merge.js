@@ -153,10 +153,14 @@ async function playRecording(session, values, path, entry, config) {
   const tracks = inits.map((bytes) => tracksOfInit(bytes));
   const types = tracks.map((list) => mimeOfTracks(list));
   showStats(stats, { url: path, codecs: types.map((t) => t.replace(/^.*codecs=/, "")).join(" + ") });
+  // Safari on iPhone has only the managed variant (which wants no AirPlay).
+  const Source = window.MediaSource ?? window.ManagedMediaSource;
+  if (Source === undefined) throw new Error("this browser has no Media Source Extensions");
+  if (Source !== window.MediaSource) video.disableRemotePlayback = true;
   for (const type of types) {
-    if (!MediaSource.isTypeSupported(type)) throw new Error(`this browser cannot play ${type}`);
+    if (!Source.isTypeSupported(type)) throw new Error(`this browser cannot play ${type}`);
   }
-  const source = new MediaSource();
+  const source = new Source();
   const objectUrl = URL.createObjectURL(source);
   video.src = objectUrl;
   session.defer(() => {
