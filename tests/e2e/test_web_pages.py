@@ -310,6 +310,25 @@ def test_index_says_when_the_stream_ends_and_waits_for_it(
     assert all("404" in line for line in browser_page.console_errors), browser_page.console_errors
 
 
+def test_index_passes_its_play_key_on_to_the_flv_port(
+    tmp_path: Path, browser_page: BrowserPage, clip: Path
+) -> None:
+    server = start_server(tmp_path, "--record", "none", "--play-key", "letmein")
+    try:
+        server.publish(clip, "locked")
+        server.wait_live("locked")
+        assert json.loads(get(server, "/config.json")[2])["play_key"] is True
+        page = browser_page.page
+        page.goto(server.web_url("index.html?app=live&stream=locked&transport=ws&key=letmein"))
+        page.wait_for_function(f"{STATE} === 'playing' && {VIDEO}.currentTime > 1",
+                               timeout=PAGE_WAIT_S * 1000)
+        shown = page.evaluate("document.querySelector('[data-stat=url]').textContent")
+        assert shown.endswith("/live/locked.flv?key=letmein")
+        browser_page.assert_clean()
+    finally:
+        stop_server(server)
+
+
 # --------------------------------------------------------------------------- missing streams
 
 MISSING_PAGES = {

@@ -51,9 +51,10 @@ export function readQuery() {
   };
 }
 
-/** Replace the page's query (no reload), so the address can be shared. */
+/** Replace the page's query (no reload), so the address can be shared;
+ * the credentials in it stay. */
 export function writeQuery(values) {
-  const params = new URLSearchParams();
+  const params = credentials();
   for (const [name, value] of Object.entries(values)) {
     if (value !== "" && value !== undefined && value !== null) params.set(name, String(value));
   }
@@ -73,12 +74,27 @@ function hostWithPort(port) {
   return port ? `${location.hostname}:${port}` : location.host;
 }
 
-/** The HTTP-FLV (``ws`` false) or WS-FLV play URL of a stream. */
+/** Query parameters a play may need (``--play-key``, ``--sign-secret``),
+ * taken from the page's own query and passed on to the FLV port. */
+export const CREDENTIALS = ["key", "expires", "sig"];
+
+function credentials() {
+  const given = new URLSearchParams(location.search);
+  const kept = new URLSearchParams();
+  for (const name of CREDENTIALS) {
+    if (given.has(name)) kept.set(name, given.get(name));
+  }
+  return kept;
+}
+
+/** The HTTP-FLV (``ws`` false) or WS-FLV play URL of a stream, with the
+ * page's credentials if it has any. */
 export function flvUrl(config, app, stream, ws = false) {
   const tls = config.http?.port ? Boolean(config.http.tls) : location.protocol === "https:";
   const scheme = ws ? (tls ? "wss" : "ws") : tls ? "https" : "http";
   const path = `${encodeURIComponent(app)}/${encodeURIComponent(stream)}.flv`;
-  return `${scheme}://${hostWithPort(config.http?.port)}/${path}`;
+  const query = credentials().toString();
+  return `${scheme}://${hostWithPort(config.http?.port)}/${path}${query ? `?${query}` : ""}`;
 }
 
 /** An absolute URL on the web port (where this page came from). */
