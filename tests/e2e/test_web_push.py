@@ -99,6 +99,21 @@ def wait_frames(page: BrowserPage, count: int) -> None:
     )
 
 
+def plays_past_2_s(beside: BrowserPage, url: str) -> list[str]:
+    """Open the player page ``url`` in another tab beside the push page, wait
+    until its video has played 2 s; return its uncaught exceptions and
+    console errors."""
+    viewer = beside.page.context.new_page()
+    problems: list[str] = []
+    viewer.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    viewer.on("console", lambda message: problems.append(message.text)
+              if message.type == "error" else None)
+    viewer.goto(url)
+    viewer.wait_for_function("document.querySelector('video')?.currentTime > 2")
+    viewer.close()
+    return problems
+
+
 def stop_push(page: BrowserPage) -> None:
     page.page.click("#push")
     page.page.wait_for_function("document.body.dataset.state === 'idle'")
@@ -122,8 +137,9 @@ def test_pushed_camera_plays_back_and_records_cleanly(
     recording_server: Server, browser_page: BrowserPage
 ) -> None:
     """The fake camera and microphone pushed from the page: HTTP-FLV carries
-    H.264 and audio that decode without an error, index.html plays it, and
-    the HLS and merged MP4 recordings decode cleanly after the stop."""
+    H.264 and audio that decode without an error, index.html and play.html
+    play it, and the HLS and merged MP4 recordings decode cleanly after the
+    stop."""
     server = recording_server
     start_push(browser_page, server, "web1")
     assert state(browser_page) == "pushing", status(browser_page) + browser_page.report()
@@ -147,10 +163,8 @@ def test_pushed_camera_plays_back_and_records_cleanly(
     assert codecs[:1] == ["h264"] and codecs[1:] in (["opus"], ["aac"]), codecs
     assert decode_errors(url, "-t", "4") == ""
 
-    viewer = browser_page.page.context.new_page()
-    viewer.goto(server.web_url("index.html?app=live&stream=web1"))
-    viewer.wait_for_function("document.querySelector('video')?.currentTime > 2")
-    viewer.close()
+    for page in ("index.html", "play.html"):  # HTTP-FLV with mpegts.js, HLS with hls.js
+        assert plays_past_2_s(browser_page, server.web_url(f"{page}?app=live&stream=web1")) == []
 
     stop_push(browser_page)
     assert status(browser_page) == "idle: stopped"
