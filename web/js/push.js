@@ -68,7 +68,7 @@ function avcCodec(width, height) {
 
 /** The encoded size: the source's, scaled down to fit the chosen box,
  * even numbers (4:2:0). */
-export function fitSize(sourceWidth, sourceHeight, maxWidth, maxHeight) {
+function fitSize(sourceWidth, sourceHeight, maxWidth, maxHeight) {
   const scale = Math.min(1, maxWidth / sourceWidth, maxHeight / sourceHeight);
   const even = (n) => Math.max(2, 2 * Math.round((n * scale) / 2));
   return [even(sourceWidth), even(sourceHeight)];
@@ -92,7 +92,7 @@ function describeMediaError(error, screen) {
 }
 
 /** What is missing for pushing from this browser, or null. */
-export function missingFeatures() {
+function missingFeatures() {
   if (!window.isSecureContext) {
     return "Camera access needs a secure page: open this page over HTTPS, or on localhost.";
   }
@@ -124,7 +124,6 @@ class PushSession {
     this.timer = null;
     this.sentBytes = 0;
     this.lastStats = { at: 0, bytes: 0 };
-    this.framesIn = 0;
     this.dropped = 0;
     this.dropping = false;
     this.lastKeyUs = null;
@@ -289,7 +288,6 @@ class PushSession {
   }
 
   _onVideoFrame(frame) {
-    this.framesIn += 1;
     this._rebase("video", frame.timestamp);
     if (!this.videoEncoder) {
       this.videoEncoder = new VideoEncoder({
