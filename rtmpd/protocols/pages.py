@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.web import resource, server
@@ -90,7 +90,7 @@ def listener_address(description: str) -> dict[str, Any]:
     return {"port": port, "tls": kind == "ssl"}
 
 
-def page_config(options: dict[str, Any] | Any, version: str) -> dict[str, Any]:
+def page_config(options: Mapping[str, Any], version: str) -> dict[str, Any]:
     """``/config.json``: what the pages need to know of the server's options."""
     return {
         "version": version,
