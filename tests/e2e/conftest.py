@@ -286,7 +286,7 @@ class BrowserPage:
         """Save a PNG of the page under :data:`ARTIFACTS` and return its path."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
-        self.page.screenshot(path=str(path))
+        self.page.screenshot(path=str(path), full_page=True)
         return path
 
     def assert_clean(self) -> None:
