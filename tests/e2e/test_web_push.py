@@ -73,6 +73,10 @@ def state(page: BrowserPage) -> str:
     return str(page.page.evaluate("document.body.dataset.state"))
 
 
+def wait_state(page: BrowserPage, wanted: str) -> None:
+    page.page.wait_for_function(f"document.body.dataset.state === '{wanted}'")
+
+
 def status(page: BrowserPage) -> str:
     return str(page.page.locator("#status").text_content())
 
@@ -323,7 +327,9 @@ def test_push_to_a_busy_name_shows_the_refusal(
     server.publish(clip, "taken")
     server.wait_live("taken")
     start_push(browser_page, server, "taken")
-    assert state(browser_page) == "error"
+    # The refusal comes after the WebSocket opened: the page may say
+    # "pushing" for a moment first.
+    wait_state(browser_page, "error")
     shown = status(browser_page)
     assert "busy" in shown and "4409" in shown, shown
     assert browser_page.page.text_content("#push") == "Push"
@@ -340,7 +346,7 @@ def test_publish_key_from_the_address_is_passed_on(
     server = start_server(tmp_path, "--publish-key", "s3cret")
     try:
         start_push(browser_page, server, "nokey")
-        assert state(browser_page) == "error"
+        wait_state(browser_page, "error")
         assert "not authorized" in status(browser_page) and "4403" in status(browser_page)
 
         browser_page.page.goto(server.web_url("push.html?stream=keyed&key=s3cret"))
