@@ -319,6 +319,24 @@ def test_backed_up_socket_drops_delta_frames_and_says_so(
     browser_page.assert_clean()
 
 
+def test_screen_toggle_pushes_the_screen(server: Server, browser_page: BrowserPage) -> None:
+    """``source=screen`` (the toggle) shares the screen (Chromium's fake one
+    here) with the microphone."""
+    browser_page.page.goto(server.web_url("push.html?stream=screen&source=screen"))
+    assert browser_page.page.is_checked("input[name=source][value=screen]")
+    browser_page.page.click("#push")
+    wait_state(browser_page, "pushing")
+    surface = browser_page.page.evaluate(
+        "document.getElementById('preview').srcObject.getVideoTracks()[0]"
+        ".getSettings().displaySurface")
+    assert surface in ("monitor", "window", "browser"), surface  # a screen share, no camera
+    wait_frames(browser_page, 10)
+    codecs = stream_codecs(server.flv_url("screen"))
+    assert codecs[:1] == ["h264"] and codecs[1:] in (["opus"], ["aac"]), codecs
+    stop_push(browser_page)
+    browser_page.assert_clean()
+
+
 def test_push_to_a_busy_name_shows_the_refusal(
     server: Server, clip: Path, browser_page: BrowserPage
 ) -> None:
