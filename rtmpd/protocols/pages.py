@@ -101,6 +101,9 @@ def page_config(options: Mapping[str, Any], version: str) -> dict[str, Any]:
         "hls_fragment_s": float(options.get("hls-fragment", 2.0)),
         "play_key": bool(options.get("play-key")),
         "signed": bool(options.get("sign-secret")),
+        # Who may read /api/streams: pages offer its live streams only when
+        # they can (loopback, no token), so others see no refused request.
+        "api": "token" if options.get("api-token") else "loopback",
     }
 
 

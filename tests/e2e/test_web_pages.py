@@ -394,6 +394,20 @@ def test_a_page_without_a_query_waits_for_the_play_button(
     browser_page.assert_clean()
 
 
+def test_the_stream_field_offers_the_live_streams_from_the_stats_api(
+    live_server: Server, browser_page: BrowserPage
+) -> None:
+    page = browser_page.page
+    page.goto(live_server.web_url("play.html"))
+    page.wait_for_function("document.querySelectorAll('#live-streams option').length > 0",
+                           timeout=PAGE_WAIT_S * 1000)
+    offered = page.evaluate(
+        "[...document.querySelectorAll('#live-streams option')].map(o => o.label)")
+    assert f"live/{LIVE}, 640\u00d7360" in offered
+    assert page.get_attribute("input[name=stream]", "list") == "live-streams"
+    browser_page.assert_clean()
+
+
 def test_the_play_button_plays_what_the_fields_name(
     live_server: Server, browser_page: BrowserPage
 ) -> None:

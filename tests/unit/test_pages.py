@@ -159,6 +159,11 @@ def test_the_tap_writes_config_json_from_its_options(tmp_path: Path) -> None:
     assert config["record"] == ["hls", "fmp4"]
     assert config["play_key"] is True
     assert config["signed"] is False
+    assert config["api"] == "loopback"
+    with_token = rtmpd_tap.Options()
+    with_token.parseOptions(["--root", str(tmp_path), "--api-token", "t0ken"])
+    assert page_config(with_token, "1")["api"] == "token"
+    assert "t0ken" not in json.dumps(page_config(with_token, "1"))
     assert "s3cr3t" not in json.dumps(config)
     reactor = MemoryReactorClock()  # type: ignore[no-untyped-call]
     service = rtmpd_tap.makeService(options, reactor=reactor)

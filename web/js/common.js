@@ -22,6 +22,7 @@ const FALLBACK_CONFIG = Object.freeze({
   hls_fragment_s: 2,
   play_key: false,
   signed: false,
+  api: "token",
 });
 
 let configPromise = null;
@@ -342,6 +343,48 @@ export function bindForm(form, values, play) {
       } else read[field.name] = field.value.trim();
     }
     play(read);
+  });
+}
+
+/** Whether this page was loaded from a loopback address (as the server sees it). */
+function loopbackPage() {
+  const host = location.hostname;
+  return host === "localhost" || host === "[::1]" || /^127\./.test(host);
+}
+
+/** Offers the live streams as suggestions for a form's stream field (and
+ * fills the app when one is picked), from /api/streams where this page may
+ * read it: the server lets loopback clients read it without a token.
+ * Anywhere else the field just has no suggestions. */
+export async function offerLiveStreams(form) {
+  const input = form.elements.namedItem("stream");
+  if (input === null) return;
+  const config = await loadConfig();
+  if (config.api !== "loopback" || !loopbackPage()) return;
+  let streams = [];
+  try {
+    const response = await fetch(webUrl("api/streams"), { cache: "no-store" });
+    if (!response.ok) return;
+    streams = (await response.json()).streams ?? [];
+  } catch {
+    return;
+  }
+  const list = document.createElement("datalist");
+  list.id = "live-streams";
+  const apps = new Map();
+  for (const stream of streams) {
+    const option = document.createElement("option");
+    option.value = stream.name;
+    const picture = stream.video ? `, ${stream.video.width}×${stream.video.height}` : "";
+    option.label = `${stream.app}/${stream.name}${picture}`;
+    list.append(option);
+    apps.set(stream.name, stream.app);
+  }
+  document.body.append(list);
+  input.setAttribute("list", list.id);
+  input.addEventListener("change", () => {
+    const app = form.elements.namedItem("app");
+    if (app !== null && apps.has(input.value)) app.value = apps.get(input.value);
   });
 }
 

@@ -12,6 +12,7 @@ import {
   describe,
   flvUrl,
   linkNav,
+  offerLiveStreams,
   loadConfig,
   readQuery,
   resetVideo,
@@ -154,6 +155,7 @@ function main() {
     linkNav(document.getElementById("nav"), chosen.app, chosen.stream);
     start((session) => run(session, chosen));
   };
+  offerLiveStreams(document.getElementById("form"));
   bindForm(document.getElementById("form"), values, (fields) => play({ ...fields, url: "" }));
   if (query.names) play(values);
 }

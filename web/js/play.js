@@ -11,6 +11,7 @@ import {
   bindForm,
   describe,
   linkNav,
+  offerLiveStreams,
   readQuery,
   resetVideo,
   seconds,
@@ -125,6 +126,7 @@ function main() {
     linkNav(document.getElementById("nav"), chosen.app, chosen.stream);
     start((session) => run(session, chosen));
   };
+  offerLiveStreams(document.getElementById("form"));
   bindForm(document.getElementById("form"), values, (fields) => play({ ...fields, url: "" }));
   if (query.names) play(values);
 }

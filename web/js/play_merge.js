@@ -18,6 +18,7 @@ import {
   bindForm,
   describe,
   linkNav,
+  offerLiveStreams,
   loadConfig,
   readQuery,
   seconds,
@@ -262,6 +263,7 @@ function main() {
     linkNav(document.getElementById("nav"), chosen.app, chosen.stream);
     start((session) => run(session, { ...chosen, layout }));
   };
+  offerLiveStreams(document.getElementById("form"));
   bindForm(document.getElementById("form"), values, play);
   if (query.names) play(values);
 }
