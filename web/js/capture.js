@@ -119,7 +119,10 @@ async function readVideoElement(track, take, ended) {
 }
 
 async function readWorklet(track, take, ended) {
-  const context = new AudioContext();
+  // The track's own rate where it says one: Firefox cannot connect a
+  // source to a context of another rate.
+  const rate = track.getSettings().sampleRate;
+  const context = rate ? new AudioContext({ sampleRate: rate }) : new AudioContext();
   await context.audioWorklet.addModule(new URL("./captureworklet.js", import.meta.url));
   const source = context.createMediaStreamSource(new MediaStream([track]));
   // Two channels always (a mono microphone is upmixed), so the encoder's
