@@ -623,6 +623,11 @@ def makeService(
         if metrics is not None and isinstance(recorder, Recorder):
             recorder.on_failure = metrics.count_recorder_error
         recorder.setServiceParent(top)
+    # Last, so it stops first: no publisher feeds a stream while the
+    # recorders finalise (rtmpd.services.shutdown).
+    from rtmpd.services.shutdown import PublishersFirst
+
+    PublishersFirst(admission).setServiceParent(top)
     log.info(
         "rtmpd {version}: rtmp {rtmp}, http {http}, web {web}, root {root}, record {record}",
         version=__version__.public(), rtmp=options["rtmp"], http=options["http"],
