@@ -9,6 +9,7 @@ use the static ffmpeg 9 of the ``imageio-ffmpeg`` wheel (a test extra)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 import socket
@@ -67,6 +68,23 @@ def first_tags(url: str, count: int) -> list[flv.TagReceived]:
                 if isinstance(event, flv.TagReceived):
                     tags.append(event)
     return tags[:count]
+
+
+def keyframe_times(url: str, count: int) -> list[int]:
+    """Timestamps (ms) of the first ``count`` video keyframes a viewer of
+    ``url`` gets."""
+    reader = flv.FlvReader()
+    found: list[int] = []
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+        while len(found) < count:
+            data = response.read1(65536)
+            assert data, f"{url} ended after {len(found)} keyframes"
+            reader.receive_data(data)
+            while not isinstance(event := reader.next_event(), flv.NeedData):
+                if isinstance(event, flv.TagReceived) and event.tag_type == flv.TAG_VIDEO \
+                        and flv.describe_tag(event.tag_type, event.body).keyframe:
+                    found.append(event.timestamp_ms)
+    return found[:count]
 
 
 def state(page: BrowserPage) -> str:
@@ -145,7 +163,7 @@ def test_pushed_camera_plays_back_and_records_cleanly(
     play it, and the HLS and merged MP4 recordings decode cleanly after the
     stop."""
     server = recording_server
-    start_push(browser_page, server, "web1")
+    start_push(browser_page, server, "web1", keyframe_s=1)
     assert state(browser_page) == "pushing", status(browser_page) + browser_page.report()
     server.wait_live("web1")
     wait_frames(browser_page, 40)  # two seconds of the fake camera's 20 fps
@@ -166,6 +184,11 @@ def test_pushed_camera_plays_back_and_records_cleanly(
     codecs = stream_codecs(url)
     assert codecs[:1] == ["h264"] and codecs[1:] in (["opus"], ["aac"]), codecs
     assert decode_errors(url, "-t", "4") == ""
+    # "Keyframe every 1 s": forced at the first frame 1 s (capture time)
+    # after the last one; the fake camera's frames are ~50 ms apart (more on a busy
+    # machine, hence the slack).
+    times = keyframe_times(url, 4)
+    assert all(1000 <= b - a <= 1500 for a, b in itertools.pairwise(times)), times
 
     for page in ("index.html", "play.html"):  # HTTP-FLV with mpegts.js, HLS with hls.js
         assert plays_past_2_s(browser_page, server.web_url(f"{page}?app=live&stream=web1")) == []
