@@ -86,11 +86,13 @@ class Refusal(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """An authorizer's answer."""
+    """An authorizer's answer. ``forward``: URLs an allowed publish is
+    forwarded to as well (an on-publish hook's ``{"forward": [...]}``)."""
 
     allowed: bool
     refusal: Refusal = Refusal.FORBIDDEN
     message: str = ""
+    forward: tuple[str, ...] = ()
 
 
 #: The answer of an authorizer that lets a request through.
@@ -190,12 +192,14 @@ class Publisher:
 
     def __init__(
         self, admission: Admission, request: AdmissionRequest, stream: Stream,
-        source: IMediaSource,
+        source: IMediaSource, forward_urls: tuple[str, ...] = (),
     ) -> None:
         self.admission = admission
         self.request = request
         self.stream = stream
         self.source = source
+        #: Where the authorizers asked this publish to be forwarded as well.
+        self.forward_urls = forward_urls
         self.ended = False
         self._timer: IDelayedCall | None = None
         self._frames_seen = -1
@@ -405,8 +409,8 @@ class Admission:
             self._check_publish(request)
         except AdmissionRefused as e:
             return self.refuse(request, e)
-        d: defer.Deferred[Any] = defer.succeed(None) if internal else self._authorize(request)
-        d.addCallback(lambda _: self._start_publish(request, source, alive))
+        d: defer.Deferred[Any] = defer.succeed(()) if internal else self._authorize(request)
+        d.addCallback(lambda forward: self._start_publish(request, source, alive, forward))
         d.addErrback(self._refusal_errback, request)
         return d
 
@@ -431,7 +435,7 @@ class Admission:
 
     def _start_publish(
         self, request: AdmissionRequest, source: IMediaSource,
-        alive: Callable[[], bool] | None,
+        alive: Callable[[], bool] | None, forward_urls: tuple[str, ...] = (),
     ) -> Publisher:
         if self._gone(request) or (alive is not None and not alive()):
             raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
@@ -452,7 +456,7 @@ class Admission:
         else:
             stream = self.registry.publish(request.app, request.stream, source)
             old = None
-        publisher = Publisher(self, request, stream, source)
+        publisher = Publisher(self, request, stream, source, forward_urls)
         self.publishers[key] = publisher
         if old is not None:
             # Last: whatever the old connection does as it closes, the name
@@ -591,14 +595,17 @@ class Admission:
         except InvalidStreamName as e:
             raise AdmissionRefused(Refusal.BAD_NAME, str(e)) from None
 
-    def _authorize(self, request: AdmissionRequest) -> defer.Deferred[None]:
+    def _authorize(self, request: AdmissionRequest) -> defer.Deferred[tuple[str, ...]]:
         """Ask each authorizer in turn; fails with AdmissionRefused at the
-        first refusal. Synchronous answers chain synchronously."""
+        first refusal, else fires with the forward URLs they added.
+        Synchronous answers chain synchronously."""
         d: defer.Deferred[Any] = defer.succeed(None)
+        forward: list[str] = []
         for authorizer in self.authorizers:
             d.addCallback(_ask, authorizer, request)
             d.addCallback(_require_allowed)
-        return d
+            d.addCallback(forward.extend)
+        return d.addCallback(lambda _: tuple(forward))
 
     def refuse(
         self, request: AdmissionRequest, refusal: AdmissionRefused
@@ -649,8 +656,9 @@ def _ask(_: object, authorizer: IAuthorizer, request: AdmissionRequest) -> defer
     return defer.maybeDeferred(authorizer.authorize, request)
 
 
-def _require_allowed(decision: object) -> None:
+def _require_allowed(decision: object) -> tuple[str, ...]:
     if not isinstance(decision, Decision):
         raise TypeError(f"an authorizer answered {decision!r}, not a Decision")
     if not decision.allowed:
         raise AdmissionRefused(decision.refusal, decision.message or decision.refusal.value)
+    return decision.forward

@@ -16,7 +16,9 @@ message (``rtmpd-sign`` or their own code), so it never changes.
 
 HTTP hooks get a JSON ``POST`` (:func:`hook_payload`) and answer with a
 status: 2xx lets the request through, anything else, a timeout or a failure
-refuses it. Done hooks get the same JSON plus ``"reason"`` when an admitted
+refuses it. An on-publish hook's 2xx answer may also name URLs the stream is
+forwarded to (:func:`forward_urls`: ``{"forward": ["rtmp://...", ...]}``).
+Done hooks get the same JSON plus ``"reason"`` when an admitted
 publisher or viewer ends, however it ends; nothing waits for their answer.
 
 No refusal message carries a secret, a key, a signature or a hook's URL:
@@ -70,6 +72,7 @@ from rtmpd.admission import (
     Refusal,
     deny,
 )
+from rtmpd.client.target import UsageError, check_forward_url
 from rtmpd.interfaces import IAdmissionListener, IAuthorizer
 
 __all__ = [
@@ -80,6 +83,7 @@ __all__ = [
     "MAX_EXPIRES",
     "MAX_HOOK_ANSWER_BYTES",
     "DoneHookNotifier",
+    "HookAnswer",
     "HookAnswerTooLarge",
     "HookUrl",
     "HttpHookAuthorizer",
@@ -88,6 +92,7 @@ __all__ = [
     "StaticKeyAuthorizer",
     "build_authorizers",
     "build_listeners",
+    "forward_urls",
     "hook_payload",
     "make_agent",
     "post_json",
@@ -104,11 +109,16 @@ log = Logger(namespace="rtmpd")
 DEFAULT_HOOK_TIMEOUT_S = 5.0
 
 #: Longest hook answer read, in bytes. A hook answers with its status; the
-#: body is read only so that the connection can go back to the pool, and is
-#: thrown away. A body longer than this is not a hook's answer (a wrong URL,
-#: a file server) and would hold the decision until the timeout: reading
-#: stops and the hook counts as failed.
+#: body is read so that the connection can go back to the pool, and for an
+#: on-publish hook's forwards (a few URLs). A body longer than this is not a
+#: hook's answer (a wrong URL, a file server) and would hold the decision
+#: until the timeout: reading stops and the hook counts as failed.
 MAX_HOOK_ANSWER_BYTES = 64 * 1024
+
+#: Most forward URLs one on-publish answer may add: each is a connection and
+#: a viewer of the stream, and a real restream goes to a handful of
+#: platforms; more are ignored (logged).
+MAX_HOOK_FORWARDS = 16
 
 #: Requests one hook may have unanswered at once. Past this a publish or
 #: play asking it is refused (as a full server): with a slow or hanging hook,
@@ -382,14 +392,23 @@ class _BytesBody:
         pass
 
 
+@dataclass(frozen=True, slots=True)
+class HookAnswer:
+    """A hook's answer: its status and its body (at most MAX_HOOK_ANSWER_BYTES)."""
+
+    status: int
+    body: bytes = b""
+
+
 class _BoundedBody(Protocol):
-    """Reads and discards an answer's body: :attr:`done` fires when it has
-    all come, or fails past MAX_HOOK_ANSWER_BYTES (cancelling it closes the
-    connection)."""
+    """Reads an answer's body: :attr:`done` fires when it has all come, or
+    fails past MAX_HOOK_ANSWER_BYTES (cancelling it closes the connection);
+    :attr:`data` holds what came."""
 
     def __init__(self, declared_length: int | None) -> None:
         self._declared_length = declared_length
         self._size = 0
+        self.data: list[bytes] = []
         self.done: defer.Deferred[None] = defer.Deferred(lambda _: self._abort())
 
     def connectionMade(self) -> None:
@@ -402,6 +421,8 @@ class _BoundedBody(Protocol):
         self._size += len(data)
         if self._size > MAX_HOOK_ANSWER_BYTES:
             self._too_large(self._size)
+        else:
+            self.data.append(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
@@ -422,20 +443,50 @@ class _BoundedBody(Protocol):
             IPushProducer(self.transport).stopProducing()
 
 
-def _read_status(response: IResponse) -> defer.Deferred[int]:
-    """The answer's status, once its body has been read (bounded)."""
+def _read_answer(response: IResponse) -> defer.Deferred[HookAnswer]:
+    """The answer's status and body, once the body has been read (bounded)."""
     length = response.length
     body = _BoundedBody(length if isinstance(length, int) else None)
     response.deliverBody(body)  # type: ignore[no-untyped-call]  # IResponse is untyped
-    return body.done.addCallback(lambda _: response.code)
+    return body.done.addCallback(lambda _: HookAnswer(response.code, b"".join(body.data)))
+
+
+def forward_urls(body: bytes) -> tuple[tuple[str, ...], str]:
+    """The forward URLs of an on-publish hook's answer body
+    (``{"forward": ["rtmp://...", ...]}``; any other body has none), and
+    what was wrong with it ("" if nothing): URLs that do not parse are left
+    out, and any past MAX_HOOK_FORWARDS."""
+    try:
+        value = json.loads(body) if body.strip() else None
+    except ValueError:
+        return (), ""  # an answer that is not JSON says only its status
+    if not isinstance(value, dict) or "forward" not in value:
+        return (), ""
+    urls = value["forward"]
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        return (), '"forward" is not a list of URLs'
+    good: list[str] = []
+    problems: list[str] = []
+    for url in urls:
+        try:
+            check_forward_url(url)
+        except UsageError as e:
+            problems.append(str(e))
+            continue
+        if url not in good:
+            good.append(url)
+    if len(good) > MAX_HOOK_FORWARDS:
+        problems.append(f"{len(good)} forwards, only the first {MAX_HOOK_FORWARDS} are used")
+        good = good[:MAX_HOOK_FORWARDS]
+    return tuple(good), "; ".join(problems)
 
 
 def post_json(
     agent: IAgent, url: HookUrl, payload: Mapping[str, object], clock: IReactorTime,
     timeout_s: float,
-) -> defer.Deferred[int]:
+) -> defer.Deferred[HookAnswer]:
     """POST ``payload`` as JSON to ``url``; fires with the answer's status
-    once its body is read, or fails (``defer.TimeoutError`` after
+    and body once the body is read, or fails (``defer.TimeoutError`` after
     ``timeout_s`` seconds, :class:`HookAnswerTooLarge`, the connection's
     error). Never raises, never blocks."""
     body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
@@ -472,8 +523,8 @@ def post_json(
     answered: defer.Deferred[IResponse] = send()
     answered.addErrback(as_timeout)
     answered.addErrback(again_if_stale)
-    status: defer.Deferred[int] = answered.addCallback(_read_status)
-    return status.addTimeout(timeout_s, clock)
+    answer: defer.Deferred[HookAnswer] = answered.addCallback(_read_answer)
+    return answer.addTimeout(timeout_s, clock)
 
 
 #: Failures of a request that never reached the hook or got no answer at
@@ -559,7 +610,7 @@ class HttpHookAuthorizer:
         self.in_flight += 1
         d = post_json(self.agent, self._url, hook_payload(request), self.clock, self.timeout_s)
 
-        def decide(result: int | Failure) -> Decision:
+        def decide(result: HookAnswer | Failure) -> Decision:
             self.in_flight -= 1
             outcome, decision = self._decision(result)
             self._observe(outcome, self.clock.seconds() - started)
@@ -567,7 +618,7 @@ class HttpHookAuthorizer:
 
         return d.addBoth(decide)
 
-    def _decision(self, result: int | Failure) -> tuple[str, Decision]:
+    def _decision(self, result: HookAnswer | Failure) -> tuple[str, Decision]:
         hook = f"on-{self.action.value} hook"
         if isinstance(result, Failure):
             if isinstance(result.value, defer.TimeoutError):
@@ -579,9 +630,14 @@ class HttpHookAuthorizer:
                 )
             problem = _failure_text(result, self.timeout_s, for_client=True)
             return outcome, deny(f"{hook} {problem}", Refusal.FORBIDDEN)
-        if 200 <= result < 300:
-            return "allow", ALLOW
-        return "deny", deny(f"{hook} answered {result}", Refusal.FORBIDDEN)
+        if 200 <= result.status < 300:
+            if self.action is not Action.PUBLISH:
+                return "allow", ALLOW
+            urls, problem = forward_urls(result.body)
+            if problem:
+                self._failures.report(hook, self.url, f"answer's forwards: {problem}")
+            return "allow", Decision(True, forward=urls) if urls else ALLOW
+        return "deny", deny(f"{hook} answered {result.status}", Refusal.FORBIDDEN)
 
     def _observe(self, outcome: str, seconds: float) -> None:
         self.last_latency_s = seconds
@@ -719,13 +775,13 @@ class DoneHookNotifier:
             for waiter in waiters:
                 waiter.callback(None)
 
-    def _posted(self, result: int | Failure, action: Action, shown: str) -> None:
+    def _posted(self, result: HookAnswer | Failure, action: Action, shown: str) -> None:
         self._in_flight -= 1
         if isinstance(result, Failure):
             problem = _failure_text(result, self.timeout_s, for_client=False)
             self._failures.report(self._what(action), shown, problem)
-        elif not 200 <= result < 300:
-            self._failures.report(self._what(action), shown, f"answered {result}")
+        elif not 200 <= result.status < 300:
+            self._failures.report(self._what(action), shown, f"answered {result.status}")
         self._post_next()
 
 

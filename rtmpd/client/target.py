@@ -11,9 +11,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-__all__ = ["PushTarget", "UsageError", "parse_target"]
+__all__ = ["PushTarget", "UsageError", "check_forward_url", "fill_url", "parse_target"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: The placeholders a forward URL may have.
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_PLACEHOLDERS = frozenset({"app", "stream"})
 _DEFAULT_PORTS = {
     "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443, "ws": 80, "wss": 443,
 }
@@ -78,3 +81,21 @@ def parse_target(url: str) -> PushTarget:
         if not all(_NAME.fullmatch(p) for p in pieces):
             raise UsageError(f"{what} name {value!r} is not [A-Za-z0-9_-]{{1,128}}")
     return PushTarget(scheme, parts.hostname, port, app, stream, parts.query)
+
+
+def fill_url(template: str, app: str, stream: str) -> str:
+    """A forward URL ``template`` with ``{app}`` and ``{stream}`` replaced."""
+    return template.replace("{app}", app).replace("{stream}", stream)
+
+
+def check_forward_url(template: str) -> PushTarget:
+    """Check a forward URL (``{app}`` and ``{stream}`` allowed); raises
+    :class:`UsageError` with one line saying what is wrong."""
+    for name in _PLACEHOLDER.findall(template):
+        if name not in _PLACEHOLDERS:
+            raise UsageError(
+                f"forward URL {template!r}: unknown placeholder {{{name}}} "
+                "(only {app} and {stream})"
+            )
+    # Any valid name stands for the placeholders: the URL must be valid for all.
+    return parse_target(fill_url(template, "app", "stream"))

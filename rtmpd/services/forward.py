@@ -28,7 +28,6 @@ forwards of each stream as its publish starts (published or pulled, see
 
 from __future__ import annotations
 
-import re
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,13 @@ from rtmpd.admission import Action, Admission, AdmissionRefused, AdmissionReques
 from rtmpd.client.connector import make_connector
 from rtmpd.client.rtmp import RtmpPublishProtocol
 from rtmpd.client.session import Session
-from rtmpd.client.target import PushTarget, UsageError, parse_target
+from rtmpd.client.target import (
+    PushTarget,
+    UsageError,
+    check_forward_url,
+    fill_url,
+    parse_target,
+)
 from rtmpd.codec import amf0
 from rtmpd.codec.rtmp import chunk
 from rtmpd.codec.rtmp import messages as msg
@@ -90,10 +95,6 @@ RETRYING = "retrying"
 STOPPED = "stopped"
 STATES = (CONNECTING, FORWARDING, RETRYING)
 
-#: The placeholders a forward URL may have.
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_PLACEHOLDERS = frozenset({"app", "stream"})
-
 
 # -- the option -------------------------------------------------------------------------
 
@@ -109,24 +110,6 @@ class ForwardRule:
     def target_url(self, app: str, stream: str) -> str:
         """The URL one stream is forwarded to."""
         return fill_url(self.url, app, stream)
-
-
-def fill_url(template: str, app: str, stream: str) -> str:
-    """``template`` with ``{app}`` and ``{stream}`` replaced."""
-    return template.replace("{app}", app).replace("{stream}", stream)
-
-
-def check_forward_url(template: str) -> PushTarget:
-    """Check a forward URL (placeholders allowed); raises :class:`UsageError`
-    with one line saying what is wrong."""
-    for name in _PLACEHOLDER.findall(template):
-        if name not in _PLACEHOLDERS:
-            raise UsageError(
-                f"forward URL {template!r}: unknown placeholder {{{name}}} "
-                "(only {app} and {stream})"
-            )
-    # Any valid name stands for the placeholders: the URL must be valid for all.
-    return parse_target(fill_url(template, "app", "stream"))
 
 
 def parse_forward(value: str) -> ForwardRule:
@@ -516,6 +499,8 @@ class Forwarder(service.Service):
         stream = publisher.stream
         for template in self.urls_for(stream.app):
             self.add(stream, template)
+        for url in publisher.forward_urls:
+            self.add(stream, url, origin="hook")
 
     def ended(self, request: object, why: str) -> None:
         if not isinstance(request, AdmissionRequest) or request.action is not Action.PUBLISH:

@@ -555,12 +555,13 @@ def makeService(
             DoneHookService(admission_listener, reactor).setServiceParent(top)
     if metrics is not None:
         metrics.attach(admission)
-    # Relay: forwards out (--forward) and pulls in (--pull).
+    # Relay: forwards out (--forward, and those an on-publish hook's answer
+    # names) and pulls in (--pull).
     forwarder = None
-    if options.get("forward"):
+    if options.get("forward") or options.get("on-publish"):
         from rtmpd.services.forward import Forwarder
 
-        forwarder = Forwarder(admission, reactor, options["forward"],
+        forwarder = Forwarder(admission, reactor, options.get("forward") or [],
                               chunk_size=options["chunk-size"])
         forwarder.setServiceParent(top)
         if metrics is not None:

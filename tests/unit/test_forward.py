@@ -7,6 +7,7 @@ the stream. Also the options: --forward, --pull, their TOML tables."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent
 from zope.interface import implementer
 
-from rtmpd.admission import Action, Admission, AdmissionRefused, AdmissionRequest, Publisher
+from rtmpd.admission import (
+    Action,
+    Admission,
+    AdmissionRefused,
+    AdmissionRequest,
+    Decision,
+    Publisher,
+)
+from rtmpd.auth import MAX_HOOK_FORWARDS, forward_urls
 from rtmpd.client.rtmp import RtmpPublishProtocol
 from rtmpd.client.session import SessionListener
 from rtmpd.client.target import PushTarget, UsageError
@@ -27,7 +36,7 @@ from rtmpd.codec import amf0
 from rtmpd.codec.rtmp import events as ev
 from rtmpd.codec.rtmp.chunk import NEED_DATA
 from rtmpd.codec.rtmp.connection import ServerConnection
-from rtmpd.interfaces import IMediaSource
+from rtmpd.interfaces import IAuthorizer, IMediaSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.registry import StreamConfig, StreamRegistry
 from rtmpd.services.forward import (
@@ -43,6 +52,7 @@ from rtmpd.services.forward import (
 from rtmpd.services.stats import stream_summary
 from rtmpd.services.upstream import Upstream, parse_pull
 from rtmpd.tap.rtmpd import Options
+from tests.unit.test_auth import CannedResponse, decided, hook, make_request
 
 AVC_HEADER = b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe1\x00\x04\x67\x64\x00\x1f"
 AAC_HEADER = b"\xaf\x00\x12\x10"
@@ -484,3 +494,49 @@ def test_pull_always_pulls_at_start_and_opens_again_after_a_failure() -> None:
     reactor.advance(BACKOFF_MAX_S)
     assert ("live", "cam") in upstream.pulls
     upstream.stopService()
+
+
+# -- forwards an on-publish hook adds -------------------------------------------------------
+
+
+def test_an_on_publish_hooks_answer_may_name_forwards() -> None:
+    authorizer, agent, _ = hook(Action.PUBLISH)
+    answer = authorizer.authorize(make_request(Action.PUBLISH))
+    body = json.dumps({"forward": ["rtmp://yt/live2/key-1", "ftp://bad/x/y",
+                                   "rtmp://yt/live2/key-1", "http://b:8501/live/{stream}"]})
+    agent.sent[0].answer.callback(CannedResponse(200, body.encode()))
+    decision = decided(answer)
+    assert decision.allowed
+    assert decision.forward == ("rtmp://yt/live2/key-1", "http://b:8501/live/{stream}")
+
+
+@pytest.mark.parametrize("body", [b"", b"ok", b"[1,2]", b'{"allow": true}'])
+def test_answers_that_name_no_forwards_add_none(body: bytes) -> None:
+    assert forward_urls(body) == ((), "")
+
+
+def test_a_forward_answer_that_is_not_a_list_of_urls_is_ignored_and_said() -> None:
+    urls, problem = forward_urls(b'{"forward": "rtmp://a/b/c"}')
+    assert urls == () and "not a list of URLs" in problem
+    many = json.dumps({"forward": [f"rtmp://h/live/k{i}" for i in range(40)]}).encode()
+    urls, problem = forward_urls(many)
+    assert len(urls) == MAX_HOOK_FORWARDS and f"only the first {MAX_HOOK_FORWARDS}" in problem
+
+
+@implementer(IAuthorizer)
+class ForwardingAuthorizer:
+    """Allows every publish and names a forward for it, as a hook's answer would."""
+
+    def authorize(self, request: object) -> Decision:
+        return Decision(True, forward=("rtmp://restream/live/{app}_{stream}",))
+
+
+def test_forwards_from_the_authorizers_start_with_the_publish() -> None:
+    h = Harness("other=rtmp://unused/live/{stream}")
+    h.admission.authorizers.append(ForwardingAuthorizer())
+    start_of_stream(h.publish())
+    (attempt,) = h.attempts
+    published = [e for e in attempt.exchange() if isinstance(e, ev.PublishRequested)]
+    assert [p.name for p in published] == ["live_cam"]
+    (forward,) = h.forwarder.all()
+    assert forward.status()["from"] == "hook" and forward.state == FORWARDING
