@@ -453,7 +453,7 @@ def test_denied_camera_permission_is_told(server: Server, browser_page: BrowserP
 
 # Runs web/js/flvmux.js in the page on known inputs and returns the bytes.
 # The video's configuration changes at the chunk numbered ``newConfigAt``.
-MUX_SCRIPT = """async ([audioCodec, videoPts, reorderDepth, newConfigAt]) => {
+MUX_SCRIPT = """async ([audioCodec, videoPts, reorderDepth, newConfigAt, videoFirst]) => {
   const m = await import("/js/flvmux.js");
   const out = [];
   const mux = new m.FlvMuxer({hasVideo: true, hasAudio: true, reorderDepth,
@@ -477,17 +477,23 @@ MUX_SCRIPT = """async ([audioCodec, videoPts, reorderDepth, newConfigAt]) => {
       data: new Uint8Array([0xfc, i]), codec: audioCodec,
       description: i === 0 ? audioConfig : undefined})]);
   }
-  // Each encoder's output arrives in its own order; interleave by arrival.
-  events.sort((a, b) => a[0] - b[0]).forEach(([, add]) => add());
+  // Each encoder's output arrives in its own order: by capture time, or
+  // (videoFirst) all the video before any audio.
+  const video = events.slice(0, videoPts.length);
+  const audio = events.slice(videoPts.length);
+  (videoFirst ? [...video, ...audio] : events.sort((a, b) => a[0] - b[0]))
+    .forEach(([, add]) => add());
   mux.flush();
   return out;
 }"""
 
 
 def mux_in_page(page: BrowserPage, server: Server, audio: str, video_pts: list[int],
-                depth: int, new_config_at: int = -1) -> list[tuple[int, int, bytes]]:
+                depth: int, new_config_at: int = -1,
+                video_first: bool = False) -> list[tuple[int, int, bytes]]:
     page.page.goto(server.web_url("push.html"))
-    data = bytes(page.page.evaluate(MUX_SCRIPT, [audio, video_pts, depth, new_config_at]))
+    data = bytes(page.page.evaluate(
+        MUX_SCRIPT, [audio, video_pts, depth, new_config_at, video_first]))
     reader = flv.FlvReader()
     reader.receive_data(data)
     reader.receive_data(b"")
@@ -505,11 +511,14 @@ def mux_in_page(page: BrowserPage, server: Server, audio: str, video_pts: list[i
 B_FRAME_PTS = [0, 120, 40, 80, 240, 160, 200]
 
 
-@pytest.mark.parametrize("audio", ["opus", "aac"])
+@pytest.mark.parametrize(("audio", "video_first"), [("opus", False), ("aac", False),
+                                                     ("opus", True)])
 def test_muxer_writes_metadata_sequence_headers_then_interleaved_frames(
-    server: Server, browser_page: BrowserPage, audio: str
+    server: Server, browser_page: BrowserPage, audio: str, video_first: bool
 ) -> None:
-    tags = mux_in_page(browser_page, server, audio, B_FRAME_PTS, 2)
+    """Whatever order the encoders' outputs arrive in (``video_first``: all
+    the video before any audio), tags go out in timestamp order."""
+    tags = mux_in_page(browser_page, server, audio, B_FRAME_PTS, 2, video_first=video_first)
     kinds = [t[0] for t in tags]
     assert kinds[:3] == [flv.TAG_SCRIPT, flv.TAG_VIDEO, flv.TAG_AUDIO]
     name, meta = amf0.decode_all(tags[0][2])
