@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,36 +55,32 @@ def decode_errors(url: str, *extra: str) -> str:
     return result.stderr.strip() or ("" if result.returncode == 0 else f"exit {result.returncode}")
 
 
-def first_tags(url: str, count: int) -> list[flv.TagReceived]:
-    """The first ``count`` tags a viewer of ``url`` gets."""
+def viewer_tags(url: str, enough: Callable[[list[flv.TagReceived]], bool]) -> list[
+        flv.TagReceived]:
+    """The tags a viewer of ``url`` gets, from the first, until ``enough``
+    of them have come."""
     reader = flv.FlvReader()
     tags: list[flv.TagReceived] = []
     with urllib.request.urlopen(url, timeout=WAIT_S) as response:
-        while len(tags) < count:
+        while not enough(tags):
             data = response.read1(65536)
             assert data, f"{url} ended after {len(tags)} tags"
             reader.receive_data(data)
             while not isinstance(event := reader.next_event(), flv.NeedData):
                 if isinstance(event, flv.TagReceived):
                     tags.append(event)
-    return tags[:count]
+    return tags
+
+
+def is_keyframe(tag: flv.TagReceived) -> bool:
+    return tag.tag_type == flv.TAG_VIDEO and flv.describe_tag(tag.tag_type, tag.body).keyframe
 
 
 def keyframe_times(url: str, count: int) -> list[int]:
     """Timestamps (ms) of the first ``count`` video keyframes a viewer of
     ``url`` gets."""
-    reader = flv.FlvReader()
-    found: list[int] = []
-    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
-        while len(found) < count:
-            data = response.read1(65536)
-            assert data, f"{url} ended after {len(found)} keyframes"
-            reader.receive_data(data)
-            while not isinstance(event := reader.next_event(), flv.NeedData):
-                if isinstance(event, flv.TagReceived) and event.tag_type == flv.TAG_VIDEO \
-                        and flv.describe_tag(event.tag_type, event.body).keyframe:
-                    found.append(event.timestamp_ms)
-    return found[:count]
+    tags = viewer_tags(url, lambda tags: sum(map(is_keyframe, tags)) >= count)
+    return [tag.timestamp_ms for tag in tags if is_keyframe(tag)][:count]
 
 
 def state(page: BrowserPage) -> str:
@@ -174,7 +170,7 @@ def test_pushed_camera_plays_back_and_records_cleanly(
     assert re.fullmatch(r"(Opus|AAC), [1-9]\d* frames", stat(browser_page, "audio"))
 
     url = server.flv_url("web1")
-    script, video_header, audio_header = first_tags(url, 3)
+    script, video_header, audio_header = viewer_tags(url, lambda tags: len(tags) >= 3)[:3]
     name, meta = amf0.decode_all(script.body)
     assert name == "onMetaData" and isinstance(meta, dict)
     assert (meta["width"], meta["height"], meta["videocodecid"]) == (640, 360, 7)
