@@ -41,6 +41,7 @@ from twisted.internet import defer
 from rtmpd.codec import amf0, flv
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.media import Frame, FrameKind
+from rtmpd.services.confine import create_new, open_existing
 from rtmpd.services.recorder import (
     DiskFiles,
     Recorder,
@@ -111,7 +112,7 @@ def finalize_flv(path: str) -> str:
     and keyframe index; cut a half-written tag off the end. Returns a
     summary. Used at the end of every recording and by crash recovery.
     """
-    with open(path, "r+b") as f:
+    with open_existing(path, update=True) as f:
         size = f.seek(0, os.SEEK_END)
         f.seek(0)
         head = f.read(_TAG_START + flv.TAG_HEADER_SIZE)
@@ -205,7 +206,7 @@ class FlvFile(DiskFiles):
         os.makedirs(self.directory, exist_ok=True)
         move_aside(self.path, "index", ".flv")
         write_marker(self.directory, "flv")
-        self.file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in finish
+        self.file = create_new(self.path, buffering=0)  # closed in finish
         self.file.write(start)
 
     def append(self, chunks: list[bytes]) -> None:

@@ -50,6 +50,7 @@ from rtmpd.codec.mp4.demux import Mp4Demuxer
 from rtmpd.codec.mp4.fmp4 import fragment, init_segment
 from rtmpd.codec.mp4.progressive import ProgressiveMp4Writer
 from rtmpd.media import Frame, FrameKind
+from rtmpd.services.confine import create_new, open_existing
 from rtmpd.services.recorder import (
     DiskFiles,
     Recorder,
@@ -182,7 +183,7 @@ class ConcatReader:
         total = 0
         for path in paths:
             self.starts.append(total)
-            total += os.path.getsize(path)
+            total += os.stat(path, follow_symlinks=False).st_size
         self.size = total
         self._files: dict[int, BinaryIO] = {}
 
@@ -192,7 +193,7 @@ class ConcatReader:
             index = bisect.bisect_right(self.starts, offset) - 1
             f = self._files.get(index)
             if f is None:
-                f = self._files[index] = open(self.paths[index], "rb")  # noqa: SIM115
+                f = self._files[index] = open_existing(self.paths[index])
             f.seek(offset - self.starts[index])
             end = self.starts[index + 1] if index + 1 < len(self.starts) else self.size
             data = f.read(min(size, end - offset))
@@ -249,7 +250,7 @@ def merge_fragments(directory: str) -> str:
             return "no samples to merge"
         target = os.path.join(directory, MERGED_NAME)
         tmp = target + ".tmp"
-        with open(tmp, "wb") as out:
+        with create_new(tmp) as out:
             out.write(writer.header_bytes())
             run_start = run_end = -1
             for track_id, index in writer.sample_order():

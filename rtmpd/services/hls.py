@@ -49,6 +49,7 @@ from rtmpd.codec.errors import ProtocolError
 from rtmpd.codec.mp4 import Sample
 from rtmpd.codec.mp4.fmp4 import fragment, init_segment
 from rtmpd.media import Frame, FrameKind
+from rtmpd.services.confine import open_existing
 from rtmpd.services.fmp4rec import AUDIO_TRACK, VIDEO_TRACK, FragmentBuilder, track_configs
 from rtmpd.services.recorder import (
     DiskFiles,
@@ -75,10 +76,11 @@ def _read_playlist(path: str, window: int) -> hls.MediaPlaylist | None:
     """The playlist at ``path`` reopened for more segments, or None if
     there is none or it is not one of ours."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(hls.MAX_PLAYLIST_CHARS + 1)
-    except (FileNotFoundError, UnicodeDecodeError):
-        return None
+        with open_existing(path) as f:
+            # Ours are ASCII, so bytes count as characters.
+            text = f.read(hls.MAX_PLAYLIST_CHARS + 1).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None  # none, or not a file of ours (a symlink in its place)
     # Continuing an ended playlist: drop its ENDLIST before reading it.
     text = "\n".join(line for line in text.splitlines() if line.strip() != "#EXT-X-ENDLIST")
     try:

@@ -24,8 +24,14 @@ full, the recording is marked failed with one log line and takes no more
 frames; the stream and its viewers go on. Its marker file stays, so the
 next start finalises whatever reached the disk.
 
+Confinement: before each job the recording's directory is resolved and
+must lie under ``--root`` (:mod:`rtmpd.services.confine`); a symlink that
+leads out of it fails the recording with one log line, before anything is
+made, written or renamed there.
+
 Marker: while a recording is open its directory holds ``.recording`` (JSON:
-format, pid, start time); finalising removes it. A marker left behind means
+format, pid, start time), kept open and ``flock``-ed by the recording
+process; finalising removes it. A marker left behind means
 the process died first: :mod:`rtmpd.services.recovery` finalises those.
 """
 
@@ -33,12 +39,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, BinaryIO, ClassVar, TypeVar
 
 from twisted.application import service
 from twisted.internet import defer
@@ -51,6 +58,7 @@ from rtmpd.codec.errors import ProtocolError
 from rtmpd.interfaces import IMediaSink, IStreamObserver
 from rtmpd.media import Frame, FrameKind
 from rtmpd.registry import Stream, StreamRegistry
+from rtmpd.services.confine import confined, create_new
 from rtmpd.services.writer import DiskWriter, WriterFull
 
 log = Logger()
@@ -140,21 +148,63 @@ def utc_stamp(seconds: float | None = None) -> str:
 def write_atomically(path: str, data: bytes) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with create_new(tmp) as f:
         f.write(data)
     os.replace(tmp, path)
 
 
+#: The marker files this process holds open (and locked), by directory.
+#: Only the writer thread touches it (recovery runs there too).
+_held_markers: dict[str, BinaryIO] = {}
+
+
 def write_marker(directory: str, fmt: str) -> None:
-    """Mark ``directory`` as holding an open ``fmt`` recording."""
+    """Mark ``directory`` as holding an open ``fmt`` recording of this process.
+
+    The marker stays open with an exclusive ``flock`` until
+    :func:`remove_marker` (or the process's end, however it ends), so
+    recovery tells a live recording from a dead one by the lock, not by a
+    PID that may since belong to another process. The lock is taken before
+    the marker gets its name, so no one sees it unlocked while we live.
+    """
     body = {"format": fmt, "pid": os.getpid(), "started": utc_stamp()}
-    write_atomically(os.path.join(directory, MARKER_NAME), json.dumps(body).encode())
+    path = os.path.join(directory, MARKER_NAME)
+    tmp = path + ".tmp"
+    marker = create_new(tmp)
+    try:
+        fcntl.flock(marker.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        marker.write(json.dumps(body).encode())
+        marker.flush()
+        os.replace(tmp, path)
+    except BaseException:
+        marker.close()
+        raise
+    _release_marker(directory)
+    _held_markers[directory] = marker
+
+
+def _release_marker(directory: str) -> None:
+    held = _held_markers.pop(directory, None)
+    if held is not None:
+        held.close()
 
 
 def remove_marker(directory: str) -> None:
-    """The recording in ``directory`` is finalised (idempotent)."""
+    """The recording in ``directory`` is finalised (idempotent): the marker
+    goes, then its lock."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(directory, MARKER_NAME))
+    _release_marker(directory)
+
+
+def marker_locked(fd: int) -> bool:
+    """Try to take the lock of an open marker: False (and the lock is ours
+    until ``fd`` closes) if no live process holds it, True if one does."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False
 
 
 def move_aside(path: str, stem: str, suffix: str) -> str | None:
@@ -426,11 +476,15 @@ class Recording:
         if self.state is State.FAILED:
             return None
         disk = self.disk
+        root = self.settings.root
 
         def guarded() -> T:
             if disk is not None and disk.broken:
                 raise RecordingBroken()
             try:
+                if disk is not None:
+                    # Before every job: a symlink swapped in meanwhile is seen too.
+                    confined(root, disk.directory)
                 return job()
             except BaseException:
                 if disk is not None:

@@ -7,7 +7,6 @@ by ffmpeg; see tests/data/ts/README), looped with shifted timestamps.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -514,9 +513,19 @@ def test_stop_service_fires_only_after_every_recording_is_finalised(tmp_path: Pa
 # --------------------------------------------------------------------------- recovery
 
 
+def die() -> None:
+    """What a process's death does to its recordings' markers: their locks go."""
+    from rtmpd.services import recorder
+
+    for marker in recorder._held_markers.values():
+        marker.close()
+    recorder._held_markers.clear()
+
+
 def test_recovery_finalises_what_a_crash_left(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    rig.publish(clip_frames(4), end=False)  # the process "dies" here
+    rig.publish(clip_frames(4), end=False)
+    die()
     assert len(list(tmp_path.rglob(MARKER_NAME))) == 4
     flv_path = rig.dir("flv") / "index.flv"
     with open(flv_path, "ab") as f:
@@ -531,13 +540,17 @@ def test_recovery_finalises_what_a_crash_left(tmp_path: Path) -> None:
     assert recover(str(tmp_path)) == []
 
 
-def test_recovery_leaves_a_live_process_recording_alone(tmp_path: Path) -> None:
-    directory = tmp_path / "hls" / "live" / "cam"
-    directory.mkdir(parents=True)
-    marker = directory / MARKER_NAME
-    marker.write_text(json.dumps({"format": "hls", "pid": os.getppid()}))
-    assert recover(str(tmp_path)) == []
+def test_recovery_leaves_a_recording_of_this_live_process_alone(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ("hls",))
+    rig.publish(clip_frames(2), end=False)
+    marker = rig.dir("hls") / MARKER_NAME
+    [line] = recover(str(tmp_path))
+    assert line == (f"left unfinished hls recording hls/live/cam alone: another live process "
+                    f"(pid {os.getpid()}) is still recording it")
     assert marker.exists()
+    assert "#EXT-X-ENDLIST" not in (rig.dir("hls") / "index.m3u8").read_text()
+    rig.stop()
+    assert not marker.exists()
 
 
 def test_recovery_failure_is_reported_once(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from rtmpd.media import Frame, FrameKind
 from rtmpd.services.fmp4rec import AUDIO_TRACK, VIDEO_TRACK, FragmentBuilder
 from rtmpd.services.recorder import MARKER_NAME
 from rtmpd.services.recovery import recover
-from tests.unit.test_recorder import Rig, demux
+from tests.unit.test_recorder import Rig, demux, die
 
 DATA = Path(__file__).parent.parent / "data" / "opus" / "h264_opus.flv"
 #: h264_opus.flv: 12 pictures (0..440 ms) and 25 Opus packets of 20 ms (73..553 ms).
@@ -288,7 +288,8 @@ def test_hls_republish_with_a_new_container_starts_a_new_list_numbering_on(
 
 def test_unfinished_fmp4_hls_is_closed_on_recovery(tmp_path: Path) -> None:
     rig = Rig(tmp_path, ("hls",), window=3)
-    rig.publish(opus_frames(6), end=False)  # the process "dies" here
+    rig.publish(opus_frames(6), end=False)
+    die()
     directory = rig.dir("hls")
     (directory / "99.m4s").write_bytes(b"stray")
     (directory / "init-99.mp4").write_bytes(b"stray")
