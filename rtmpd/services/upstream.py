@@ -23,8 +23,10 @@ forward. With no media at all for ``upstream_timeout`` (admission's publisher
 timeout), the stream ends and its viewers are told.
 
 rtmpd itself uses the same origin for ``--pull APP/STREAM=URL`` (a static
-relay in): there each pulled name has its own URL (:class:`PullRule`), names
-not listed are simply not found, and with ``--pull-always`` every listed
+relay in): there each pulled name has its own URL (:class:`PullRule`), over
+HTTP-FLV or RTMP play (:class:`~rtmpd.client.rtmp_pull.RtmpPull`, which
+names no publish: a reconnect is rebased), names not listed are simply not
+found, and with ``--pull-always`` every listed
 stream is pulled from the start, with no viewer, and opened again whenever it
 ends.
 """
@@ -51,8 +53,9 @@ from rtmpd.admission import (
     Publisher,
     Refusal,
 )
-from rtmpd.client.pull import FlvPull, check_upstream, probe, shown_url, stream_url
-from rtmpd.client.target import UsageError
+from rtmpd.client.pull import FlvPull, PullListener, check_upstream, probe, shown_url, stream_url
+from rtmpd.client.rtmp_pull import RtmpPull
+from rtmpd.client.target import UsageError, parse_target
 from rtmpd.interfaces import IAdmissionListener, IStreamOrigin, IUpstreamSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.registry import NAME_PATTERN
@@ -111,17 +114,20 @@ def parse_pull(value: str) -> PullRule:
         if not NAME_PATTERN.fullmatch(text):
             raise UsageError(f"--pull {value!r}: {what} {text!r} is not [A-Za-z0-9_-]{{1,128}}")
     if url.lower().startswith(("rtmp://", "rtmps://")):
-        raise UsageError(
-            f"--pull {path}=...: pulling over RTMP is not supported; give the other "
-            "server's HTTP-FLV URL (http://host:8501/APP/STREAM.flv for rtmpd, SRS and "
-            "Node-Media-Server; nginx-rtmp has none)"
-        )
+        try:
+            parse_target(url)
+        except UsageError as e:
+            raise UsageError(f"--pull {path}=...: {e}") from None
+        return PullRule(app, name, url)
     try:
         check_upstream(url)
     except ValueError as e:
-        raise UsageError(f"--pull {path}=...: {e}") from None
+        raise UsageError(f"--pull {path}=...: {e} (nor rtmp://, rtmps://)") from None
     return PullRule(app, name, url)
 
+
+#: Ports of upstream URLs that name none.
+_DEFAULT_PORTS = {"http": 80, "https": 443, "rtmp": 1935, "rtmps": 443}
 
 #: How an upstream's answer before any body maps to a refusal of the viewer.
 _REFUSALS = {404: Refusal.NOT_FOUND, 400: Refusal.BAD_NAME, 401: Refusal.FORBIDDEN,
@@ -142,14 +148,14 @@ class PulledStream:
         self.url = url
         parts = urlsplit(url.decode("ascii"))
         self.host = parts.hostname or ""
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
         self.description = f"upstream {self.host}:{self.port}"
         self.state = CONNECTING
         self.publisher: Publisher | None = None
         self.connects = 0
         self.last_error = ""
         self.bytes_before = 0
-        self._pull: FlvPull | None = None
+        self._pull: FlvPull | RtmpPull | None = None
         self._waiters: list[defer.Deferred[None]] = []
         self._timer: IDelayedCall | None = None
         self._linger: IDelayedCall | None = None
@@ -193,10 +199,7 @@ class PulledStream:
     def _connect(self) -> None:
         self.connects += 1
         upstream = self.upstream
-        pull = self._pull = FlvPull(
-            upstream.agent, self.url, upstream.clock, self,
-            response_timeout=upstream.open_timeout_s, idle_timeout=upstream.idle_timeout_s,
-        )
+        pull = self._pull = upstream.make_pull(self.url, self)
         pull.start()
 
     def _timer_done(self) -> None:
@@ -475,6 +478,15 @@ class Upstream(service.Service):
         admission.origin = self
         admission.add_listener(self)
 
+    def make_pull(self, url: bytes, listener: PullListener) -> FlvPull | RtmpPull:
+        """One connection attempt to ``url``: RTMP play or an HTTP-FLV GET."""
+        if url.startswith((b"rtmp://", b"rtmps://")):
+            return RtmpPull(self.clock, url, self.clock, listener,
+                            response_timeout=self.open_timeout_s,
+                            idle_timeout=self.idle_timeout_s)
+        return FlvPull(self.agent, url, self.clock, listener,
+                       response_timeout=self.open_timeout_s, idle_timeout=self.idle_timeout_s)
+
     def url_for(self, app: str, name: str) -> bytes | None:
         """Where ``app/name`` is pulled from, None if it is not."""
         if self.base_url is not None:
@@ -509,7 +521,8 @@ class Upstream(service.Service):
             return _REFUSALS.get(status, Refusal.UNAVAILABLE)
 
         url = self.url_for(app, name)
-        if url is None:
+        if url is None or url.startswith((b"rtmp://", b"rtmps://")):
+            # Not pulled; or over RTMP, which has no way to ask without playing.
             return defer.succeed(Refusal.NOT_FOUND)
         return probe(self.agent, url, self.clock,
                      timeout=self.open_timeout_s).addCallback(answered)

@@ -289,3 +289,33 @@ def test_a_stream_pulled_from_another_rtmpd_plays_and_survives_its_publisher_res
     result = run(["ffmpeg", "-v", "error", "-i", a.flv_url("other"), "-f", "null", "-"])
     assert result.returncode != 0 and "404" in result.stderr
 
+
+
+def test_a_stream_pulled_over_rtmp_from_nginx_rtmp_plays_clean_and_goes_on_after_a_restart(
+        tmp_path: Path, clip: Path, nginx: Nginx, servers: list[Server]) -> None:
+    a = start(servers, tmp_path / "a", "--record", "none",
+              "--pull", f"live/cam1={nginx.rtmp_url('cam1')}")
+    publish = ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-c",
+               "copy", "-f", "flv", nginx.rtmp_url("cam1")]
+    first = subprocess.Popen(publish, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    a.children.append(first)
+    time.sleep(2)
+    viewer = subprocess.Popen(
+        ["ffmpeg", "-v", "error", "-i", a.flv_url("cam1"), "-t", "12", "-f", "null", "-"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    a.children.append(viewer)
+    wait_until("the pull going live on A", lambda: a.is_live("cam1"), log=a.log())
+    time.sleep(3)
+    first.terminate()
+    first.wait(timeout=WAIT_S)
+    second = subprocess.Popen(publish, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    a.children.append(second)
+    _, errors = viewer.communicate(timeout=90)
+    assert viewer.returncode == 0 and errors.strip() == b"", errors
+    (stream,) = api_streams(a)
+    assert stream["upstream"]["url"] == f"rtmp://127.0.0.1:{nginx.port}/live/cam1"
+    assert "the upstream is back (a new publish)" in a.log()
+    assert check_clean(a.rtmp_url("cam1"), 2) == {"h264", "aac"}

@@ -413,10 +413,11 @@ def test_pull_options_parse_and_bad_ones_say_why() -> None:
     rule = parse_pull("live/cam1=http://origin:8501/live/cam1.flv?key=k")
     assert (rule.app, rule.stream, rule.url) == (
         "live", "cam1", "http://origin:8501/live/cam1.flv?key=k")
+    assert parse_pull("live/cam1=rtmp://nginx:1936/app/cam").url == "rtmp://nginx:1936/app/cam"
     for value, message in [
         ("live=http://o/live/c.flv", "is not APP/STREAM=URL"),
         ("live/c am=http://o/live/c.flv", "stream 'c am' is not"),
-        ("live/cam=rtmp://o/live/cam", "pulling over RTMP is not supported"),
+        ("live/cam=rtmp://o/cam", "is not /"),
         ("live/cam=ftp://o/x", "is not an http:// or https:// URL"),
     ]:
         with pytest.raises(UsageError, match=message):
