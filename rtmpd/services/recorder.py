@@ -560,6 +560,11 @@ class Recorder(service.Service):
         self._unfinished: set[defer.Deferred[None]] = set()
         #: Called with the format (``hls``...) when a recording fails (metrics).
         self.on_failure: Callable[[str], None] | None = None
+        #: Asked ``(stream, format)`` before a recording starts; False: the
+        #: stream is not recorded (retention's free-disk floor).
+        self.may_record: Callable[[Stream, str], bool] | None = None
+        #: Called once a recording is finalised (retention scans then).
+        self.on_finished: Callable[[], None] | None = None
         self.setName(f"record-{self.recording_class.fmt}")
 
     @property
@@ -581,6 +586,8 @@ class Recorder(service.Service):
         return defer.gatherResults(list(self._unfinished))
 
     def stream_published(self, stream: Stream) -> None:  # type: ignore[override]
+        if self.may_record is not None and not self.may_record(stream, self.fmt):
+            return
         recording = self.recording_class(self, stream)
         self.recordings[stream] = recording
         stream.add_sink(recording)
@@ -592,6 +599,9 @@ class Recorder(service.Service):
 
     def _finish(self, recording: Recording) -> None:
         d = recording.finish()
+        if self.on_finished is not None:
+            on_finished = self.on_finished
+            d.addCallback(lambda _: on_finished())
         if not d.called:
             self._unfinished.add(d)
 

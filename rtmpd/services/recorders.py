@@ -16,6 +16,7 @@ from rtmpd.services.fmp4rec import Fmp4Recorder, Fmp4SeparateRecorder
 from rtmpd.services.hls import HlsRecorder
 from rtmpd.services.recorder import FORMATS, Recorder, RecorderSettings
 from rtmpd.services.recovery import recover
+from rtmpd.services.retention import Retention, RetentionSettings
 from rtmpd.services.writer import ImmediateDiskWriter, ThreadedDiskWriter, WriterService
 
 log = Logger()
@@ -64,8 +65,10 @@ def make_recorders(
     formats: str | Sequence[str],
     fragment_ms: int,
     window: int,
+    retention: RetentionSettings | None = None,
 ) -> list[service.Service]:
-    """The writer service then one recorder per format (empty for none);
+    """The writer service, retention (``retention``: its limits; default: only
+    the free-disk floor) then one recorder per format (empty for none);
     ``formats`` as :func:`parse_record_option` returns them, or its input.
 
     Add them to the parent in this order: the parent stops children in
@@ -91,7 +94,11 @@ def make_recorders(
 
     writer_service.call_when_started(start_recovery)
     settings = RecorderSettings(root=root, fragment_ms=fragment_ms, window=window)
-    services: list[service.Service] = [writer_service]
+    keeper = Retention(root, retention or RetentionSettings(), writer, reactor)  # type: ignore[arg-type]
+    services: list[service.Service] = [writer_service, keeper]
     for fmt in formats:
-        services.append(RECORDER_CLASSES[fmt](registry, writer, settings))
+        recorder = RECORDER_CLASSES[fmt](registry, writer, settings)
+        recorder.may_record = keeper.may_record
+        recorder.on_finished = keeper.recording_finished
+        services.append(recorder)
     return services

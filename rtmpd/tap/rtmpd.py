@@ -39,6 +39,9 @@ _CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
     "record": lambda v: ",".join(v) if isinstance(v, list) else str(v),
     "hls-fragment": float,
     "hls-window": int,
+    "record-max-age": str,
+    "record-max-bytes": str,
+    "record-min-free": str,
     "publish-key": str,
     "play-key": str,
     "sign-secret": str,
@@ -220,6 +223,21 @@ class Options(usage.Options):
             _positive_int("hls-window"),
         ],
         [
+            "record-max-age", None, "0",
+            "Delete finished recordings older than this: seconds, or with s, m, h or d "
+            "(7d). 0: keep them.",
+        ],
+        [
+            "record-max-bytes", None, "0",
+            "Delete the oldest finished recordings while everything under --root takes "
+            "more than this: bytes, or with K, M, G or T (500G). 0: no limit.",
+        ],
+        [
+            "record-min-free", None, "1G",
+            "Start no new recording while the --root disk has less free space than this "
+            "(live play goes on): bytes, or with K, M, G or T. 0: no floor.",
+        ],
+        [
             "publish-key", None, None,
             "Publishing needs ?key=THIS (RTMP: on the stream name or the app/tcUrl).",
         ],
@@ -348,6 +366,8 @@ class Options(usage.Options):
             )
         from rtmpd.services.recorders import parse_record_option
 
+        retention_settings(self)
+
         try:
             self["record"] = parse_record_option(self["record"])
         except ValueError as e:
@@ -444,6 +464,26 @@ def check_endpoint(option: str, description: str) -> None:
     except Exception as e:
         raise usage.UsageError(
             f"--{option} {description!r} is not a usable endpoint: {e}") from None
+
+
+def retention_settings(options: Any) -> Any:
+    """``--record-max-age``, ``--record-max-bytes``, ``--record-min-free`` as
+    :class:`rtmpd.services.retention.RetentionSettings`."""
+    from rtmpd.services.retention import (
+        DEFAULT_MIN_FREE_BYTES,
+        RetentionSettings,
+        parse_duration,
+        parse_size,
+    )
+
+    try:
+        return RetentionSettings(
+            max_age_s=parse_duration(options.get("record-max-age", 0)),
+            max_bytes=parse_size(options.get("record-max-bytes", 0)),
+            min_free_bytes=parse_size(options.get("record-min-free", DEFAULT_MIN_FREE_BYTES)),
+        )
+    except ValueError as e:
+        raise usage.UsageError(f"--record-max-age/-max-bytes/-min-free: {e}") from None
 
 
 def stream_config(options: Any) -> StreamConfig:
@@ -620,6 +660,7 @@ def makeService(
         formats=options.get("record", "hls"),
         fragment_ms=int(float(options.get("hls-fragment", 2.0)) * 1000),
         window=int(options.get("hls-window", 6)),
+        retention=retention_settings(options),
     ):
         if metrics is not None and isinstance(recorder, Recorder):
             recorder.on_failure = metrics.count_recorder_error

@@ -644,7 +644,7 @@ def test_writer_service_starts_recovery_and_stops_after_queued_jobs(tmp_path: Pa
     writer_service = services[0]
     assert isinstance(writer_service, WriterService)
     assert isinstance(writer_service.writer, ImmediateDiskWriter)  # no threads in the fake
-    assert [s.name for s in services] == ["record-writer", "record-hls", "record-flv"]
+    assert [s.name for s in services] == ["record-writer", "retention", "record-hls", "record-flv"]
     for s in services:
         s.startService()
     assert writer_service.writer.jobs_run == 1  # recovery
