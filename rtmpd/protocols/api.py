@@ -51,6 +51,8 @@ def json_body(request: server.Request, code: int, value: object) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", JSON_TYPE)
     request.setHeader(b"Cache-Control", b"no-store")
+    # Errors quote the path asked for: JSON only, never sniffed as HTML.
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
     request.setHeader(b"Content-Length", b"%d" % len(body))
     return body
 

@@ -148,6 +148,9 @@ def _text(request: server.Request, code: int, message: str) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-cache")
+    # The message may quote what the client sent (a refused name): never
+    # let a browser take it for HTML.
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
     return (message + "\n").encode()
 
 
@@ -517,6 +520,7 @@ class FlvRequest(server.Request):
         cors = b"".join(b"%s: %s\r\n" % item for item in self._cors_headers.items())
         transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"X-Content-Type-Options: nosniff\r\n"
             b"%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (code, _STATUS_TEXT.get(code, b"Error"), cors, len(body), body)
         )
@@ -605,6 +609,7 @@ def refuse_connection(transport: Any, message: str, *, code: int = 503) -> None:
     body = (message + "\n").encode()
     transport.write(
         b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8"
+        b"\r\nX-Content-Type-Options: nosniff"
         b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
         % (code, _STATUS_TEXT.get(code, b"Error"), len(body), body)
     )
