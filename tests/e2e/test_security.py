@@ -217,16 +217,20 @@ def http_paths(app: str, name: str) -> list[str]:
 def test_http_flv_play_head_and_publish_of_bad_names_are_refused(
     target: Target, untouched: None, app: str, name: str
 ) -> None:
-    port = target.server.http_port
+    http, gateway = target.server.http_port, target.gateway_port
+    attempts = [(http, "GET", ".flv"), (http, "HEAD", ".flv"), (http, "POST", ""),
+                (http, "PUT", ""),
+                # The gateway must not pass a bad name on into its upstream's URL.
+                (gateway, "GET", ".flv"), (gateway, "HEAD", ".flv")]
     for path in http_paths(app, name):
-        for method, suffix in (("GET", ".flv"), ("HEAD", ".flv"), ("POST", ""), ("PUT", "")):
+        for port, method, suffix in attempts:
             body = FLV_HEADER if method in ("POST", "PUT") else b""
             request = (f"{method} {path}{suffix} HTTP/1.0\r\nHost: x\r\n"
                        f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
             reply = raw(port, request)
             # Past --max-header-bytes the connection is closed unanswered.
             allowed = (400, 404, 414, 431) + ((0,) if len(request) > MAX_HEADER_BYTES else ())
-            assert status(reply) in allowed, (method, path[:80], reply[:200])
+            assert status(reply) in allowed, (port, method, path[:80], reply[:200])
             assert SECRET not in reply
 
 
@@ -234,9 +238,11 @@ def test_http_flv_play_head_and_publish_of_bad_names_are_refused(
 def test_ws_flv_play_and_publish_of_bad_names_are_refused(
     target: Target, untouched: None, app: str, name: str
 ) -> None:
+    attempts = [(target.server.http_port, ".flv"), (target.server.http_port, ""),
+                (target.gateway_port, ".flv")]
     for path in http_paths(app, name)[:1]:
-        for suffix in (".flv", ""):
-            url = f"ws://127.0.0.1:{target.server.http_port}{path}{suffix}"
+        for port, suffix in attempts:
+            url = f"ws://127.0.0.1:{port}{path}{suffix}"
             if len(url) > 8000:
                 url = url[:8000]  # the client's own limit; still a bad name
             try:
