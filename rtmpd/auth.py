@@ -115,6 +115,9 @@ DEFAULT_HOOK_TIMEOUT_S = 5.0
 #: until the timeout: reading stops and the hook counts as failed.
 MAX_HOOK_ANSWER_BYTES = 64 * 1024
 
+#: The protocol of a forward's play (:mod:`rtmpd.services.forward`).
+FORWARD_PROTOCOL = "forward"
+
 #: Most forward URLs one on-publish answer may add: each is a connection and
 #: a viewer of the stream, and a real restream goes to a handful of
 #: platforms; more are ignored (logged).
@@ -732,7 +735,9 @@ class DoneHookNotifier:
         """Post that ``request``'s publish or play ended, for ``why``."""
         request = _admission_request(request)
         url = self._urls.get(request.action)
-        if url is None:
+        if url is None or request.protocol == FORWARD_PROTOCOL:
+            # A forward is the server's own play, never asked of --on-play:
+            # its end is no viewer's.
             return
         payload = hook_payload(request)
         payload["reason"] = why

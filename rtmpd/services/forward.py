@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rtmpd.admission import Action, Admission, AdmissionRefused, AdmissionRequest
+from rtmpd.auth import FORWARD_PROTOCOL
 from rtmpd.client.connector import make_connector
 from rtmpd.client.rtmp import RtmpPublishProtocol
 from rtmpd.client.session import Session
@@ -213,7 +214,7 @@ class ForwardViewer(ViewerOutput):
     def __init__(self, forward: Forward, transport: Any, output: OutputFormat,
                  stream: Stream) -> None:
         super().__init__(transport, f"forward {forward.shown_url}", stream=stream,
-                         output=output, protocol="forward")
+                         output=output, protocol=FORWARD_PROTOCOL)
         self.forward = forward
 
     def stream_ended(self, reason: str) -> None:
@@ -298,7 +299,7 @@ class Forward:
         output, transport = _viewer_side(session)
         request = AdmissionRequest(
             action=Action.PLAY, app=stream.app, stream=stream.name, query="",
-            peer_host=self.target.host, peer_port=self.target.port, protocol="forward",
+            peer_host=self.target.host, peer_port=self.target.port, protocol=FORWARD_PROTOCOL,
             client_id=0,
         )
 

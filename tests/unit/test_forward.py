@@ -28,7 +28,7 @@ from rtmpd.admission import (
     Decision,
     Publisher,
 )
-from rtmpd.auth import MAX_HOOK_FORWARDS, forward_urls
+from rtmpd.auth import MAX_HOOK_FORWARDS, DoneHookNotifier, forward_urls
 from rtmpd.client.rtmp import RtmpPublishProtocol
 from rtmpd.client.session import SessionListener
 from rtmpd.client.target import PushTarget, UsageError
@@ -52,7 +52,7 @@ from rtmpd.services.forward import (
 from rtmpd.services.stats import stream_summary
 from rtmpd.services.upstream import Upstream, parse_pull
 from rtmpd.tap.rtmpd import Options
-from tests.unit.test_auth import CannedResponse, decided, hook, make_request
+from tests.unit.test_auth import CannedResponse, RecordingAgent, decided, hook, make_request
 
 AVC_HEADER = b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe1\x00\x04\x67\x64\x00\x1f"
 AAC_HEADER = b"\xaf\x00\x12\x10"
@@ -541,3 +541,15 @@ def test_forwards_from_the_authorizers_start_with_the_publish() -> None:
     assert [p.name for p in published] == ["live_cam"]
     (forward,) = h.forwarder.all()
     assert forward.status()["from"] == "hook" and forward.state == FORWARDING
+
+
+def test_a_forwards_end_is_not_posted_to_the_on_play_done_hook() -> None:
+    h = Harness()
+    agent = RecordingAgent()
+    h.admission.add_listener(DoneHookNotifier(None, "http://hooks/play-done", agent, h.reactor))
+    publisher = h.publish()
+    start_of_stream(publisher)
+    h.attempts[-1].exchange()
+    h.attempts[-1].close()  # the forward's play ends
+    publisher.end("closed by the peer")
+    assert agent.sent == []
