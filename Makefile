@@ -16,7 +16,7 @@ WEB_STAMP := web/vendor/.installed
 VENDOR_FILES := web/node_modules/hls.js/dist/hls.min.mjs \
 	web/node_modules/mpegts.js/dist/mpegts.js
 
-.PHONY: run test lint typecheck unit venv web system-deps bench clean
+.PHONY: run test lint typecheck unit venv web system-deps bench clean fuzz
 
 # twistd stops cleanly on Ctrl-C and then ends itself with SIGINT again (as
 # interrupted programs do), which make would report as "*** [run] Interrupt".
@@ -30,6 +30,17 @@ test: $(STAMP) $(WEB_STAMP) system-deps
 	$(BIN)/ruff check rtmpd tests twisted
 	$(BIN)/mypy --strict rtmpd
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Coverage-guided fuzzing of one parser (tests/fuzz/fuzz.py lists the
+# targets): make fuzz TARGET=flv_ingest SECONDS=600. Niced: it takes a core.
+TARGET ?= flv_ingest
+SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	mkdir -p tests/fuzz/work/$(TARGET) tests/fuzz/crashes/$(TARGET)
+	nice -n 19 $(BIN)/python -m tests.fuzz.fuzz $(TARGET) -max_total_time=$(SECONDS) \
+		-print_final_stats=1 -artifact_prefix=tests/fuzz/crashes/$(TARGET)/ \
+		tests/fuzz/work/$(TARGET) tests/fuzz/corpus/$(TARGET)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
