@@ -4,7 +4,9 @@ on-play / done hooks by path and records every request it got.
 * ``/allow`` answers 200, ``/deny`` 403, ``/error`` 500;
 * ``/hang`` answers only after :attr:`HookServer.hang_s` (past rtmpd's
   ``--hook-timeout`` in the tests that use it);
-* ``/done`` answers 204 (for the done hooks).
+* ``/done`` answers 204 (for the done hooks);
+* ``/forward`` answers 200 with ``{"forward": HookServer.forward_urls}`` (an
+  on-publish hook adding forwards).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class HookServer:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.hang_s = 8.0
+        self.forward_urls: list[str] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         owner = self
@@ -42,6 +45,14 @@ class HookServer:
                 path = self.path.split("?")[0]
                 if path == "/hang":
                     time.sleep(owner.hang_s)
+                if path == "/forward":
+                    answer = json.dumps({"forward": owner.forward_urls}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    return
                 code = {"/allow": 200, "/deny": 403, "/error": 500, "/done": 204}.get(path, 404)
                 self.send_response(code)
                 self.send_header("Content-Length", "0")

@@ -2,8 +2,9 @@
 second rtmpd B and to nginx-rtmp, over RTMP and HTTP-FLV; players (ffmpeg) must decode
 what those targets serve, clean. A target killed and restarted mid-stream gets the stream
 again while A's publisher and viewers go on; a target that stops reading is dropped and
-retried with A's memory bounded; a stream A pulls from B (``--pull``) plays on A and goes
-on across B's publisher restarting."""
+retried with A's memory bounded; a stream A pulls from B (``--pull``, over HTTP-FLV, and
+from nginx-rtmp over RTMP) plays on A and goes on across its publisher restarting; an
+on-publish hook's answer adds a forward."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tests.e2e.conftest import (
     stop_server,
     wait_for_port,
 )
+from tests.e2e.hookserver import hook_server
 from tests.e2e.test_flv_transports import check_clean
 
 NGINX = Path("/usr/sbin/nginx")
@@ -319,3 +321,20 @@ def test_a_stream_pulled_over_rtmp_from_nginx_rtmp_plays_clean_and_goes_on_after
     assert stream["upstream"]["url"] == f"rtmp://127.0.0.1:{nginx.port}/live/cam1"
     assert "the upstream is back (a new publish)" in a.log()
     assert check_clean(a.rtmp_url("cam1"), 2) == {"h264", "aac"}
+
+
+def test_forwards_named_by_the_on_publish_hooks_answer_reach_their_target(
+        tmp_path: Path, clip: Path, servers: list[Server]) -> None:
+    b = start(servers, tmp_path / "b", "--record", "none")
+    with hook_server() as hook:
+        hook.forward_urls = [f"rtmp://127.0.0.1:{b.rtmp_port}/fromhook/{{stream}}",
+                             "not a url"]
+        a = start(servers, tmp_path / "a", "--record", "none",
+                  "--on-publish", hook.url("/forward"))
+        a.publish(clip, "cam1")
+        a.wait_live("cam1")
+        b.wait_live("cam1", app="fromhook")
+        assert check_clean(b.rtmp_url("cam1", app="fromhook"), 2) == {"h264", "aac"}
+        (forward,) = forwards(a)
+        assert forward["from"] == "hook" and forward["state"] == "forwarding"
+        assert "answer's forwards: URL scheme '' is not rtmp" in a.log()
