@@ -1,5 +1,5 @@
 """The relay end to end: ffmpeg publishes to rtmpd A, which forwards (``--forward``) to a
-second rtmpd B and to nginx-rtmp, over RTMP and HTTP-FLV; players (ffmpeg) must decode
+second rtmpd B (over RTMP, HTTP-FLV and WS-FLV) and to nginx-rtmp; players (ffmpeg) must decode
 what those targets serve, clean. A target killed and restarted mid-stream gets the stream
 again while A's publisher and viewers go on; a target that stops reading is dropped and
 retried with A's memory bounded; a stream A pulls from B (``--pull``, over HTTP-FLV, and
@@ -156,16 +156,19 @@ def test_a_stream_forwarded_to_rtmpd_and_nginx_rtmp_plays_clean_from_both(
         servers, tmp_path / "a", "--record", "none",
         "--forward", f"live=rtmp://127.0.0.1:{b.rtmp_port}/live/{{stream}}",
         "--forward", f"live=http://127.0.0.1:{b.http_port}/viahttp/{{stream}}",
+        "--forward", f"live=ws://127.0.0.1:{b.http_port}/viaws/{{stream}}",
         "--forward", f"live={nginx.rtmp_url('{stream}')}",
     )
     a.publish(clip, "cam1")
     a.wait_live("cam1")
     b.wait_live("cam1")
     b.wait_live("cam1", app="viahttp")
-    wait_until("three forwards publishing",
-               lambda: [f["state"] for f in forwards(a)] == ["forwarding"] * 3, log=a.log())
+    b.wait_live("cam1", app="viaws")
+    wait_until("four forwards publishing",
+               lambda: [f["state"] for f in forwards(a)] == ["forwarding"] * 4, log=a.log())
     assert check_clean(b.rtmp_url("cam1"), 3) == {"h264", "aac"}
     assert check_clean(b.flv_url("cam1", app="viahttp"), 3) == {"h264", "aac"}
+    assert check_clean(b.flv_url("cam1", app="viaws"), 3) == {"h264", "aac"}
     assert check_clean(nginx.rtmp_url("cam1"), 3) == {"h264", "aac"}
     status = forwards(a)
     assert all(f["connected"] and f["bytes_sent"] > 100_000 and f["reconnects"] == 0
@@ -173,16 +176,17 @@ def test_a_stream_forwarded_to_rtmpd_and_nginx_rtmp_plays_clean_from_both(
     assert sorted(f["url"] for f in status) == sorted([
         f"rtmp://127.0.0.1:{b.rtmp_port}/live/cam1",
         f"http://127.0.0.1:{b.http_port}/viahttp/cam1",
+        f"ws://127.0.0.1:{b.http_port}/viaws/cam1",
         f"rtmp://127.0.0.1:{nginx.port}/live/cam1"])
     with urllib.request.urlopen(a.web_url("metrics"), timeout=WAIT_S) as response:
         metrics = response.read().decode()
-    assert 'rtmpd_forwards{state="forwarding"} 3.0' in metrics
-    assert 'rtmpd_viewers{protocol="forward"} 3.0' in metrics
+    assert 'rtmpd_forwards{state="forwarding"} 4.0' in metrics
+    assert 'rtmpd_viewers{protocol="forward"} 4.0' in metrics
     # The end of the stream ends the forwards: the targets' streams end too.
     for child in a.children:
         child.terminate()
     wait_until("the forwarded streams ending",
-               lambda: not b.is_live("cam1") and not b.is_live("cam1", app="viahttp"),
+               lambda: not any(b.is_live("cam1", app) for app in ("live", "viahttp", "viaws")),
                log=b.log())
     assert "forward live/cam1 to" in a.log() and "ended (" in a.log()
 
