@@ -82,7 +82,8 @@ rtmp {{
 }}
 """)
         self.process = subprocess.Popen(
-            [str(NGINX), "-p", str(tmp), "-c", str(conf)],
+            # -e: the error log from the start (not /var/log/nginx, which a user may not write).
+            [str(NGINX), "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "logs" / "error.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port)
