@@ -470,11 +470,17 @@ def forward_urls(body: bytes) -> tuple[tuple[str, ...], str]:
         return (), '"forward" is not a list of URLs'
     good: list[str] = []
     problems: list[str] = []
-    for url in urls:
+    for number, url in enumerate(urls, 1):
         try:
             check_forward_url(url)
-        except UsageError as e:
-            problems.append(str(e))
+        except UsageError:
+            # Not the checker's message: it quotes the URL, whose path is
+            # often a stream key (YouTube, Twitch). Scheme and host only.
+            scheme, _, host, _ = _split_url(url)
+            problems.append(
+                f"forward {number} ({scheme}{host or 'no host'}…) is not "
+                "scheme://host[:port]/{app}/{stream}, left out"
+            )
             continue
         if url not in good:
             good.append(url)

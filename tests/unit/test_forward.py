@@ -524,6 +524,14 @@ def test_a_forward_answer_that_is_not_a_list_of_urls_is_ignored_and_said() -> No
     assert len(urls) == MAX_HOOK_FORWARDS and f"only the first {MAX_HOOK_FORWARDS}" in problem
 
 
+def test_a_bad_forward_url_is_reported_without_its_path_which_may_be_a_stream_key() -> None:
+    body = json.dumps({"forward": ["rtmp://yt:99999/live2/sekrit-key", "rtmp://a/b/c"]})
+    urls, problem = forward_urls(body.encode())
+    assert urls == ("rtmp://a/b/c",)
+    assert "forward 1 (rtmp://yt:99999…)" in problem and "left out" in problem
+    assert "sekrit" not in problem
+
+
 @implementer(IAuthorizer)
 class ForwardingAuthorizer:
     """Allows every publish and names a forward for it, as a hook's answer would."""
