@@ -21,8 +21,8 @@ TagHeader::
 
 Writers: :func:`encode_header`, :func:`encode_tag`, :class:`FlvTagWriter`.
 Reader: :class:`FlvReader` (sans-IO, h11-style). Body inspection:
-:func:`describe_tag`, and :func:`audio_packet` for where an audio tag's codec
-data starts.
+:func:`describe_tag`, and :func:`audio_packet` / :func:`video_packet` for where
+a tag's codec data starts.
 
 Opus (Enhanced RTMP v2, ExAudioTagHeader; what rtmpd accepts and passes on
 unchanged)::
@@ -737,6 +737,89 @@ def audio_packet(body: bytes) -> AudioPacket:
         code = int.from_bytes(body[pos : pos + 4], "big")
         pos += 4
     return AudioPacket(code, packet_type, body[pos:end])
+
+
+@dataclass(frozen=True, slots=True)
+class VideoPacket:
+    """A video tag body split at its codec data.
+
+    ``codec`` is the CodecID or FourCC (as in :class:`TagInfo`);
+    ``packet_type`` the Enhanced RTMP VideoPacketType, legacy AVC/HEVC
+    AVCPacketTypes mapped onto it (sequence header to SequenceStart, NALU
+    to CodedFrames, end of sequence to SequenceEnd); ``data`` the bytes
+    after the tag's headers (and after the SI24 composition time, where the
+    codec has one): a decoder configuration record for a SequenceStart,
+    coded frames for CodedFrames / CodedFramesX.
+    """
+
+    codec: int
+    packet_type: int
+    data: bytes
+
+    @property
+    def coded_frames(self) -> bool:
+        """Whether ``data`` is a coded picture (CodedFrames or CodedFramesX)."""
+        return self.packet_type in (VIDEO_PACKET_CODED_FRAMES, VIDEO_PACKET_CODED_FRAMES_X)
+
+    @property
+    def sequence_start(self) -> bool:
+        """Whether ``data`` is the decoder configuration record."""
+        return self.packet_type == VIDEO_PACKET_SEQUENCE_START
+
+
+# Legacy AVCPacketType -> Enhanced RTMP VideoPacketType (same meaning).
+_LEGACY_VIDEO_PACKET_TYPES = {
+    AVC_SEQUENCE_HEADER: VIDEO_PACKET_SEQUENCE_START,
+    AVC_NALU: VIDEO_PACKET_CODED_FRAMES,
+    AVC_END_OF_SEQUENCE: VIDEO_PACKET_SEQUENCE_END,
+}
+
+
+def video_packet(body: bytes) -> VideoPacket:
+    """Split a video tag body into its headers' facts and its codec data.
+
+    Legacy AVC and CodecID 12 HEVC: 5 header bytes (FrameType/CodecID,
+    AVCPacketType, SI24 CompositionTime). Enhanced RTMP: ModEx prefixes,
+    then a FourCC (for a Multitrack tag, the first track's, and only its
+    data), then for ``avc1``/``hvc1``/``vvc1`` CodedFrames the SI24
+    CompositionTime. A command frame or a legacy codec without a packet type
+    is returned with :data:`VIDEO_PACKET_METADATA` and no data, so nothing
+    takes it for a picture. Raises :class:`RemoteProtocolError` like
+    :func:`describe_tag`.
+    """
+    if not body:
+        raise RemoteProtocolError("empty video tag body")
+    first = body[0]
+    if not first & VIDEO_EX_HEADER:
+        codec = first & 0x0F
+        if codec not in (VIDEO_AVC, VIDEO_HEVC) or first >> 4 == VIDEO_FRAME_COMMAND:
+            return VideoPacket(codec, VIDEO_PACKET_METADATA, b"")
+        if len(body) < 5:
+            raise _short("AVC/HEVC video", 5, body)
+        packet_type = _LEGACY_VIDEO_PACKET_TYPES.get(body[1], VIDEO_PACKET_METADATA)
+        return VideoPacket(codec, packet_type, body[5:])
+    frame_type = (first >> 4) & 0x07
+    pos, packet_type = _skip_mod_ex(body, 1, first & 0x0F, "Enhanced RTMP video")
+    if frame_type == VIDEO_FRAME_COMMAND and packet_type != VIDEO_PACKET_METADATA:
+        return VideoPacket(0, VIDEO_PACKET_METADATA, b"")
+    end = len(body)
+    if packet_type == VIDEO_PACKET_MULTITRACK:
+        multitrack_type = body[pos] >> 4 if pos < len(body) else MULTITRACK_ONE_TRACK
+        pos, packet_type, code = _read_multitrack(body, pos, "Enhanced RTMP video")
+        if multitrack_type != MULTITRACK_ONE_TRACK:
+            end = pos + int.from_bytes(body[pos - 3 : pos], "big")
+            if end > len(body):
+                raise _short("Enhanced RTMP video track", end, body)
+    else:
+        if pos + 4 > len(body):
+            raise _short("Enhanced RTMP video", pos + 4, body)
+        code = int.from_bytes(body[pos : pos + 4], "big")
+        pos += 4
+    if packet_type == VIDEO_PACKET_CODED_FRAMES and code in _FOURCCS_WITH_COMPOSITION:
+        if pos + 3 > end:
+            raise _short("Enhanced RTMP video", pos + 3, body)
+        pos += 3
+    return VideoPacket(code, packet_type, body[pos:end])
 
 
 def _describe_ex_audio(body: bytes) -> TagInfo:
