@@ -17,8 +17,14 @@ items keyed ``"0"``, ``"1"``…), ``dict`` (anonymous object),
 :class:`~rtmpd.codec.amf0.TypedObject` (object with a class name), ``bytes``
 (byte array).
 
-The encoder handles the simple types and containers without emitting
-references, which is always valid AMF3.
+The :class:`Encoder` writes the same types, with the three reference tables
+used where a reference is shorter than the value (and always for a container
+met again, which keeps the sharing). Both directions bound nesting by
+:data:`rtmpd.codec.amf0.MAX_AMF_DEPTH`; the decoder also bounds items per
+container and values per message (``amf0.MAX_AMF_ITEMS``,
+``amf0.MAX_AMF_VALUES``), and every length it reads is checked against the
+bytes left before anything is allocated, so no table or string can outgrow
+the message that carried it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,17 @@ from typing import Final
 from rtmpd.codec import amf0
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["Decoder", "decode_all", "encode", "encode_all"]
+__all__ = [
+    "MAX_INLINE_LENGTH",
+    "MAX_REFERENCE_INDEX",
+    "MAX_TRAITS_INDEX",
+    "Decoder",
+    "Encoder",
+    "decode_all",
+    "encode",
+    "encode_all",
+    "encode_u29",
+]
 
 UNDEFINED_MARKER: Final = 0x00
 NULL: Final = 0x01
@@ -63,6 +79,22 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # --- encoding ----------------------------------------------------------------
 
+#: Longest string, byte array or dense array the encoder writes, in bytes or
+#: items. A length shares its U29 with the "inline" flag bit, which leaves 28
+#: bits (256 MiB), far beyond any RTMP message (``chunk.MAX_MESSAGE_SIZE``).
+MAX_INLINE_LENGTH: Final = U29_MAX >> 1
+#: Highest string or object reference index: the index shares its U29 with
+#: the flag bit that tells a reference from an inline value. Past it the
+#: encoder writes values inline (always valid), never a wrapped index.
+MAX_REFERENCE_INDEX: Final = U29_MAX >> 1
+#: Highest traits reference index: two flag bits share that U29.
+MAX_TRAITS_INDEX: Final = U29_MAX >> 2
+
+#: U29O-traits of an inline, dynamic, not externalizable traits with no sealed
+#: members: ``0b1011`` (inline object, inline traits, not externalizable,
+#: dynamic), sealed count 0. Every object this encoder writes has that shape.
+_DYNAMIC_TRAITS: Final = 0x0B
+
 
 def encode_u29(value: int) -> bytes:
     """Encode an unsigned 29-bit integer in AMF3's 1-4 byte variable form."""
@@ -84,96 +116,262 @@ def encode_u29(value: int) -> bytes:
     )
 
 
+def _u29_size(value: int) -> int:
+    if value < 0x80:
+        return 1
+    if value < 0x4000:
+        return 2
+    return 3 if value < 0x200000 else 4
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"string is not encodable as UTF-8: {exc}") from None
+
+
+def _inline_length(length: int, what: str) -> bytes:
+    if length > MAX_INLINE_LENGTH:
+        raise LocalProtocolError(
+            f"AMF3 {what} of {length} exceeds MAX_INLINE_LENGTH ({MAX_INLINE_LENGTH})"
+        )
+    return encode_u29((length << 1) | 1)
+
+
+class Encoder:
+    """One AMF3 encoding context, the mirror of :class:`Decoder`.
+
+    It keeps the three reference tables a decoder of its output builds
+    (strings; objects, arrays, dates, XML and byte arrays; traits), entry for
+    entry, and writes a reference instead of a value where that is shorter:
+
+    * a string already sent, when its index takes fewer bytes than the string
+      (the empty string is never a reference, as the format says);
+    * a date, XML document or byte array of a value already sent, likewise;
+    * a container (``list``, ``dict``, :class:`~rtmpd.codec.amf0.ECMAArray`,
+      :class:`~rtmpd.codec.amf0.TypedObject`) that is the same Python object as
+      one already sent: always, so the decoder gets the sharing back;
+    * the traits of an object (its class name, dynamic, no sealed members)
+      already sent, when the reference is shorter than the traits.
+
+    A value sent inline again is added to the tables again, as the decoder
+    does. A container that contains itself cannot be written (the format has
+    no reference to an unfinished object): :class:`LocalProtocolError`.
+    Successive :meth:`encode` calls share the tables, like one
+    :class:`Decoder` reading them back; a value behind the AMF0 AVM+ switch
+    (0x11) starts a fresh context, so encode each of those with
+    :func:`encode`.
+    """
+
+    __slots__ = (
+        "_depth",
+        "_keep",
+        "_object_count",
+        "_objects",
+        "_open",
+        "_string_count",
+        "_strings",
+        "_traits",
+        "_traits_count",
+    )
+
+    def __init__(self, *, depth: int = 0) -> None:
+        self._depth = depth
+        self._strings: dict[str, int] = {}
+        self._string_count = 0
+        # Keys: ("id", id(container)) or (kind, value) for immutable values.
+        self._objects: dict[tuple[str, object], int] = {}
+        self._object_count = 0
+        self._traits: dict[str, int] = {}  # class name -> index (dynamic, no sealed)
+        self._traits_count = 0
+        self._open: set[int] = set()
+        # Containers referenced by id() stay alive as long as the context, so
+        # an id is never reused by a later value.
+        self._keep: list[object] = []
+
+    def encode(self, value: object) -> bytes:
+        """Encode one value (see the module docstring for the mapping)."""
+        out: list[bytes] = []
+        self._value(out, value, self._depth)
+        return b"".join(out)
+
+    # tables
+
+    def _string_ref(self, text: str, raw: bytes) -> bytes | None:
+        index = self._strings.get(text)
+        if index is None or index > MAX_REFERENCE_INDEX:
+            return None
+        if _u29_size(index << 1) < _u29_size((len(raw) << 1) | 1) + len(raw):
+            return encode_u29(index << 1)
+        return None
+
+    def _string(self, out: list[bytes], text: str, what: str = "string") -> None:
+        raw = _utf8(text)
+        ref = self._string_ref(text, raw) if raw else None
+        if ref is not None:
+            out.append(ref)
+            return
+        out.append(_inline_length(len(raw), what))
+        out.append(raw)
+        if raw:
+            self._strings[text] = self._string_count
+            self._string_count += 1
+
+    def _string_size(self, text: str) -> int:
+        raw = _utf8(text)
+        ref = self._string_ref(text, raw) if raw else None
+        if ref is not None:
+            return len(ref)
+        return _u29_size((len(raw) << 1) | 1) + len(raw)
+
+    def _add_object(self, key: tuple[str, object]) -> None:
+        self._objects[key] = self._object_count
+        self._object_count += 1
+
+    def _object_ref(self, key: tuple[str, object], inline_size: int | None) -> bytes | None:
+        """The reference for ``key``, if sent before and (with an
+        ``inline_size``) shorter than sending it again."""
+        index = self._objects.get(key)
+        if index is None or index > MAX_REFERENCE_INDEX:
+            return None
+        if inline_size is not None and _u29_size(index << 1) >= inline_size:
+            return None
+        return encode_u29(index << 1)
+
+    # values
+
+    def _value(self, out: list[bytes], value: object, depth: int) -> None:
+        if depth > amf0.MAX_AMF_DEPTH:
+            raise LocalProtocolError(
+                f"value nests deeper than MAX_AMF_DEPTH ({amf0.MAX_AMF_DEPTH})"
+            )
+        if value is None:
+            out.append(b"\x01")
+        elif value is amf0.UNDEFINED:
+            out.append(b"\x00")
+        elif value is True:
+            out.append(b"\x03")
+        elif value is False:
+            out.append(b"\x02")
+        elif isinstance(value, int) and INTEGER_MIN <= value <= INTEGER_MAX:
+            out.append(b"\x04")
+            out.append(encode_u29(value & U29_MAX))
+        elif isinstance(value, int | float):
+            try:
+                number = float(value)
+            except OverflowError:
+                raise LocalProtocolError(f"integer {value} does not fit an AMF3 double") from None
+            out.append(b"\x05")
+            out.append(_DOUBLE.pack(number))
+        elif isinstance(value, amf0.XMLDocument):
+            self._immutable(out, b"\x07", ("xml", str(value)), _utf8(value), "XML document")
+        elif isinstance(value, str):
+            out.append(b"\x06")
+            self._string(out, value)
+        elif isinstance(value, bytes | bytearray | memoryview):
+            raw = bytes(value)
+            self._immutable(out, b"\x0c", ("bytes", raw), raw, "byte array")
+        elif isinstance(value, datetime):
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise LocalProtocolError("AMF3 dates must be timezone-aware datetimes")
+            millis = (value - _EPOCH) / timedelta(milliseconds=1)
+            key = ("date", millis)
+            ref = self._object_ref(key, 1 + 8)
+            out.append(b"\x08")
+            if ref is not None:
+                out.append(ref)
+            else:
+                self._add_object(key)
+                out.append(b"\x01")
+                out.append(_DOUBLE.pack(millis))
+        elif isinstance(value, list | tuple | dict | amf0.TypedObject):
+            self._container(out, value, depth)
+        else:
+            raise LocalProtocolError(f"no AMF3 encoding for {type(value).__name__}")
+
+    def _immutable(
+        self, out: list[bytes], marker: bytes, key: tuple[str, object], raw: bytes, what: str
+    ) -> None:
+        out.append(marker)
+        header = _inline_length(len(raw), what)
+        ref = self._object_ref(key, len(header) + len(raw))
+        if ref is not None:
+            out.append(ref)
+            return
+        self._add_object(key)
+        out.append(header)
+        out.append(raw)
+
+    def _container(self, out: list[bytes], value: object, depth: int) -> None:
+        ident = id(value)
+        if ident in self._open:
+            raise LocalProtocolError(
+                f"{type(value).__name__} contains itself: AMF3 has no reference to an "
+                "object still being written"
+            )
+        key = ("id", ident)
+        ref = self._object_ref(key, None)
+        if isinstance(value, list | tuple | amf0.ECMAArray):
+            out.append(b"\x09")
+        else:
+            out.append(b"\x0a")
+        if ref is not None:
+            out.append(ref)
+            return
+        self._add_object(key)
+        self._keep.append(value)
+        self._open.add(ident)
+        try:
+            if isinstance(value, amf0.ECMAArray):
+                out.append(b"\x01")  # no dense part
+                self._members(out, value, depth)
+            elif isinstance(value, list | tuple):
+                out.append(_inline_length(len(value), "array"))
+                out.append(b"\x01")  # empty associative part
+                for item in value:
+                    self._value(out, item, depth + 1)
+            elif isinstance(value, dict):
+                self._object_traits(out, "")
+                self._members(out, value, depth)
+            else:
+                assert isinstance(value, amf0.TypedObject)
+                self._object_traits(out, value.class_name)
+                self._members(out, value.members, depth)
+        finally:
+            self._open.discard(ident)
+
+    def _object_traits(self, out: list[bytes], class_name: str) -> None:
+        index = self._traits.get(class_name)
+        if index is not None and index <= MAX_TRAITS_INDEX:
+            ref_size = _u29_size((index << 2) | 1)
+            if ref_size < 1 + self._string_size(class_name):
+                out.append(encode_u29((index << 2) | 1))
+                return
+        self._traits[class_name] = self._traits_count
+        self._traits_count += 1
+        out.append(bytes((_DYNAMIC_TRAITS,)))
+        self._string(out, class_name, "class name")
+
+    def _members(self, out: list[bytes], members: dict[str, object], depth: int) -> None:
+        for key, item in members.items():
+            if not isinstance(key, str) or not key:
+                raise LocalProtocolError("AMF3 member names must be non-empty str")
+            self._string(out, key, "member name")
+            self._value(out, item, depth + 1)
+        out.append(b"\x01")  # the empty name ends the dynamic members
+
+
 def encode(value: object) -> bytes:
-    """Encode one value as AMF3 (no reference tables are used)."""
-    out: list[bytes] = []
-    _encode_into(out, value, 0)
-    return b"".join(out)
+    """Encode one value as AMF3, in a fresh reference context."""
+    return Encoder().encode(value)
 
 
 def encode_all(*values: object) -> bytes:
-    """Encode several AMF3 values back to back."""
-    out: list[bytes] = []
-    for value in values:
-        _encode_into(out, value, 0)
-    return b"".join(out)
-
-
-def _encode_string_body(out: list[bytes], text: str) -> None:
-    try:
-        raw = text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise LocalProtocolError(f"string is not encodable as UTF-8: {exc}") from None
-    if len(raw) > U29_MAX >> 1:
-        raise LocalProtocolError(f"AMF3 string of {len(raw)} bytes is too long")
-    out.append(encode_u29((len(raw) << 1) | 1))
-    out.append(raw)
-
-
-def _encode_dynamic_members(out: list[bytes], members: dict[str, object], depth: int) -> None:
-    for key, item in members.items():
-        if not isinstance(key, str) or not key:
-            raise LocalProtocolError("AMF3 member names must be non-empty str")
-        _encode_string_body(out, key)
-        _encode_into(out, item, depth + 1)
-    out.append(b"\x01")  # empty name ends the dynamic members
-
-
-def _encode_into(out: list[bytes], value: object, depth: int) -> None:
-    if depth > amf0.MAX_AMF_DEPTH:
-        raise LocalProtocolError(f"value nests deeper than MAX_AMF_DEPTH ({amf0.MAX_AMF_DEPTH})")
-    if value is None:
-        out.append(b"\x01")
-    elif value is amf0.UNDEFINED:
-        out.append(b"\x00")
-    elif value is True:
-        out.append(b"\x03")
-    elif value is False:
-        out.append(b"\x02")
-    elif isinstance(value, int) and INTEGER_MIN <= value <= INTEGER_MAX:
-        out.append(b"\x04")
-        out.append(encode_u29(value & U29_MAX))
-    elif isinstance(value, int | float):
-        try:
-            number = float(value)
-        except OverflowError:
-            raise LocalProtocolError(f"integer {value} does not fit an AMF3 double") from None
-        out.append(b"\x05")
-        out.append(_DOUBLE.pack(number))
-    elif isinstance(value, amf0.XMLDocument):
-        out.append(b"\x07")
-        _encode_string_body(out, value)
-    elif isinstance(value, str):
-        out.append(b"\x06")
-        _encode_string_body(out, value)
-    elif isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        out.append(b"\x0c")
-        out.append(encode_u29((len(raw) << 1) | 1))
-        out.append(raw)
-    elif isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise LocalProtocolError("AMF3 dates must be timezone-aware datetimes")
-        out.append(b"\x08\x01")
-        out.append(_DOUBLE.pack((value - _EPOCH) / timedelta(milliseconds=1)))
-    elif isinstance(value, amf0.ECMAArray):
-        out.append(b"\x09\x01")  # no dense part
-        _encode_dynamic_members(out, value, depth)
-    elif isinstance(value, list | tuple):
-        out.append(b"\x09")
-        out.append(encode_u29((len(value) << 1) | 1))
-        out.append(b"\x01")  # empty associative part
-        for item in value:
-            _encode_into(out, item, depth + 1)
-    elif isinstance(value, dict):
-        out.append(b"\x0a\x0b\x01")  # inline object, inline dynamic traits, class ""
-        _encode_dynamic_members(out, value, depth)
-    elif isinstance(value, amf0.TypedObject):
-        out.append(b"\x0a\x0b")
-        _encode_string_body(out, value.class_name)
-        _encode_dynamic_members(out, value.members, depth)
-    else:
-        raise LocalProtocolError(f"no AMF3 encoding for {type(value).__name__}")
+    """Encode several AMF3 values back to back in one reference context (what
+    :func:`decode_all` reads back)."""
+    encoder = Encoder()
+    return b"".join(encoder.encode(value) for value in values)
 
 
 # --- decoding ----------------------------------------------------------------

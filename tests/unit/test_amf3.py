@@ -63,6 +63,134 @@ def test_every_truncation_raises_remote_protocol_error(
             amf3.decode_all(wire[:cut])
 
 
+_SHARED_DICT: dict[str, object] = {"a": 1}
+_DATE = datetime(2021, 1, 1, tzinfo=UTC)
+_DATE_BYTES = struct.pack(">d", 1609459200000.0)
+
+#: (name, values given to encode_all, exact bytes): where the encoder writes a
+#: reference, and where it does not.
+REFERENCE_CASES: list[tuple[str, tuple[object, ...], bytes]] = [
+    ("string again is a reference", (["abc", "abc"],), b"\x09\x05\x01\x06\x07abc\x06\x00"),
+    ("one-letter string again is a reference", (["a", "a"],), b"\x09\x05\x01\x06\x03a\x06\x00"),
+    ("empty string is never a reference", (["", ""],), b"\x09\x05\x01\x06\x01\x06\x01"),
+    (
+        "same dict twice is an object reference",
+        ([_SHARED_DICT, _SHARED_DICT],),
+        b"\x09\x05\x01\x0a\x0b\x01\x03a\x04\x01\x01\x0a\x02",
+    ),
+    (
+        "equal dicts share traits and member names",
+        ([{"a": 1}, {"a": 2}],),
+        b"\x09\x05\x01\x0a\x0b\x01\x03a\x04\x01\x01\x0a\x01\x00\x04\x02\x01",
+    ),
+    (
+        "typed objects of one class share traits",
+        ([TypedObject("C", {"a": 1}), TypedObject("C", {"a": 2})],),
+        b"\x09\x05\x01\x0a\x0b\x03C\x03a\x04\x01\x01\x0a\x01\x02\x04\x02\x01",
+    ),
+    (
+        "byte array again is a reference",
+        ([b"xy", b"xy"],),
+        b"\x09\x05\x01\x0c\x05xy\x0c\x02",
+    ),
+    (
+        "empty byte array again is not (the reference is no shorter)",
+        ([b"", b""],),
+        b"\x09\x05\x01\x0c\x01\x0c\x01",
+    ),
+    (
+        "date again is a reference",
+        ([_DATE, _DATE],),
+        b"\x09\x05\x01\x08\x01" + _DATE_BYTES + b"\x08\x02",
+    ),
+    (
+        "xml again is a reference",
+        ([XMLDocument("<a/>"), XMLDocument("<a/>")],),
+        b"\x09\x05\x01\x07\x09<a/>\x07\x02",
+    ),
+    ("encode_all shares one context", ("abc", "abc"), b"\x06\x07abc\x06\x00"),
+    (
+        "member names and string values share the table",
+        ({"k": "k"},),
+        b"\x0a\x0b\x01\x03k\x06\x00\x01",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "wire"), REFERENCE_CASES, ids=[c[0] for c in REFERENCE_CASES]
+)
+def test_encoder_writes_references_where_shorter(
+    name: str, values: tuple[object, ...], wire: bytes
+) -> None:
+    assert amf3.encode_all(*values) == wire
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "wire"), REFERENCE_CASES, ids=[c[0] for c in REFERENCE_CASES]
+)
+def test_reference_cases_decode_to_their_values(
+    name: str, values: tuple[object, ...], wire: bytes
+) -> None:
+    assert amf3.decode_all(wire) == list(values)
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "wire"), REFERENCE_CASES, ids=[c[0] for c in REFERENCE_CASES]
+)
+def test_every_truncation_of_a_reference_case_raises_remote_protocol_error(
+    name: str, values: tuple[object, ...], wire: bytes
+) -> None:
+    for cut in range(1, len(wire)):
+        with contextlib.suppress(RemoteProtocolError):
+            decoded = amf3.decode_all(wire[:cut])
+            # A prefix may end exactly after a whole value (encode_all cases).
+            assert decoded == list(values[: len(decoded)])
+
+
+def test_shared_dict_decodes_as_one_object() -> None:
+    (items,) = amf3.decode_all(amf3.encode([_SHARED_DICT, _SHARED_DICT]))
+    assert isinstance(items, list)
+    assert items[0] is items[1]
+
+
+def test_string_whose_reference_is_no_shorter_is_sent_again_and_tables_stay_in_step() -> None:
+    # 64 strings fill indices 0..63; "a" lands at 64 and "bc" at 65. The
+    # reference to 64 (U29 128, two bytes) is as long as "a" inline, so "a" goes
+    # inline again and takes index 66, as the decoder counts it; the reference
+    # to "bc" (U29 130) is shorter than "bc" inline.
+    names = [f"s{i}" for i in range(64)]
+    value = [*names, "a", "bc", "a", "bc"]
+    wire = amf3.encode(value)
+    assert wire.endswith(b"\x06\x03a\x06\x05bc\x06\x03a\x06\x81\x02")
+    assert amf3.decode_all(wire) == [value]
+
+
+def test_container_containing_itself_is_refused() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(LocalProtocolError, match="contains itself"):
+        amf3.encode(loop)
+
+
+def test_encoder_nesting_past_max_depth_is_refused() -> None:
+    value: object = None
+    for _ in range(100):
+        value = [value]
+    with pytest.raises(LocalProtocolError, match="MAX_AMF_DEPTH"):
+        amf3.encode(value)
+
+
+def test_encoder_context_keeps_earlier_containers_alive() -> None:
+    # A temporary list freed between two encode() calls must not let a new
+    # list with a reused id() be written as a reference to it.
+    encoder = amf3.Encoder()
+    first = encoder.encode([1])
+    second = encoder.encode([2])
+    assert first == b"\x09\x03\x01\x04\x01"
+    assert second == b"\x09\x03\x01\x04\x02"
+
+
 def test_string_references_resolve() -> None:
     # ["abc", ref 0] -> the second string is a reference to the first.
     wire = b"\x09\x05\x01\x06\x07abc\x06\x00"
@@ -157,6 +285,30 @@ values = st.recursive(
 @given(values)
 def test_round_trip_property(value: object) -> None:
     assert amf3.decode_all(amf3.encode(value)) == [value]
+
+
+_few_strings = st.sampled_from(["", "a", "bc", "onMetaData", "width"])
+repetitive = st.recursive(
+    _few_strings | st.integers(min_value=0, max_value=3) | st.sampled_from([b"", b"xy"]),
+    lambda children: (
+        st.lists(children, max_size=6)
+        | st.dictionaries(_few_strings.filter(bool), children, max_size=3)
+        | st.builds(
+            TypedObject,
+            st.sampled_from(["P", "Q"]),
+            st.dictionaries(_few_strings.filter(bool), children, max_size=3),
+        )
+    ),
+    max_leaves=30,
+)
+
+
+@given(st.lists(repetitive, min_size=1, max_size=4))
+def test_round_trip_with_references_property(values: list[object]) -> None:
+    """Values full of repeats (strings, traits, byte arrays, shared
+    containers) come back equal from one shared context."""
+    wire = amf3.encode_all(*values)
+    assert amf3.decode_all(wire) == values
 
 
 @given(st.binary(max_size=200))
