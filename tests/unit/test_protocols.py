@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 
 from rtmpd.admission import Action, Admission, AdmissionRequest
-from rtmpd.codec import flv
+from rtmpd.codec import amf0, flv
 from rtmpd.codec.rtmp import events as ev
 from rtmpd.codec.rtmp.chunk import NEED_DATA
 from rtmpd.codec.rtmp.connection import ClientConnection
@@ -29,8 +29,8 @@ INTER = b"\x27\x01\x00\x00\x00" + b"i" * 100
 class Peer:
     """A ClientConnection wired to a server protocol through StringTransports."""
 
-    def __init__(self, factory: RtmpServerFactory) -> None:
-        self.client = ClientConnection()
+    def __init__(self, factory: RtmpServerFactory, *, object_encoding: float = 0.0) -> None:
+        self.client = ClientConnection(object_encoding=object_encoding)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
         self.server = factory.buildProtocol(None)
         self.server.makeConnection(self.transport)
@@ -101,6 +101,37 @@ def test_rtmp_publish_then_play_delivers_headers_and_keyframe_first() -> None:
     viewer.pump()
     assert "NetStream.Play.UnpublishNotify" in viewer.statuses()
     assert registry.get("live", "cam") is None
+
+
+def test_rtmp_amf3_clients_publish_metadata_and_play_it_back() -> None:
+    """A publisher and a viewer that connect with objectEncoding 3: both get
+    AMF3 answers, the publisher's AMF3 metadata (type 15) is kept as the
+    stream's AMF0 onMetaData, and the viewer gets it, the headers and media."""
+    factory, registry, _ = make_factory()
+    publisher = Peer(factory, object_encoding=3)
+    sid = publisher.open_stream()
+    assert publisher.client.amf3_commands
+    publisher.client.publish(sid, "cam")
+    publisher.pump()
+    assert publisher.statuses() == ["NetStream.Publish.Start"]
+    publisher.client.send_metadata(sid, {"width": 640, "height": 360, "videocodecid": 7})
+    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), (40, INTER)):
+        publisher.client.send_media(sid, 9, ts, body)
+    publisher.pump()
+    stream = registry.get("live", "cam")
+    assert stream is not None
+
+    viewer = Peer(factory, object_encoding=3)
+    vsid = viewer.open_stream()
+    assert viewer.client.amf3_commands
+    viewer.client.play(vsid, "cam")
+    viewer.pump()
+    assert viewer.statuses() == ["NetStream.Play.Reset", "NetStream.Play.Start"]
+    data = [e.payload for e in viewer.events if isinstance(e, ev.DataReceived)]
+    on_metadata = [amf0.decode_all(p) for p in data if p.startswith(amf0.encode("onMetaData"))]
+    assert on_metadata == [["onMetaData", amf0.ECMAArray(width=640.0, height=360.0,
+                                                         videocodecid=7.0)]]
+    assert [m.payload for m in viewer.media()] == [AVC_HEADER, KEYFRAME, INTER]
 
 
 def test_rtmp_play_again_on_the_same_connection_after_a_stop() -> None:

@@ -68,9 +68,15 @@ class Spy:
 class Pair:
     """A client and a server joined in memory; remembers every client byte."""
 
-    def __init__(self, *, complex_handshake: bool = True, **server_kwargs: object) -> None:
+    def __init__(
+        self, *, complex_handshake: bool = True, object_encoding: float = 0.0,
+        **server_kwargs: object,
+    ) -> None:
         self.server = ServerConnection(random_bytes=seeded(1), **server_kwargs)  # type: ignore[arg-type]
-        self.client = ClientConnection(random_bytes=seeded(2), complex_handshake=complex_handshake)
+        self.client = ClientConnection(
+            random_bytes=seeded(2), complex_handshake=complex_handshake,
+            object_encoding=object_encoding,
+        )
         self.client_bytes = bytearray()
         self.server_events: list[object] = []
         self.client_events: list[object] = []
@@ -711,3 +717,150 @@ def test_random_commands_give_events_or_remote_protocol_error(bodies: list[bytes
         server.receive_data(wire)
         while (event := server.next_event()) is not NEED_DATA:
             auto_answer(server, event)
+
+
+# --- AMF3 (objectEncoding 3) -----------------------------------------------------------
+
+
+def _commands(messages: list[Message]) -> list[tuple[int, str, object]]:
+    """(type id, name, first argument) of each command message."""
+    out: list[tuple[int, str, object]] = []
+    for m in messages:
+        if m.type_id in (msg.COMMAND_AMF0, msg.COMMAND_AMF3):
+            command = msg.decode_command(m.payload, amf3=m.type_id == msg.COMMAND_AMF3)
+            out.append((m.type_id, command.name, command.args[0] if command.args else None))
+    return out
+
+
+def test_connect_asking_amf3_is_answered_3_and_then_commands_are_amf3_both_ways() -> None:
+    pair = Pair(object_encoding=3)
+    pair.connect()
+    ((kind, name, info),) = _commands(pair.server_spy.take())
+    # The answer comes in the connect's own type (20) and agrees to AMF3.
+    assert (kind, name) == (msg.COMMAND_AMF0, "_result")
+    assert isinstance(info, dict) and info["objectEncoding"] == 3.0
+    assert pair.client.amf3_commands
+    pair.client_spy.take()
+    sid = pair.create_stream()
+    pair.client.publish(sid, "cam")
+    (request,) = pair.take_server()
+    assert request == ev.PublishRequested(stream_id=sid, name="cam", query="", publish_type="live")
+    pair.server.publish_start(sid, "cam")
+    assert statuses(pair.take_client()) == [(sid, "status", "NetStream.Publish.Start")]
+    sent = [(kind, name) for kind, name, _ in _commands(pair.client_spy.take())]
+    assert sent == [(msg.COMMAND_AMF3, "createStream"), (msg.COMMAND_AMF3, "publish")]
+    answered = [(kind, name) for kind, name, _ in _commands(pair.server_spy.take())]
+    assert answered == [(msg.COMMAND_AMF3, "_result"), (msg.COMMAND_AMF3, "onStatus")]
+
+
+def test_amf3_command_body_switches_to_amf3_after_name_and_transaction_id() -> None:
+    pair = Pair(object_encoding=3)
+    pair.connect()
+    pair.server_spy.take()
+    sid = pair.create_stream()
+    pair.client.play(sid, "cam")
+    (request,) = pair.take_server()
+    assert isinstance(request, ev.PlayRequested)
+    pair.server.play_not_found(sid, "cam")
+    pair.take_client()
+    onstatus = [m for m in pair.server_spy.take() if m.type_id == msg.COMMAND_AMF3][-1]
+    head = b"\x00" + amf0.encode_all("onStatus", 0.0, None) + b"\x11\x0a\x0b\x01"
+    assert onstatus.payload.startswith(head)
+
+
+@pytest.mark.parametrize("asked", [0.0, 1.0, 5.0, "3"])
+def test_connect_asking_other_encodings_is_answered_0_and_stays_amf0(asked: object) -> None:
+    pair = Pair()
+    pair.client.connect("live", "rtmp://h/live", objectEncoding=asked)
+    (_, request) = pair.take_server()
+    assert isinstance(request, ev.ConnectRequested)
+    pair.server.accept_connect(request.transaction_id)
+    pair.take_client()
+    ((kind, _name, info),) = _commands(pair.server_spy.take())
+    assert kind == msg.COMMAND_AMF0
+    assert isinstance(info, dict) and info["objectEncoding"] == 0.0
+    pair.create_stream()
+    assert {m.type_id for m in pair.server_spy.take() if m.type_id >= 17} == {msg.COMMAND_AMF0}
+
+
+def test_connect_sent_as_amf3_command_is_answered_as_amf3_command() -> None:
+    pair = Pair()
+    pair.pump()
+    body = msg.encode_command_amf3(
+        "connect", 1.0, {"app": "live", "tcUrl": "rtmp://h/live", "objectEncoding": 3}
+    )
+    pair.client.send_message(COMMAND_CSID, msg.COMMAND_AMF3, 0, 0, body)
+    request = pair.take_server()[-1]
+    assert isinstance(request, ev.ConnectRequested) and request.app == "live"
+    pair.server.accept_connect(request.transaction_id)
+    pair.pump()
+    ((kind, name, info),) = _commands(pair.server_spy.take())
+    assert (kind, name) == (msg.COMMAND_AMF3, "_result")
+    assert isinstance(info, dict) and info["code"] == "NetConnection.Connect.Success"
+
+
+def test_amf3_connect_rejected_is_answered_as_amf3_command() -> None:
+    pair = Pair()
+    pair.pump()
+    body = msg.encode_command_amf3("connect", 1.0, {"app": "live", "tcUrl": "rtmp://h/live"})
+    pair.client.send_message(COMMAND_CSID, msg.COMMAND_AMF3, 0, 0, body)
+    request = pair.take_server()[-1]
+    assert isinstance(request, ev.ConnectRequested)
+    pair.server.reject_connect(request.transaction_id, "no")
+    pair.pump()
+    ((kind, name, _info),) = _commands(pair.server_spy.take())
+    assert (kind, name) == (msg.COMMAND_AMF3, "_error")
+
+
+def test_amf3_metadata_reaches_the_application_as_amf0_script_data() -> None:
+    pair = Pair(object_encoding=3)
+    pair.connect()
+    sid = pair.create_stream()
+    pair.client.publish(sid, "cam")
+    pair.take_server()
+    pair.server.publish_start(sid, "cam")
+    pair.take_client()
+    pair.client_spy.take()
+    metadata: dict[str, object] = {"width": 1280, "height": 720, "encoder": "amf3"}
+    pair.client.send_metadata(sid, metadata)
+    (event,) = pair.take_server()
+    (sent,) = pair.client_spy.take()
+    assert sent.type_id == msg.DATA_AMF3
+    assert sent.payload.startswith(b"\x00" + amf0.encode("@setDataFrame"))
+    assert event == ev.DataReceived(
+        stream_id=sid, timestamp_ms=0,
+        payload=amf0.encode_all("onMetaData", amf0.ECMAArray(metadata)),
+    )
+
+
+def test_amf3_data_with_a_byte_array_is_a_remote_error() -> None:
+    pair = Pair()
+    sid = pair.publishing()
+    body = msg.encode_data_amf3("onCuePoint", {"blob": b"\x00\x01"})
+    pair.client.send_message(DATA_CSID, msg.DATA_AMF3, sid, 0, body)
+    with pytest.raises(RemoteProtocolError, match="no AMF0 form"):
+        pair.pump()
+
+
+def test_amf3_data_expanding_past_the_message_limit_is_a_remote_error() -> None:
+    # 600 references to one 200-byte string: about 1.4 KB of AMF3, 120 KB of AMF0.
+    pair = Pair(max_message_size=65_536)
+    sid = pair.publishing()
+    body = msg.encode_data_amf3("onTextData", ["x" * 200] * 600)
+    assert len(body) < 2048
+    pair.client.send_message(DATA_CSID, msg.DATA_AMF3, sid, 0, body)
+    with pytest.raises(RemoteProtocolError, match="over the message limit"):
+        pair.pump()
+
+
+def test_amf3_data_inside_an_aggregate_is_converted_too() -> None:
+    pair = Pair()
+    sid = pair.publishing()
+    data = msg.encode_data_amf3("onTextData", {"text": "hi"})
+    aggregate = msg.encode_aggregate([(msg.DATA_AMF3, 7, data)])
+    pair.client.send_message(DATA_CSID, msg.AGGREGATE, sid, 7, aggregate)
+    assert pair.take_server() == [
+        ev.DataReceived(
+            stream_id=sid, timestamp_ms=7, payload=amf0.encode_all("onTextData", {"text": "hi"})
+        )
+    ]

@@ -129,3 +129,37 @@ def test_decode_command_random_bytes(payload: bytes) -> None:
         msg.decode_command(payload)
     with contextlib.suppress(RemoteProtocolError):
         msg.decode_user_control(payload)
+
+
+def test_amf3_command_body_is_format_byte_amf0_head_then_switched_values() -> None:
+    body = msg.encode_command_amf3("onStatus", 0.0, None, {"code": "c"}, "x")
+    assert body == (
+        b"\x00\x02\x00\x08onStatus\x00" + bytes(8)
+        + b"\x05"  # null stays AMF0
+        + b"\x11\x0a\x0b\x01\x09code\x06\x03c\x01"
+        + b"\x11\x06\x03x"
+    )
+    command = msg.decode_command(body, amf3=True)
+    assert command == msg.Command(
+        name="onStatus", transaction_id=0.0, command_object=None, args=({"code": "c"}, "x")
+    )
+
+
+def test_amf3_data_body_normalizes_to_the_amf0_body() -> None:
+    meta = amf0.ECMAArray(width=1280, codec="avc1")
+    body = msg.encode_data_amf3("@setDataFrame", "onMetaData", meta)
+    assert body[:1] == b"\x00"
+    assert msg.normalize_data_amf3(body, max_size=1 << 20) == amf0.encode_all(
+        "@setDataFrame", "onMetaData", meta
+    )
+
+
+def test_every_truncation_of_an_amf3_data_body_is_a_remote_error_or_a_prefix() -> None:
+    body = msg.encode_data_amf3("onTextData", {"text": "hello", "n": 3})
+    for cut in range(1, len(body)):
+        try:
+            out = msg.normalize_data_amf3(body[:cut], max_size=1 << 20)
+        except RemoteProtocolError:
+            continue
+        # Only cuts before any value or right after the name leave whole values.
+        assert out in (b"", amf0.encode("onTextData"))

@@ -28,6 +28,15 @@ stream that was not created raise :class:`RemoteProtocolError` (hint
 ``"_error"``): the adapter closes the connection. Unknown commands that carry
 a transaction id are answered with ``_error`` and the connection goes on.
 
+**AMF3.** A client whose ``connect`` asks for ``objectEncoding`` 3 is
+answered 3 (any other value is answered 0), in the message type its connect
+came in (20, or 17); from then on every command the server sends is an AMF3
+command (type 17: the format byte, name and transaction id in AMF0, the rest
+behind the AVM+ switch). AMF3 data messages (type 15, ``@setDataFrame`` /
+``onMetaData`` from an AMF3 publisher) come out as the AMF0 script-tag body
+FLV, players and recorders read. Media and data sent to viewers stay the
+shared AMF0 bytes, which every client reads whatever it negotiated.
+
 **Media chunk streams.** The server sends audio, video and data messages with
 full type-0 headers on the fixed chunk streams :data:`AUDIO_CSID`,
 :data:`VIDEO_CSID` and :data:`DATA_CSID` at :attr:`ServerConnection.out_chunk_size`
@@ -46,7 +55,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from rtmpd.codec import amf0
+from rtmpd.codec import amf0, enhanced
 from rtmpd.codec.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from rtmpd.codec.rtmp import messages as msg
 from rtmpd.codec.rtmp.chunk import (
@@ -81,6 +90,8 @@ from rtmpd.codec.rtmp.events import (
 from rtmpd.codec.rtmp.handshake import ClientHandshake, ServerHandshake
 
 __all__ = [
+    "AMF0_ENCODING",
+    "AMF3_ENCODING",
     "AUDIO_CSID",
     "COMMAND_CSID",
     "CONTROL_CSID",
@@ -142,21 +153,40 @@ def _play_complete_payload(name: str) -> bytes:
     )
 
 
+#: ``objectEncoding`` values of ``connect``: AMF0, and AMF3, which a client
+#: asks for with 3 and gets only if the answer says 3 too (any other value
+#: is answered 0).
+AMF0_ENCODING: Final = 0.0
+AMF3_ENCODING: Final = 3.0
+
+
 @functools.lru_cache(maxsize=_ENCODED_CACHE_SIZE)
 def _status_payload(
-    level: str, code: str, description: str, extra: tuple[tuple[str, str], ...]
+    level: str, code: str, description: str, extra: tuple[tuple[str, str], ...],
+    amf3: bool = False,
 ) -> bytes:
     info: dict[str, object] = {"level": level, "code": code, "description": description}
     info.update(extra)
-    return msg.encode_command("onStatus", 0.0, None, info)
+    encode = msg.encode_command_amf3 if amf3 else msg.encode_command
+    return encode("onStatus", 0.0, None, info)
 
 
 @functools.lru_cache(maxsize=_ENCODED_CACHE_SIZE)
-def _connect_result_payload(transaction_id: float, object_encoding: float) -> bytes:
-    return msg.encode_command(
+def _connect_result_payload(
+    transaction_id: float, object_encoding: float, amf3: bool = False,
+    ertmp: bool = False,
+) -> bytes:
+    encode = msg.encode_command_amf3 if amf3 else msg.encode_command
+    properties: dict[str, object] = {
+        "fmsVer": _FMS_VERSION, "capabilities": _CAPABILITIES, "mode": 1.0,
+    }
+    if ertmp:
+        # Enhanced RTMP: what we forward, stated to clients that asked.
+        properties.update(enhanced.server_capabilities())
+    return encode(
         "_result",
         transaction_id,
-        {"fmsVer": _FMS_VERSION, "capabilities": _CAPABILITIES, "mode": 1.0},
+        properties,
         {
             "level": "status",
             "code": "NetConnection.Connect.Success",
@@ -179,6 +209,10 @@ def _info_field(info: object, key: str) -> str:
     return ""
 
 
+def _dict_get(value: object, key: str) -> object:
+    return value.get(key) if isinstance(value, dict) else None
+
+
 def _number(value: object, default: float) -> float:
     if isinstance(value, bool):
         return float(value)
@@ -192,6 +226,9 @@ class _Connection:
 
     def __init__(self, *, max_message_size: int) -> None:
         self._reader = ChunkReader(max_message_size=max_message_size)
+        self._max_message_size = max_message_size
+        # Commands go out as AMF3 (type 17) once connect settled objectEncoding 3.
+        self._amf3_commands = False
         self._writer = ChunkWriter()
         self._out = bytearray()
         self._events: deque[Event] = deque()
@@ -267,17 +304,29 @@ class _Connection:
     def _send_control(self, type_id: int, payload: bytes) -> None:
         self._out += self._writer.write(CONTROL_CSID, type_id, 0, 0, payload)
 
+    def _command_type(self) -> int:
+        return msg.COMMAND_AMF3 if self._amf3_commands else msg.COMMAND_AMF0
+
+    def _encode_command(
+        self, name: str, transaction_id: float, obj: object, *args: object
+    ) -> bytes:
+        if self._amf3_commands:
+            return msg.encode_command_amf3(name, transaction_id, obj, *args)
+        return msg.encode_command(name, transaction_id, obj, *args)
+
     def _send_command(
         self, stream_id: int, name: str, transaction_id: float, obj: object, *args: object
     ) -> None:
-        payload = msg.encode_command(name, transaction_id, obj, *args)
-        self._out += self._writer.write(COMMAND_CSID, msg.COMMAND_AMF0, stream_id, 0, payload)
+        payload = self._encode_command(name, transaction_id, obj, *args)
+        self._out += self._writer.write(COMMAND_CSID, self._command_type(), stream_id, 0, payload)
 
     def _send_status(
         self, stream_id: int, level: str, code: str, description: str, **extra: str
     ) -> None:
-        payload = _status_payload(level, code, description, tuple(extra.items()))
-        self._out += self._writer.write(COMMAND_CSID, msg.COMMAND_AMF0, stream_id, 0, payload)
+        payload = _status_payload(
+            level, code, description, tuple(extra.items()), self._amf3_commands
+        )
+        self._out += self._writer.write(COMMAND_CSID, self._command_type(), stream_id, 0, payload)
 
     def _next_message(self) -> Message | NeedData:
         try:
@@ -313,8 +362,13 @@ class _Connection:
             return True
         return False
 
-    def _data_event(self, stream_id: int, timestamp_ms: int, payload: bytes) -> None:
-        """Queue a DataReceived with an FLV script-tag body."""
+    def _data_event(
+        self, stream_id: int, timestamp_ms: int, payload: bytes, *, amf3: bool = False
+    ) -> None:
+        """Queue a DataReceived with an FLV script-tag body (AMF0: an AMF3
+        body, type 15, is converted)."""
+        if amf3:
+            payload = msg.normalize_data_amf3(payload, max_size=self._max_message_size)
         decoder = amf0.Decoder(payload)
         name = decoder.decode()
         if name == "@setDataFrame":
@@ -343,10 +397,7 @@ class _Connection:
         elif type_id == msg.DATA_AMF0:
             self._data_event(sid, message.timestamp_ms, message.payload)
         elif type_id == msg.DATA_AMF3:
-            payload = message.payload
-            self._data_event(
-                sid, message.timestamp_ms, payload[1:] if payload[:1] == b"\0" else payload
-            )
+            self._data_event(sid, message.timestamp_ms, message.payload, amf3=True)
         elif type_id == msg.AGGREGATE:
             for sub_type, ts, body in msg.split_aggregate(message.payload, message.timestamp_ms):
                 if sub_type in (msg.AUDIO, msg.VIDEO):
@@ -355,8 +406,8 @@ class _Connection:
                             stream_id=sid, type_id=sub_type, timestamp_ms=ts, payload=body
                         )
                     )
-                elif sub_type == msg.DATA_AMF0:
-                    self._data_event(sid, ts, body)
+                elif sub_type in (msg.DATA_AMF0, msg.DATA_AMF3):
+                    self._data_event(sid, ts, body, amf3=sub_type == msg.DATA_AMF3)
 
 
 # =============================================================================
@@ -428,7 +479,9 @@ class ServerConnection(_Connection):
         self._out_chunk_size = out_chunk_size
         self._chunk_size_sent = False
         self._handshake_reported = False
-        self._object_encoding = 0.0
+        self._object_encoding = AMF0_ENCODING
+        self._connect_type = msg.COMMAND_AMF0
+        self._peer_capabilities = enhanced.ClientCapabilities()
         self._streams: dict[int, _Role] = {}
         self._publish_names: dict[int, str] = {}
         self._next_stream_id = 1
@@ -453,6 +506,12 @@ class ServerConnection(_Connection):
         this is true and the output containing it has been written.
         """
         return self._chunk_size_sent
+
+    @property
+    def peer_capabilities(self) -> enhanced.ClientCapabilities:
+        """What the client's connect announced of Enhanced RTMP (nothing
+        before the connect: a legacy client)."""
+        return self._peer_capabilities
 
     @property
     def paused(self) -> bool:
@@ -532,6 +591,8 @@ class ServerConnection(_Connection):
         type_id = message.type_id
         if type_id in (msg.COMMAND_AMF0, msg.COMMAND_AMF3):
             command = msg.decode_command(message.payload, amf3=type_id == msg.COMMAND_AMF3)
+            if command.name == "connect":
+                self._connect_type = type_id
             self._on_command(message.stream_id, command)
         elif (
             type_id in (msg.AUDIO, msg.VIDEO, msg.DATA_AMF0, msg.DATA_AMF3, msg.AGGREGATE)
@@ -585,7 +646,9 @@ class ServerConnection(_Connection):
         app, query = _split_query(app_raw)
         if not query:
             query = _split_query(tc_url)[1]
-        self._object_encoding = _number(obj.get("objectEncoding"), 0.0)
+        asked = _number(obj.get("objectEncoding"), AMF0_ENCODING)
+        self._object_encoding = AMF3_ENCODING if asked == AMF3_ENCODING else AMF0_ENCODING
+        self._peer_capabilities = enhanced.ClientCapabilities.from_connect(obj)
         self._events.append(
             ConnectRequested(
                 transaction_id=command.transaction_id,
@@ -752,12 +815,34 @@ class ServerConnection(_Connection):
         self._send_control(msg.SET_CHUNK_SIZE, msg.encode_set_chunk_size(self._out_chunk_size))
         self._writer.set_chunk_size(self._out_chunk_size)
         self._chunk_size_sent = True
-        payload = _connect_result_payload(transaction_id, self._object_encoding)
-        self._out += self._writer.write(COMMAND_CSID, msg.COMMAND_AMF0, 0, 0, payload)
+        # The answer comes in the message type the connect came in; after it,
+        # every command we send is AMF3 (type 17) if objectEncoding 3 was agreed.
+        amf3 = self._connect_type == msg.COMMAND_AMF3
+        payload = _connect_result_payload(
+            transaction_id, self._object_encoding, amf3, self._peer_capabilities.announced
+        )
+        self._out += self._writer.write(COMMAND_CSID, self._connect_type, 0, 0, payload)
+        self._amf3_commands = self._object_encoding == AMF3_ENCODING
+
+    def request_reconnect(self, description: str, tc_url: str | None = None) -> None:
+        """Ask the client to reconnect (Enhanced RTMP v2): onStatus
+        NetConnection.Connect.ReconnectRequest on the connection (stream 0),
+        with ``tc_url`` (absolute or relative to the current one) if given,
+        else the client reconnects to its current tcUrl. The client goes on
+        sending until the next keyframe, then moves; keep reading until it
+        closes. Only for a client whose connect announced ``capsEx``
+        Reconnect (:attr:`peer_capabilities`); others would not understand."""
+        if self._state is not ConnectionState.CONNECTED:
+            raise LocalProtocolError(f"reconnect request in state {self._state.value}")
+        extra = {"tcUrl": tc_url} if tc_url else {}
+        self._send_status(
+            0, "status", "NetConnection.Connect.ReconnectRequest", description, **extra
+        )
 
     def reject_connect(self, transaction_id: float, description: str) -> None:
         """Refuse ``connect``: ``_error`` NetConnection.Connect.Rejected; input is then ignored."""
         self._transition(_Input.REJECT)
+        self._amf3_commands = self._connect_type == msg.COMMAND_AMF3  # answered in kind
         self._send_command(
             0,
             "_error",
@@ -990,8 +1075,13 @@ class ClientConnection(_Connection):
         out_chunk_size: int = 4096,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         complex_handshake: bool = True,
+        object_encoding: float = AMF0_ENCODING,
     ) -> None:
+        """``object_encoding`` 3 asks for AMF3: if the server's connect
+        ``_result`` agrees, commands go out as type 17 and metadata as type
+        15 from then on."""
         super().__init__(max_message_size=max_message_size)
+        self._object_encoding = float(object_encoding)
         ChunkWriter(out_chunk_size)  # validates the size
         self._handshake = ClientHandshake(random_bytes=random_bytes, complex=complex_handshake)
         self._state = ClientState.HANDSHAKE
@@ -1008,6 +1098,12 @@ class ClientConnection(_Connection):
     def state(self) -> ClientState:
         """The connection state."""
         return self._state
+
+    @property
+    def amf3_commands(self) -> bool:
+        """True once the server agreed to objectEncoding 3: commands go out
+        as type 17 and metadata as type 15."""
+        return self._amf3_commands
 
     def _transition(self, event: str) -> None:
         new = _CLIENT_TRANSITIONS.get((self._state, event))
@@ -1040,8 +1136,8 @@ class ClientConnection(_Connection):
     def _send_command(
         self, stream_id: int, name: str, transaction_id: float, obj: object, *args: object
     ) -> None:
-        payload = msg.encode_command(name, transaction_id, obj, *args)
-        self._write(COMMAND_CSID, msg.COMMAND_AMF0, stream_id, 0, payload)
+        payload = self._encode_command(name, transaction_id, obj, *args)
+        self._write(COMMAND_CSID, self._command_type(), stream_id, 0, payload)
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the server; ``b""`` means the server closed."""
@@ -1102,6 +1198,10 @@ class ClientConnection(_Connection):
             if call == "connect":
                 self._transition(name)
                 if name == "_result":
+                    agreed = _number(_dict_get(info, "objectEncoding"), AMF0_ENCODING)
+                    self._amf3_commands = (
+                        self._object_encoding == AMF3_ENCODING == agreed
+                    )
                     self._events.append(
                         Connected(info=dict(info) if isinstance(info, dict) else {})
                     )
@@ -1164,7 +1264,10 @@ class ClientConnection(_Connection):
             "audioCodecs": 4071.0,
             "videoCodecs": 252.0,
             "videoFunction": 1.0,
-            "objectEncoding": 0.0,
+            "objectEncoding": self._object_encoding,
+            # Enhanced RTMP: we take and forward any codec and multitrack.
+            "fourCcList": ["*"],
+            "capsEx": float(enhanced.CAPS_EX_MULTITRACK | enhanced.CAPS_EX_MOD_EX),
         }
         obj.update(extra)
         return self.send_command("connect", obj)
@@ -1211,7 +1314,14 @@ class ClientConnection(_Connection):
         self._write(csid, type_id, stream_id, timestamp_ms, payload)
 
     def send_metadata(self, stream_id: int, metadata: dict[str, object]) -> None:
-        """Send ``@setDataFrame("onMetaData", metadata)`` as encoders do."""
+        """Send ``@setDataFrame("onMetaData", metadata)`` as encoders do (as
+        AMF3 data, type 15, once AMF3 was agreed)."""
+        if self._amf3_commands:
+            payload = msg.encode_data_amf3(
+                "@setDataFrame", "onMetaData", amf0.ECMAArray(metadata)
+            )
+            self.send_message(DATA_CSID, msg.DATA_AMF3, stream_id, 0, payload)
+            return
         payload = amf0.encode_all("@setDataFrame", "onMetaData", amf0.ECMAArray(metadata))
         self.send_message(DATA_CSID, msg.DATA_AMF0, stream_id, 0, payload)
 

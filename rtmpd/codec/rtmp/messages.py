@@ -11,13 +11,14 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from rtmpd.codec import amf0
+from rtmpd.codec import amf0, amf3
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "ABORT",
     "ACK",
     "AGGREGATE",
+    "AMF3_FORMAT_BYTE",
     "AUDIO",
     "COMMAND_AMF0",
     "COMMAND_AMF3",
@@ -51,10 +52,13 @@ __all__ = [
     "encode_ack",
     "encode_aggregate",
     "encode_command",
+    "encode_command_amf3",
+    "encode_data_amf3",
     "encode_set_chunk_size",
     "encode_set_peer_bandwidth",
     "encode_user_control",
     "encode_window_ack_size",
+    "normalize_data_amf3",
     "play_duration_ms",
     "split_aggregate",
 ]
@@ -200,6 +204,62 @@ def encode_command(
 ) -> bytes:
     """AMF0 command body (message type 20)."""
     return amf0.encode_all(name, float(transaction_id), command_object, *args)
+
+
+#: The first byte of an AMF3 command (17) or data (15) body: the encoding of
+#: what follows, always 0 (AMF0 values, each of which may switch to AMF3).
+AMF3_FORMAT_BYTE: Final = b"\x00"
+
+
+def _switched(value: object) -> bytes:
+    """One argument of an AMF3 body: AMF0 null as it is (one byte, as FMS
+    writes it), anything else behind the AVM+ switch in its own AMF3 context."""
+    if value is None:
+        return b"\x05"
+    return b"\x11" + amf3.encode(value)
+
+
+def encode_command_amf3(
+    name: str, transaction_id: float, command_object: object = None, *args: object
+) -> bytes:
+    """AMF3 command body (message type 17): the format byte, the name and
+    transaction id in AMF0, the command object and arguments in AMF3."""
+    parts = [AMF3_FORMAT_BYTE, amf0.encode_all(name, float(transaction_id))]
+    parts.append(_switched(command_object))
+    parts.extend(_switched(arg) for arg in args)
+    return b"".join(parts)
+
+
+def encode_data_amf3(name: str, *values: object) -> bytes:
+    """AMF3 data body (message type 15): the format byte, the handler name in
+    AMF0, the values in AMF3 (``@setDataFrame`` takes ``"onMetaData"`` and the
+    metadata)."""
+    return b"".join([AMF3_FORMAT_BYTE, amf0.encode(name), *map(_switched, values)])
+
+
+def normalize_data_amf3(payload: bytes, *, max_size: int) -> bytes:
+    """The AMF0 form of an AMF3 data body (type 15), as an FLV script tag
+    carries it: players and recorders read AMF0 only.
+
+    ``max_size`` bounds the result: AMF3 references let a small body stand
+    for a large tree (up to ``amf0.MAX_AMF_VALUES`` values), and the AMF0
+    form spells every one out, so the result may be no larger than the
+    largest message the connection accepts. A value with no AMF0 form (a byte
+    array) is the peer's error too.
+    """
+    if payload[:1] == AMF3_FORMAT_BYTE:
+        payload = payload[1:]
+    values = amf0.decode_all(payload)
+    try:
+        converted = amf0.encode_all(*values)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(f"AMF3 data message has no AMF0 form: {exc}") from None
+    if len(converted) > max_size:
+        raise RemoteProtocolError(
+            f"AMF3 data message expands to {len(converted)} bytes of AMF0, "
+            f"over the message limit ({max_size})"
+        )
+    return converted
 
 
 def decode_command(payload: bytes, *, amf3: bool = False) -> Command:
