@@ -83,7 +83,8 @@ class OutputFormat(Protocol):
         """Viewers whose formats have equal keys share the same bytes."""
 
     def encode(self, frame: Frame) -> bytes:
-        """Serialize one frame into the bytes every viewer of this format gets."""
+        """Serialize one frame into the bytes every viewer of this format
+        gets (``b""``: nothing of this frame for them)."""
 
     def preamble(self, stream: Stream) -> list[bytes]:
         """Bytes a new viewer gets before anything else (e.g. the FLV header)."""
@@ -393,10 +394,16 @@ class FanoutGroup:
     # -- frames --------------------------------------------------------------
 
     def append(self, frame: Frame, sync_point: bool) -> bytes:
-        """Serialize ``frame`` once and queue it for every synced viewer."""
+        """Serialize ``frame`` once and queue it for every synced viewer.
+
+        A format may encode a frame as ``b""``: its viewers get nothing of it
+        (a legacy RTMP client and an Enhanced RTMP codec), and nothing is
+        queued; the empty bytes are returned for the GOP, kept in step."""
         data = self.output.encode(frame)
         if sync_point and self._held:
             self._rejoin_waiting()
+        if not data:
+            return data
         self.pending.append(data)
         self.pending_size += len(data)
         self.total_bytes += len(data)

@@ -13,6 +13,8 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from rtmpd.codec import enhanced
+from rtmpd.codec.errors import RemoteProtocolError
 from rtmpd.errors import InvalidStreamName, StreamBusy
 from rtmpd.fanout import FanoutGroup, OutputFormat, ViewerOutput
 from rtmpd.interfaces import IMediaSink, IMediaSource, IStreamObserver
@@ -169,6 +171,10 @@ class Stream:
         self.metadata: Frame | None = None
         self.audio_header: Frame | None = None
         self.video_header: Frame | None = None
+        #: Every sequence header a new viewer needs, by kind and the tracks
+        #: it configures (Enhanced RTMP multitrack sends one per track);
+        #: ``video_header`` / ``audio_header`` are the last of each kind.
+        self.headers: dict[tuple[FrameKind, tuple[int, ...]], Frame] = {}
         self.has_audio = False
         self.has_video = False
         self.gop = GopCache(
@@ -291,6 +297,7 @@ class Stream:
             else:
                 self.audio_header = frame
                 self.has_audio = True
+            self._keep_header(frame)
             change = _SKIPPED
             sync_point = False
         else:
@@ -314,6 +321,15 @@ class Stream:
             sink.on_frame(frame)
         if self.groups:
             self._schedule_flush()
+
+    def _keep_header(self, frame: Frame) -> None:
+        """Keep a sequence header for new viewers, in place of the ones it
+        replaces: of the same kind, for any of the same tracks."""
+        kind = frame.kind
+        tracks = _header_tracks(kind, frame.payload)
+        for key in [k for k in self.headers if k[0] is kind and set(k[1]) & set(tracks)]:
+            del self.headers[key]
+        self.headers[(kind, tracks)] = frame
 
     def _schedule_flush(self) -> None:
         """Flush at most once per window: a frame that finds the last flush a
@@ -402,9 +418,9 @@ class Stream:
         if self.metadata is not None:
             meta = self.metadata
             yield meta if meta.timestamp_ms == 0 else replace(meta, timestamp_ms=0)
-        for frame in (self.video_header, self.audio_header):
-            if frame is not None:
-                yield frame if frame.timestamp_ms == start else replace(frame, timestamp_ms=start)
+        ordered = sorted(self.headers.items(), key=lambda item: item[0][0] is not FrameKind.VIDEO)
+        for _, frame in ordered:
+            yield frame if frame.timestamp_ms == start else replace(frame, timestamp_ms=start)
 
     def _group(self, output: OutputFormat) -> FanoutGroup:
         """The viewers of ``output``'s format (made with the GOP encoded)."""
@@ -427,6 +443,9 @@ class Stream:
         burst = output.preamble(self)
         burst.extend(output.encode(f) for f in self._initial_frames())
         burst.extend(group.gop)
+        if not all(burst):
+            # A format that leaves frames out (legacy RTMP clients).
+            burst = [data for data in burst if data]
         group.add(viewer, burst)
 
     def resume_viewer(self, output: OutputFormat, viewer: ViewerOutput) -> None:
@@ -461,6 +480,7 @@ class Stream:
         old media ended, and timestamps go on from the last one sent."""
         self.source = source
         self.metadata = self.audio_header = self.video_header = None
+        self.headers.clear()
         self.has_audio = self.has_video = False
         self._start_over()
         for sink in list(self.sinks):
@@ -506,6 +526,19 @@ class Stream:
         for sink in list(self.sinks):
             sink.on_stream_end(reason)
         self.sinks.clear()
+
+
+def _header_tracks(kind: FrameKind, payload: bytes) -> tuple[int, ...]:
+    """The tracks a sequence header configures: its trackIds if it is an
+    Enhanced RTMP multitrack message, else the one default track (0)."""
+    if enhanced.is_ex_header(kind, payload):
+        try:
+            message = enhanced.ExMedia.parse(kind, payload)
+        except RemoteProtocolError:
+            return (0,)
+        if message.multitrack is not None:
+            return tuple(sorted({track.track_id for track in message.tracks}))
+    return (0,)
 
 
 class StreamRegistry:

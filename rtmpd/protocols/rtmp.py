@@ -23,6 +23,7 @@ from rtmpd.admission import (
     Publisher,
     Refusal,
 )
+from rtmpd.codec import enhanced
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.codec.rtmp import chunk, events
 from rtmpd.codec.rtmp.chunk import NEED_DATA, encoded_messages
@@ -47,6 +48,11 @@ _PEER_CLOSED = "closed by the peer"
 #: Seconds a publisher told to stop may take to close before it is cut.
 STOP_LINGER_S = 2.0
 
+#: Output formats the factory keeps for reuse. One per message stream id
+#: and kind of client (what its connect said it takes); a client picks its
+#: own list of FourCCs, so this bounds what a stream of odd connects costs.
+MAX_RTMP_FORMATS = 256
+
 _CSID_BY_KIND = {
     FrameKind.AUDIO: AUDIO_CSID,
     FrameKind.VIDEO: VIDEO_CSID,
@@ -56,23 +62,44 @@ _CSID_BY_KIND = {
 
 class RtmpFormat:
     """RTMP media messages with full type-0 headers on fixed chunk streams:
-    the same bytes suit every viewer with this chunk size and stream id."""
+    the same bytes suit every viewer with this chunk size and stream id,
+    and what the viewer's connect said it takes of Enhanced RTMP.
 
-    __slots__ = ("chunk_size", "key", "stream_id")
+    A viewer that takes everything (its connect announced ``fourCcList``
+    ``*`` or every codec published, and ``capsEx`` Multitrack) gets each
+    message as published. Any other is a format of its own, shared by every
+    viewer that takes the same: each frame is cut down to what they take
+    (:func:`rtmpd.codec.enhanced.adapt`) once for all of them, and a frame
+    they take nothing of is encoded as ``b""``, which the fan-out skips.
+    """
 
-    def __init__(self, chunk_size: int, stream_id: int) -> None:
+    __slots__ = ("acceptance", "chunk_size", "key", "stream_id")
+
+    def __init__(
+        self, chunk_size: int, stream_id: int,
+        acceptance: enhanced.Acceptance = enhanced.ANYTHING,
+    ) -> None:
         self.chunk_size = chunk_size
         self.stream_id = stream_id
-        self.key: Hashable = ("rtmp", chunk_size, stream_id)
+        self.acceptance = acceptance
+        self.key: Hashable = (
+            ("rtmp", chunk_size, stream_id) if acceptance.everything
+            else ("rtmp", chunk_size, stream_id, acceptance)
+        )
 
     def encode(self, frame: Frame) -> bytes:
+        payload: bytes | None = frame.payload
+        if not self.acceptance.everything:
+            payload = enhanced.adapt(frame.kind, frame.payload, self.acceptance)
+            if payload is None:
+                return b""
         return chunk.encode_message(
             chunk_size=self.chunk_size,
             chunk_stream_id=_CSID_BY_KIND[frame.kind],
             type_id=frame.kind,
             stream_id=self.stream_id,
             timestamp_ms=frame.timestamp_ms,
-            payload=frame.payload,
+            payload=payload,
         )
 
     def preamble(self, stream: Stream) -> list[bytes]:
@@ -87,8 +114,9 @@ class RtmpViewer(ViewerOutput):
     def __init__(
         self, proto: RtmpServerProtocol, stream: Stream, stream_id: int, transport: ITransport
     ) -> None:
+        output = proto.factory.format_for(stream_id, proto.conn.peer_capabilities.acceptance)
         super().__init__(
-            transport, proto.peer, stream=stream, output=proto.factory.format_for(stream_id),
+            transport, proto.peer, stream=stream, output=output,
             protocol="rtmp", client_id=proto.client_id,
         )
         self.connection = proto
@@ -518,6 +546,7 @@ class RtmpServerProtocol(protocol.Protocol):
             )
             self._register(viewer)
             self._played = stream.path
+            self._say_what_is_left_out(stream)
             return viewer
 
         def started(viewer: ViewerOutput) -> None:
@@ -532,6 +561,42 @@ class RtmpServerProtocol(protocol.Protocol):
         self.admission.play(request, start).addCallbacks(
             started, self._refused, errbackArgs=(_PLAY_REFUSALS, answer, "play")
         )
+
+    def _say_what_is_left_out(self, stream: Stream) -> None:
+        """One line for a viewer that will not get some of the stream's
+        codecs (a legacy client and an HEVC stream, say), so an operator
+        asked about a black picture finds why."""
+        caps = self.conn.peer_capabilities
+        acceptance = caps.acceptance
+        if acceptance.everything:
+            return
+        headers = [(frame.kind, frame.payload) for frame in stream.headers.values()]
+        missing = enhanced.dropped_codecs(acceptance, headers)
+        if not missing:
+            return
+        if not caps.announced:
+            why = "its connect announced no Enhanced RTMP codecs (no fourCcList: a legacy client)"
+        else:
+            taken = sorted(caps.video | caps.audio)
+            why = f"its connect announced only {','.join(taken) or 'no codecs'}"
+        self.admission.registry.viewer_log.line(
+            log, "legacy", stream.path,
+            "play {path} by {peer}: {why}, so it gets no {missing}; it gets the rest",
+            peer=self.peer, why=why, missing=" and no ".join(missing),
+        )
+
+    def request_reconnect(self, description: str, tc_url: str | None = None) -> bool:
+        """Ask this client to reconnect elsewhere (or to the same URL, to a
+        server that will be there), if its connect said it can (``capsEx``
+        Reconnect). It goes on publishing here until it moves; True if asked."""
+        if self.closing or self._lost or not self.conn.peer_capabilities.reconnect:
+            return False
+        try:
+            self.conn.request_reconnect(description, tc_url)
+        except ProtocolError:
+            return False
+        self._flush()
+        return True
 
     def _refused(
         self, failure: Failure, table: dict[Refusal, tuple[str, bool]],
@@ -644,13 +709,20 @@ class RtmpServerFactory(protocol.Factory):
         self.chunk_size = chunk_size
         self.handshake_timeout = handshake_timeout
         self.viewer_queue_bytes = admission.registry.config.viewer_queue_bytes
-        self._formats: dict[int, RtmpFormat] = {}
+        self._formats: dict[tuple[int, enhanced.Acceptance], RtmpFormat] = {}
 
-    def format_for(self, stream_id: int) -> RtmpFormat:
-        """The shared output format for viewers playing on ``stream_id``."""
-        fmt = self._formats.get(stream_id)
+    def format_for(
+        self, stream_id: int, acceptance: enhanced.Acceptance = enhanced.ANYTHING
+    ) -> RtmpFormat:
+        """The shared output format for viewers playing on ``stream_id``
+        that take ``acceptance`` of Enhanced RTMP."""
+        key = (stream_id, acceptance)
+        fmt = self._formats.get(key)
         if fmt is None:
-            fmt = self._formats[stream_id] = RtmpFormat(self.chunk_size, stream_id)
+            if len(self._formats) >= MAX_RTMP_FORMATS:
+                # Clients choose their acceptance: keep the cache bounded.
+                self._formats.clear()
+            fmt = self._formats[key] = RtmpFormat(self.chunk_size, stream_id, acceptance)
         return fmt
 
     def buildProtocol(self, addr: object) -> RtmpServerProtocol:

@@ -110,8 +110,13 @@ def capture_http_flv(server: Server, name: str, seconds: float) -> bytes:
 
 
 def capture_rtmp(server: Server, name: str, out: Path, seconds: int) -> bytes:
-    """Play over RTMP with ffmpeg 9 and keep the tags as they came (stream copy)."""
-    result = run([FFMPEG9, "-nostdin", "-v", "error", "-i", server.rtmp_url(name),
+    """Play over RTMP with ffmpeg 9 and keep the tags as they came (stream copy).
+
+    Its connect announces the Enhanced RTMP codecs (``-rtmp_enhanced_codecs``): a
+    connect without them is a legacy client, which gets no Opus."""
+    result = run([FFMPEG9, "-nostdin", "-v", "error",
+                  "-rtmp_enhanced_codecs", "hvc1,av01,vp09,Opus,fLaC,mp4a",
+                  "-i", server.rtmp_url(name),
                   "-t", str(seconds), "-c", "copy", "-f", "flv", "-y", str(out)])
     assert result.returncode == 0, result.stderr
     return out.read_bytes()
