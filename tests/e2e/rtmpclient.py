@@ -14,12 +14,14 @@ from rtmpd.codec.rtmp.connection import ClientConnection
 class RtmpTestClient:
     """Connects to ``app`` on a server and waits for events synchronously."""
 
-    def __init__(self, port: int, app: str = "live", timeout_s: float = 15.0) -> None:
+    def __init__(self, port: int, app: str = "live", timeout_s: float = 15.0,
+                 connect: dict[str, object] | None = None) -> None:
+        """``connect``: properties added to (or replacing) the connect command object's."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
         self.conn = ClientConnection()
         self.timeout_s = timeout_s
         self.events: list[object] = []
-        self.conn.connect(app, f"rtmp://127.0.0.1:{port}/{app}")
+        self.conn.connect(app, f"rtmp://127.0.0.1:{port}/{app}", **(connect or {}))
         self.connect_result = self.wait_for(
             lambda e: isinstance(e, (ev.Connected, ev.ConnectFailed))
         )

@@ -1,0 +1,184 @@
+"""Enhanced RTMP through the real server: ffmpeg 9 publishes HEVC + AAC, AV1 + Opus
+and VP9 + Opus; each plays back over RTMP, HTTP-FLV and WS-FLV in its own codecs and
+decodes clean; a legacy RTMP client (Debian's ffmpeg 5.1) gets only what it decodes,
+with one log line; a publisher that announced capsEx Reconnect is asked to reconnect
+on SIGTERM and the server waits for it to leave.
+
+The encoders are those of the ``imageio-ffmpeg`` wheel's ffmpeg 9 (libx265,
+libsvtav1, libvpx-vp9, libopus; Debian's ffmpeg 5.1 can put none of these in FLV).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from rtmpd.codec import flv
+from rtmpd.codec.errors import RemoteProtocolError
+from rtmpd.codec.rtmp import events as ev
+from tests.e2e.conftest import WAIT_S, Server, run, start_server, stop_server
+from tests.e2e.rtmpclient import RtmpTestClient
+from tests.e2e.test_flv_transports import record_ws
+from tests.e2e.test_opus import FFMPEG9, capture_http_flv, decode_errors, wait_for_log
+
+CLIP_S = 6
+#: What ffmpeg 9 announces when it plays: without it, it is a legacy client.
+ENHANCED_CODECS = "hvc1,av01,vp09,Opus,mp4a"
+
+#: name -> (video encoder and options, audio encoder and options, video FourCC, audio codec)
+CODECS: dict[str, tuple[list[str], list[str], bytes, int]] = {
+    "hevc_aac": (
+        ["-c:v", "libx265", "-preset", "ultrafast",
+         "-x265-params", "keyint=25:min-keyint=25:scenecut=0:bframes=2:log-level=error"],
+        ["-c:a", "aac", "-b:a", "64k"],
+        b"hvc1", flv.AUDIO_AAC,
+    ),
+    "av1_opus": (
+        ["-c:v", "libsvtav1", "-preset", "12", "-g", "25", "-svtav1-params", "scd=0"],
+        ["-c:a", "libopus", "-b:a", "64k", "-ac", "2"],
+        b"av01", flv.FOURCC_OPUS,
+    ),
+    "vp9_opus": (
+        ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", "25",
+         "-b:v", "300k"],
+        ["-c:a", "libopus", "-b:a", "64k", "-ac", "2"],
+        b"vp09", flv.FOURCC_OPUS,
+    ),
+}
+
+
+def make_clip(directory: Path, name: str) -> Path:
+    video, audio, _, _ = CODECS[name]
+    out = directory / f"{name}.flv"
+    subprocess.run(
+        [FFMPEG9, "-v", "error", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+         "-t", str(CLIP_S), *video, "-pix_fmt", "yuv420p", *audio, "-f", "flv", str(out)],
+        check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return out
+
+
+def tags(data: bytes) -> list[tuple[int, bytes]]:
+    """(tag type, body) of every whole tag of an FLV stream or captured prefix."""
+    reader = flv.FlvReader()
+    reader.receive_data(data)
+    out = []
+    while True:
+        try:
+            event = reader.next_event()
+        except RemoteProtocolError:  # a capture cut in the middle of a tag
+            break
+        if isinstance(event, flv.TagReceived):
+            out.append((event.tag_type, event.body))
+        elif not isinstance(event, flv.FlvHeaderReceived):
+            break
+    return out
+
+
+def check_codecs(data: bytes, video_fourcc: bytes, audio_codec: int) -> None:
+    """Video in ``video_fourcc`` (a sequence start, then a second of frames), audio in
+    ``audio_codec``, and nothing else."""
+    video = [flv.describe_tag(t, b) for t, b in tags(data) if t == flv.TAG_VIDEO]
+    audio = [flv.describe_tag(t, b) for t, b in tags(data) if t == flv.TAG_AUDIO]
+    assert {i.codec for i in video} == {flv.fourcc(video_fourcc)}, {i.codec for i in video}
+    assert {i.codec for i in audio} == {audio_codec}, {i.codec for i in audio}
+    assert video[0].sequence_header and audio[0].sequence_header
+    assert sum(not i.sequence_header for i in video) >= 25
+    assert any(i.keyframe for i in video)
+
+
+def publish9(server: Server, clip: Path, name: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [FFMPEG9, "-v", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-c", "copy",
+         "-f", "flv", server.rtmp_url(name)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    server.children.append(proc)
+    server.wait_live(name)
+    return proc
+
+
+def play_rtmp(ffmpeg: str, server: Server, name: str, out: Path, *extra: str) -> bytes:
+    """Play over RTMP for 3 s of media, keeping the tags as they came (stream copy)."""
+    result = run([ffmpeg, "-nostdin", "-v", "error", *extra, "-i", server.rtmp_url(name),
+                  "-t", "3", "-c", "copy", "-f", "flv", "-y", str(out)])
+    assert result.returncode == 0, result.stderr
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_enhanced_codecs_play_back_over_rtmp_http_flv_and_ws_flv_and_decode_clean(
+    name: str, server: Server, tmp_path: Path
+) -> None:
+    _, _, video_fourcc, audio_codec = CODECS[name]
+    clip = make_clip(tmp_path, name)
+    publish9(server, clip, name)
+
+    rtmp = play_rtmp(FFMPEG9, server, name, tmp_path / "rtmp.flv",
+                     "-rtmp_enhanced_codecs", ENHANCED_CODECS)
+    check_codecs(rtmp, video_fourcc, audio_codec)
+    assert decode_errors(FFMPEG9, tmp_path / "rtmp.flv") == ""
+
+    http_flv = tmp_path / "http.flv"
+    http_flv.write_bytes(capture_http_flv(server, name, 2.5))
+    check_codecs(http_flv.read_bytes(), video_fourcc, audio_codec)
+    assert decode_errors(FFMPEG9, http_flv) == ""
+
+    ws_flv = tmp_path / "ws.flv"
+    record_ws(server, name, ws_flv, 2.5)
+    check_codecs(ws_flv.read_bytes(), video_fourcc, audio_codec)
+    assert decode_errors(FFMPEG9, ws_flv) == ""
+    assert "legacy client" not in server.log()
+
+
+def test_a_legacy_rtmp_client_gets_the_aac_of_an_hevc_stream_and_one_line_says_why(
+    server: Server, tmp_path: Path
+) -> None:
+    clip = make_clip(tmp_path, "hevc_aac")
+    publish9(server, clip, "legacy")
+    # Debian's ffmpeg 5.1 announces no FourCC: HEVC would be garbage to it.
+    legacy = play_rtmp("ffmpeg", server, "legacy", tmp_path / "legacy.flv")
+    got = tags(legacy)
+    assert not [b for t, b in got if t == flv.TAG_VIDEO]
+    audio = [flv.describe_tag(t, b) for t, b in got if t == flv.TAG_AUDIO]
+    assert len(audio) >= 50 and {i.codec for i in audio} == {flv.AUDIO_AAC}
+    assert decode_errors("ffmpeg", tmp_path / "legacy.flv") == ""
+    wait_for_log(server, "a legacy client), so it gets no hvc1 video; it gets the rest")
+    assert server.log().count("so it gets no hvc1 video") == 1
+    # ffmpeg 9 without -rtmp_enhanced_codecs is a legacy client too; with it, HEVC.
+    assert not [t for t, _ in tags(play_rtmp(FFMPEG9, server, "legacy", tmp_path / "9.flv"))
+                if t == flv.TAG_VIDEO]
+
+
+def test_sigterm_asks_a_publisher_that_announced_reconnect_to_reconnect(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        mover = RtmpTestClient(server.rtmp_port, connect={"capsEx": 1.0})
+        assert mover.publish("moving") == "NetStream.Publish.Start"
+        plain = RtmpTestClient(server.rtmp_port)  # no Reconnect: stopped at once
+        assert plain.publish("staying") == "NetStream.Publish.Start"
+        server.wait_live("moving")
+        server.process.send_signal(signal.SIGTERM)
+        request = mover.wait_for(lambda e: isinstance(e, ev.StatusReceived)
+                                 and e.code == "NetConnection.Connect.ReconnectRequest")
+        assert isinstance(request, ev.StatusReceived) and request.stream_id == 0
+        stopped = plain.wait_for(lambda e: isinstance(e, ev.StatusReceived)
+                                 and e.code == "NetStream.Unpublish.Success")
+        assert isinstance(stopped, ev.StatusReceived)
+        # Still live for its viewers while it moves.
+        time.sleep(0.5)
+        assert server.process.poll() is None
+        mover.close()  # it reconnected elsewhere and left
+        plain.close()
+        server.process.wait(timeout=WAIT_S / 3)
+        log = server.log()
+        assert "asked 1 publisher(s) to reconnect (live/moving)" in log
+        assert "did not reconnect in time" not in log
+    finally:
+        stop_server(server)
