@@ -25,7 +25,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -42,6 +42,10 @@ from rtmpd.client.pacing import (
 )
 from rtmpd.client.sources import InputError, PushSource, open_source
 from rtmpd.client.target import PushTarget, UsageError, parse_target
+from rtmpd.client.tls import load_ca_file
+
+if TYPE_CHECKING:
+    from rtmpd.client.tls import TrustRoot
 
 __all__ = ["PROGRESS_LOG_S", "PROGRESS_TTY_S", "ProgressDisplay", "build_parser", "main"]
 
@@ -124,6 +128,7 @@ class ProgressDisplay:
 _EPILOG = f"""\
 URL schemes:
   rtmp://host[:port]/APP/STREAM     RTMP publish (port 1935 by default)
+  rtmps://host[:port]/APP/STREAM    RTMP over TLS (port 443 by default)
   http(s)://host[:port]/APP/STREAM  chunked HTTP POST of an FLV stream
   ws(s)://host[:port]/APP/STREAM    WebSocket, binary messages of FLV bytes
 
@@ -131,7 +136,11 @@ exit status:
   {EXIT_OK}  the whole input was sent and the stream ended cleanly, or stopped by SIGINT/SIGTERM
   {EXIT_DISCONNECTED}  the connection failed or dropped and --no-reconnect was given
   {EXIT_INPUT}  bad command line, or the input file is unsupported or damaged
-  {EXIT_REFUSED}  the server refused the publish for good (bad name, forbidden, rejected)
+  {EXIT_REFUSED}  the server refused the publish for good (bad name, forbidden, rejected),
+     or its TLS certificate did not verify (unknown CA, another host's name)
+
+TLS (rtmps, https, wss): the server's certificate must name the URL's host and chain
+to a CA the system trusts, or to one in --ca-file.
 """
 
 
@@ -174,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit 1 when the connection drops instead of reconnecting")
     parser.add_argument("--start", type=_start, default=0.0, metavar="SECONDS",
                         help="begin at the keyframe at or before this position")
+    parser.add_argument("--ca-file", metavar="PEM",
+                        help="trust only the CA certificates in this PEM file for TLS "
+                        "(default: the system's CAs)")
     parser.add_argument("--version", action="version", version=__version__.public())
     return parser
 
@@ -188,6 +200,13 @@ def main(argv: Sequence[str] | None = None, *, reactor: Any = None,
     except UsageError as e:
         err.write(f"rtmpd-push: error: {e}\n")
         return EXIT_INPUT
+    trust_root = None
+    if args.ca_file is not None:
+        try:
+            trust_root = load_ca_file(args.ca_file)
+        except ValueError as e:
+            err.write(f"rtmpd-push: error: --ca-file: {e}\n")
+            return EXIT_INPUT
     try:
         source = open_source(args.input)
     except InputError as e:
@@ -198,7 +217,7 @@ def main(argv: Sequence[str] | None = None, *, reactor: Any = None,
 
         reactor = global_reactor
     try:
-        return _run(reactor, source, target, args, err)
+        return _run(reactor, source, target, args, err, trust_root)
     except InputError as e:  # the file changed under us
         err.write(f"rtmpd-push: error: {e}\n")
         return EXIT_INPUT
@@ -207,7 +226,7 @@ def main(argv: Sequence[str] | None = None, *, reactor: Any = None,
 
 
 def _run(reactor: Any, source: PushSource, target: PushTarget, args: argparse.Namespace,
-         err: IO[str]) -> int:
+         err: IO[str], trust_root: TrustRoot | None = None) -> int:
     result: list[tuple[int, str]] = []
 
     def on_exit(status: int, message: str) -> None:
@@ -221,7 +240,7 @@ def _run(reactor: Any, source: PushSource, target: PushTarget, args: argparse.Na
             f"({source.duration_ms / 1000:g} s); starting at its last keyframe\n"
         )
     connector = make_connector(reactor, target, has_audio=source.has_audio,
-                               has_video=source.has_video)
+                               has_video=source.has_video, trust_root=trust_root)
     pusher = Pusher(source, connector, reactor, on_exit, speed=args.speed, loop=args.loop,
                     start_ms=round(args.start * 1000), reconnect=not args.no_reconnect)
     progress = ProgressDisplay(pusher, reactor, err, tty=err.isatty())

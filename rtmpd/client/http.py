@@ -48,6 +48,7 @@ from zope.interface import implementer
 
 from rtmpd.client.session import USER_AGENT, SessionBase, SessionListener, Tag
 from rtmpd.client.target import PushTarget
+from rtmpd.client.tls import certificate_failure
 from rtmpd.codec.flv import encode_header, encode_tag
 
 __all__ = ["PERMANENT_STATUSES", "HttpPublisher"]
@@ -171,8 +172,9 @@ class HttpPublisher(SessionBase):
     def _request_failed(self, failure: Failure) -> None:
         if self._connection is None:
             if not self.aborted:
+                tls = certificate_failure(failure)
                 self.listener.session_lost(
-                    None, f"cannot connect: {failure.getErrorMessage()}", False
+                    None, tls or f"cannot connect: {failure.getErrorMessage()}", tls is not None
                 )
             return
         # The connection's end reports (connection_lost). Keep what Agent saw if it
@@ -193,7 +195,7 @@ class HttpPublisher(SessionBase):
 
     def connection_lost(self, reason: Failure) -> None:
         self._consumer = None
-        self._lost(f"connection lost ({reason.getErrorMessage()})")
+        self._lost(f"connection lost ({reason.getErrorMessage()})", reason)
 
 
 class _FirstLine(protocol.Protocol):

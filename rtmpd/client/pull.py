@@ -9,7 +9,7 @@ its listener's business.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from twisted.internet import defer, protocol
@@ -22,9 +22,13 @@ from twisted.web.iweb import IAgent, IResponse
 
 from rtmpd import __version__
 from rtmpd._twisted import quiet_pool
+from rtmpd.client.tls import certificate_failure, https_policy
 from rtmpd.codec import flv
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.media import Frame
+
+if TYPE_CHECKING:
+    from rtmpd.client.tls import TrustRoot
 
 #: Seconds from the request to the response's headers.
 RESPONSE_TIMEOUT_S = 10.0
@@ -62,14 +66,18 @@ class PullListener(Protocol):
         could not be reached (``status`` None)."""
 
 
-def make_agent(reactor: Any, *, connect_timeout: float = RESPONSE_TIMEOUT_S) -> IAgent:
+def make_agent(
+    reactor: Any, *, connect_timeout: float = RESPONSE_TIMEOUT_S,
+    trust_root: TrustRoot | None = None,
+) -> IAgent:
     """The Agent pulls use: no connection reuse (each pull holds its
-    connection for as long as the stream lasts), Twisted's default HTTPS
-    policy (certificates verified)."""
+    connection for as long as the stream lasts), HTTPS certificates verified
+    against ``trust_root`` (None: the system's CAs)."""
     # twisted.web.client is untyped.
     pool = quiet_pool(HTTPConnectionPool(reactor, persistent=False))  # type: ignore[no-untyped-call]
     agent: IAgent = Agent(  # type: ignore[no-untyped-call]
-        reactor, connectTimeout=connect_timeout, pool=pool)
+        reactor, contextFactory=https_policy(trust_root), connectTimeout=connect_timeout,
+        pool=pool)
     return agent
 
 
@@ -247,6 +255,9 @@ def _stream_id(headers: Headers) -> str | None:
 def _failure_text(failure: Failure) -> str:
     """A connection failure as one short line (Agent wraps the cause in
     ResponseNeverReceived / ResponseFailed lists)."""
+    tls = certificate_failure(failure)
+    if tls is not None:
+        return tls
     reasons = getattr(failure.value, "reasons", None)
     if reasons:
         return "; ".join(_failure_text(r) for r in reasons)

@@ -124,7 +124,7 @@ class RtmpPublishProtocol(protocol.Protocol, SessionBase):
         return self.finished
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._lost(f"connection lost ({reason.getErrorMessage()})")
+        self._lost(f"connection lost ({reason.getErrorMessage()})", reason)
 
 
 def rtmp_factory(

@@ -12,7 +12,7 @@ publish, so a reconnect is always treated as a new publish (rebased).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -21,12 +21,16 @@ from twisted.python.failure import Failure
 from rtmpd.client.connector import client_endpoint
 from rtmpd.client.pull import IDLE_TIMEOUT_S, RESPONSE_TIMEOUT_S, PullListener
 from rtmpd.client.target import parse_target
+from rtmpd.client.tls import certificate_failure
 from rtmpd.codec import amf0
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.codec.rtmp import events as ev
 from rtmpd.codec.rtmp.chunk import NEED_DATA
 from rtmpd.codec.rtmp.connection import ClientConnection
 from rtmpd.media import Frame, FrameKind
+
+if TYPE_CHECKING:
+    from rtmpd.client.tls import TrustRoot
 
 __all__ = ["RtmpPull"]
 
@@ -44,8 +48,10 @@ class RtmpPull:
     def __init__(
         self, reactor: Any, url: bytes, clock: IReactorTime, listener: PullListener, *,
         response_timeout: float = RESPONSE_TIMEOUT_S, idle_timeout: float = IDLE_TIMEOUT_S,
+        trust_root: TrustRoot | None = None,
     ) -> None:
         self.reactor = reactor
+        self.trust_root = trust_root
         self.url = url
         self.target = parse_target(url.decode("ascii"))
         self.clock = clock
@@ -63,7 +69,7 @@ class RtmpPull:
     def start(self) -> None:
         """Connect and ask to play."""
         self._timer = self.clock.callLater(self.response_timeout, self._no_answer)
-        d = client_endpoint(self.reactor, self.target).connect(
+        d = client_endpoint(self.reactor, self.target, self.trust_root).connect(
             protocol.Factory.forProtocol(lambda: _RtmpPlayProtocol(self)))
         d.addCallbacks(self._connected, self._unreachable)
 
@@ -89,7 +95,8 @@ class RtmpPull:
 
     def _unreachable(self, failure: Failure) -> None:
         if not self.done:
-            self._refuse(f"cannot connect: {failure.getErrorMessage()}")
+            tls = certificate_failure(failure)
+            self._refuse(tls or f"cannot connect: {failure.getErrorMessage()}")
 
     def _no_answer(self) -> None:
         self._timer = None
@@ -227,4 +234,5 @@ class _RtmpPlayProtocol(protocol.Protocol):
             pull._end("the upstream ended the stream (Stream EOF)")
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.pull._lost(f"the upstream connection broke: {reason.getErrorMessage()}")
+        self.pull._lost(certificate_failure(reason)
+                        or f"the upstream connection broke: {reason.getErrorMessage()}")

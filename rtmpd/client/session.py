@@ -14,10 +14,12 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rtmpd import __version__
 from rtmpd.client.target import PushTarget
+from rtmpd.client.tls import certificate_failure
 
 __all__ = [
     "FINISH_TIMEOUT_S",
@@ -151,10 +153,17 @@ class SessionBase:
         self._cancel_timer()
         self._timer = self.clock.callLater(FINISH_TIMEOUT_S, self._timed_out, "finish")
 
-    def _lost(self, default_reason: str) -> None:
-        """The connection is closed: fire ``finished``, or tell the listener why."""
+    def _lost(self, default_reason: str, failure: Failure | None = None) -> None:
+        """The connection is closed: fire ``finished``, or tell the listener why.
+
+        ``failure`` is the connection's end: a server certificate that did not
+        verify is the reason whatever the protocol made of it, and final (the
+        same server would present the same certificate)."""
         if self.closed:
             return
+        tls = certificate_failure(failure) if failure is not None else None
+        if tls is not None:
+            self.reason, self.permanent = tls, True
         self.closed = True
         self._cancel_timer()
         if self.finishing or self.aborted:

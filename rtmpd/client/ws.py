@@ -84,7 +84,7 @@ class WsPublishProtocol(WebSocketClientProtocol, SessionBase):  # type: ignore[m
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         WebSocketClientProtocol.connectionLost(self, reason)
-        self._lost(f"connection lost ({reason.getErrorMessage()})")
+        self._lost(f"connection lost ({reason.getErrorMessage()})", reason)
 
 
 class _WsFactory(WebSocketClientFactory):

@@ -97,6 +97,14 @@ def page_config(options: Mapping[str, Any], version: str) -> dict[str, Any]:
         "rtmp": listener_address(str(options["rtmp"])),
         "http": listener_address(str(options["http"])),
         "web": listener_address(str(options["web"])),
+        # The TLS twins (--rtmps, --https, --web-https), null when not set: a
+        # page loaded over HTTPS plays and publishes on "https" when it is there.
+        **{
+            twin.replace("-", "_"): (
+                listener_address(str(options[twin])) if options.get(twin) else None
+            )
+            for twin in ("rtmps", "https", "web-https")
+        },
         "record": list(options.get("record", ())),
         "hls_fragment_s": float(options.get("hls-fragment", 2.0)),
         "play_key": bool(options.get("play-key")),

@@ -62,6 +62,9 @@ from rtmpd.protocols.flvhttp import PLAIN
 from rtmpd.registry import NAME_PATTERN
 
 if TYPE_CHECKING:
+    from rtmpd.client.tls import TrustRoot
+
+if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from rtmpd.registry import Stream
@@ -440,8 +443,11 @@ class Forwarder(service.Service):
     name = "forward"
 
     def __init__(self, admission: Admission, reactor: Any, rules: Sequence[ForwardRule], *,
-                 chunk_size: int = 4096) -> None:
+                 chunk_size: int = 4096, trust_root: TrustRoot | None = None) -> None:
+        """``trust_root``: the CAs a TLS target's certificate must chain to
+        (None: the system's)."""
         self.admission = admission
+        self.trust_root = trust_root
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.rules = list(rules)
@@ -456,7 +462,7 @@ class Forwarder(service.Service):
     def connector(self, target: PushTarget, chunk_size: int) -> Any:
         """One connection attempt to ``target`` per call (tests replace it)."""
         return make_connector(self.reactor, target, has_audio=True, has_video=True,
-                              chunk_size=chunk_size)
+                              chunk_size=chunk_size, trust_root=self.trust_root)
 
     def urls_for(self, app: str) -> list[str]:
         """The forward URL templates of ``app``."""

@@ -61,6 +61,9 @@ from rtmpd.media import Frame, FrameKind
 from rtmpd.registry import NAME_PATTERN
 
 if TYPE_CHECKING:
+    from rtmpd.client.tls import TrustRoot
+
+if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from rtmpd.registry import Stream
@@ -459,8 +462,12 @@ class Upstream(service.Service):
         *, rules: Sequence[PullRule] = (), always: bool = False,
         linger_s: float = LINGER_S, open_timeout_s: float = OPEN_TIMEOUT_S,
         idle_timeout_s: float = 10.0, stats_interval_s: float = 0.0,
+        trust_root: TrustRoot | None = None,
     ) -> None:
+        """``trust_root``: the CAs an ``rtmps://`` upstream's certificate must
+        chain to (None: the system's); ``agent`` carries its own for https."""
         self.admission = admission
+        self.trust_root = trust_root
         self.agent = agent
         self.base_url = base_url
         self.rules = {(rule.app, rule.stream): rule.url.encode("ascii") for rule in rules}
@@ -483,7 +490,7 @@ class Upstream(service.Service):
         if url.startswith((b"rtmp://", b"rtmps://")):
             return RtmpPull(self.clock, url, self.clock, listener,
                             response_timeout=self.open_timeout_s,
-                            idle_timeout=self.idle_timeout_s)
+                            idle_timeout=self.idle_timeout_s, trust_root=self.trust_root)
         return FlvPull(self.agent, url, self.clock, listener,
                        response_timeout=self.open_timeout_s, idle_timeout=self.idle_timeout_s)
 

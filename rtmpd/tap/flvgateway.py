@@ -105,6 +105,11 @@ class Options(usage.Options):
             "Seconds the first viewer of a stream waits for the upstream's answer and first "
             "frame (else 502).", rtmpd_tap._positive_float,
         ],
+        [
+            "ca-file", None, None,
+            "PEM file of the CAs an https:// upstream's certificate must chain to "
+            "(default: the system's CAs).",
+        ],
         *_shared(_SHARED),
         [
             "api-token", None, None,
@@ -134,6 +139,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must not be empty")
         self["merge-ms"] = rtmpd_tap.parse_merge_ms(self["merge-ms"])
         rtmpd_tap.check_endpoint("listen", str(self["listen"]))
+        if self["ca-file"] is not None:
+            rtmpd_tap.check_ca_file(str(self["ca-file"]))
 
 
 @implementer(IAuthorizer)
@@ -235,7 +242,9 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
         if isinstance(listener, DoneHookNotifier):
             rtmpd_tap.DoneHookService(listener, reactor).setServiceParent(top)
     upstream = Upstream(
-        admission, make_agent(reactor, connect_timeout=float(options.get("open-timeout", 10.0))),
+        admission,
+        make_agent(reactor, connect_timeout=float(options.get("open-timeout", 10.0)),
+                   trust_root=rtmpd_tap.trust_root(options)),
         str(options["upstream"]), reactor,
         linger_s=float(options.get("linger", 5.0)),
         open_timeout_s=float(options.get("open-timeout", 10.0)),

@@ -6,7 +6,7 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
@@ -19,6 +19,9 @@ from rtmpd._version import __version__
 from rtmpd.registry import StreamConfig, StreamRegistry
 from rtmpd.viewerlog import ViewerLogService
 
+if TYPE_CHECKING:
+    from rtmpd.client.tls import TrustRoot
+
 log = Logger()
 
 #: Options that may appear in the TOML file given by --config, with the
@@ -27,6 +30,10 @@ _CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
     "rtmp": str,
     "http": str,
     "web": str,
+    "rtmps": str,
+    "https": str,
+    "web-https": str,
+    "ca-file": str,
     "root": str,
     "gop-cache-frames": int,
     "gop-cache-bytes": int,
@@ -65,6 +72,10 @@ _CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
     "pull": lambda v: _pull_table(v),
     "pull-always": bool,
 }
+
+#: The second listener of each port, for its TLS twin beside the plain one
+#: (RTMPS beside RTMP, ...): option -> the option whose protocol it serves.
+TLS_TWINS: dict[str, str] = {"rtmps": "rtmp", "https": "http", "web-https": "web"}
 
 
 def _forward_table(value: Any) -> list[Any]:
@@ -164,6 +175,26 @@ class Options(usage.Options):
             "web", None, "tcp:8080",
             "Web listener: the player pages, /config.json and the --root tree (recordings), "
             "read-only.",
+        ],
+        [
+            "rtmps", None, None,
+            "A second RTMP listener, for RTMPS beside plain RTMP "
+            "(ssl:1936:privateKey=key.pem:certKey=cert.pem).",
+        ],
+        [
+            "https", None, None,
+            "A second HTTP listener, for HTTPS-FLV and WSS beside plain HTTP "
+            "(ssl:8502:privateKey=key.pem:certKey=cert.pem).",
+        ],
+        [
+            "web-https", None, None,
+            "A second web listener, for the pages and recordings over HTTPS "
+            "(ssl:8443:privateKey=key.pem:certKey=cert.pem).",
+        ],
+        [
+            "ca-file", None, None,
+            "PEM file of the CAs that the certificates of rtmps://, https:// and wss:// "
+            "--forward and --pull servers must chain to (default: the system's CAs).",
         ],
         ["root", None, "./media", "Directory for recordings, served by --web."],
         ["config", "c", None, "TOML file with any of these options (the command line wins)."],
@@ -359,6 +390,11 @@ class Options(usage.Options):
         self["merge-ms"] = parse_merge_ms(self["merge-ms"])
         for name in ("rtmp", "http", "web"):
             check_endpoint(name, str(self[name]))
+        for name in TLS_TWINS:
+            if self[name] is not None:
+                check_endpoint(name, str(self[name]))
+        if self["ca-file"] is not None:
+            check_ca_file(str(self["ca-file"]))
         if not MIN_CHUNK_SIZE <= self["chunk-size"] <= MAX_CHUNK_SIZE:
             raise usage.UsageError(
                 f"--chunk-size {self['chunk-size']} is out of range "
@@ -464,6 +500,30 @@ def check_endpoint(option: str, description: str) -> None:
     except Exception as e:
         raise usage.UsageError(
             f"--{option} {description!r} is not a usable endpoint: {e}") from None
+
+
+def check_ca_file(path: str) -> None:
+    """Refuse a ``--ca-file`` that cannot be read or holds no certificate, at
+    parse time."""
+    from rtmpd.client.tls import load_ca_file
+
+    try:
+        load_ca_file(path)
+    except ValueError as e:
+        raise usage.UsageError(f"--ca-file: {e}") from None
+
+
+def trust_root(options: Any) -> TrustRoot | None:
+    """The CAs of ``--ca-file`` (None without one: the system's CAs)."""
+    from rtmpd.client.tls import load_ca_file
+
+    path = options.get("ca-file")
+    if not path:
+        return None
+    try:
+        return load_ca_file(str(path))
+    except ValueError as e:
+        raise SystemExit(f"--ca-file: {e}") from None
 
 
 def retention_settings(options: Any) -> Any:
@@ -602,7 +662,7 @@ def makeService(
         from rtmpd.services.forward import Forwarder
 
         forwarder = Forwarder(admission, reactor, options.get("forward") or [],
-                              chunk_size=options["chunk-size"])
+                              chunk_size=options["chunk-size"], trust_root=trust_root(options))
         forwarder.setServiceParent(top)
         if metrics is not None:
             metrics.add_collector(forwarder)
@@ -610,8 +670,10 @@ def makeService(
         from rtmpd.client.pull import make_agent as make_pull_agent
         from rtmpd.services.upstream import Upstream
 
-        upstream = Upstream(admission, make_pull_agent(reactor), None, reactor,
-                            rules=options["pull"], always=bool(options.get("pull-always")))
+        roots = trust_root(options)
+        upstream = Upstream(admission, make_pull_agent(reactor, trust_root=roots), None, reactor,
+                            rules=options["pull"], always=bool(options.get("pull-always")),
+                            trust_root=roots)
         upstream.setServiceParent(top)
         if metrics is not None:
             metrics.add_collector(upstream)
@@ -643,12 +705,12 @@ def makeService(
         config=page_config(options, __version__.public()),
     )
 
-    for name, description, factory in (
-        ("rtmp", options["rtmp"], rtmp_factory),
-        ("http", options["http"], http_site),
-        ("web", options["web"], web_site),
-    ):
-        add_listener(top, name, description, factory, reactor)
+    factories = {"rtmp": rtmp_factory, "http": http_site, "web": web_site}
+    for name, factory in factories.items():
+        add_listener(top, name, options[name], factory, reactor)
+    for twin, name in TLS_TWINS.items():
+        if options.get(twin):
+            add_listener(top, twin, options[twin], factories[name], reactor)
     # Recorders (the disk writer first, so it stops after them).
     from rtmpd.services.recorder import Recorder
     from rtmpd.services.recorders import make_recorders
@@ -670,10 +732,15 @@ def makeService(
     from rtmpd.services.shutdown import PublishersFirst
 
     PublishersFirst(admission).setServiceParent(top)
+    twins = "".join(
+        f", {twin} {options[twin]}" for twin in TLS_TWINS if options.get(twin)
+    )
     log.info(
-        "rtmpd {version}: rtmp {rtmp}, http {http}, web {web}, root {root}, record {record}",
+        "rtmpd {version}: rtmp {rtmp}, http {http}, web {web}{twins}, root {root}, "
+        "record {record}",
         version=__version__.public(), rtmp=options["rtmp"], http=options["http"],
-        web=options["web"], root=root, record=",".join(options.get("record", ())) or "none",
+        web=options["web"], twins=twins, root=root,
+        record=",".join(options.get("record", ())) or "none",
     )
     top.registry = registry  # type: ignore[attr-defined]
     top.admission = admission  # type: ignore[attr-defined]

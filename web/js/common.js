@@ -88,14 +88,23 @@ function credentials() {
   return kept;
 }
 
+/** The FLV port a page uses: the server's TLS twin (``--https``) when the
+ * page itself came over HTTPS and there is one (a secure page may not open
+ * ``ws://``), else ``--http``. */
+export function flvListener(config) {
+  if (location.protocol === "https:" && config.https?.port) return config.https;
+  return config.http;
+}
+
 /** The HTTP-FLV (``ws`` false) or WS-FLV play URL of a stream, with the
  * page's credentials if it has any. */
 export function flvUrl(config, app, stream, ws = false) {
-  const tls = config.http?.port ? Boolean(config.http.tls) : location.protocol === "https:";
+  const listener = flvListener(config);
+  const tls = listener?.port ? Boolean(listener.tls) : location.protocol === "https:";
   const scheme = ws ? (tls ? "wss" : "ws") : tls ? "https" : "http";
   const path = `${encodeURIComponent(app)}/${encodeURIComponent(stream)}.flv`;
   const query = credentials().toString();
-  return `${scheme}://${hostWithPort(config.http?.port)}/${path}${query ? `?${query}` : ""}`;
+  return `${scheme}://${hostWithPort(listener?.port)}/${path}${query ? `?${query}` : ""}`;
 }
 
 /** An absolute URL on the web port (where this page came from). */

@@ -15,6 +15,7 @@ import {
   badName,
   bindForm,
   describe,
+  flvListener,
   linkNav,
   loadConfig,
   readQuery,
@@ -540,8 +541,9 @@ const CREDENTIALS = ["key", "expires", "sig"];
 /** The WS-FLV publish URL: this page's host name, the HTTP-FLV port and
  * its TLS from /config.json, and the credentials of the page's query. */
 function publishUrl(config, app, stream, params) {
-  const tls = config.http?.port ? Boolean(config.http.tls) : location.protocol === "https:";
-  const host = config.http?.port ? `${location.hostname}:${config.http.port}` : location.host;
+  const listener = flvListener(config);
+  const tls = listener?.port ? Boolean(listener.tls) : location.protocol === "https:";
+  const host = listener?.port ? `${location.hostname}:${listener.port}` : location.host;
   const url = new URL(`${tls ? "wss" : "ws"}://${host}/`);
   url.pathname = `/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
   for (const name of CREDENTIALS) {

@@ -30,12 +30,15 @@ const status = new Status(document.getElementById("status"));
 const stats = document.getElementById("stats");
 const start = sessionRunner(status);
 
-/** Whether an FLV URL is a live stream: WebSocket, or the HTTP-FLV port. */
+/** Whether an FLV URL is a live stream: WebSocket, or an FLV port (the
+ * HTTP-FLV one or its TLS twin). */
 function isLiveFlv(url, config) {
   const parsed = new URL(url, location.href);
   if (parsed.protocol === "ws:" || parsed.protocol === "wss:") return true;
   const port = parsed.port || (parsed.protocol === "https:" ? "443" : "80");
-  return config.http?.port !== null && String(config.http?.port) === port;
+  return [config.http, config.https].some(
+    (listener) => listener?.port != null && String(listener.port) === port,
+  );
 }
 
 async function run(session, url) {
