@@ -1,6 +1,66 @@
 """Thin Twisted adapters between sockets and the pure core."""
 
-from typing import Any
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from rtmpd.codec import enhanced
+from rtmpd.media import Frame
+
+if TYPE_CHECKING:
+    from rtmpd.fanout import OutputFormat
+    from rtmpd.registry import Stream
+
+log = Logger()
+
+#: The query parameter an HTTP-FLV or WS-FLV player adds to get only what
+#: a player without Enhanced RTMP decodes: ``/live/cam1.flv?codecs=legacy``.
+LEGACY_QUERY = ("codecs", "legacy")
+
+
+class LegacyFormat:
+    """Another output format: ``base``'s bytes of the legacy FLV form of each
+    frame (:func:`rtmpd.codec.enhanced.adapt` for a client that announced
+    nothing), ``b""`` for frames it has none of. Encoded once per frame for
+    all its viewers, like ``base``."""
+
+    __slots__ = ("base", "key")
+
+    def __init__(self, base: OutputFormat) -> None:
+        self.base = base
+        self.key: Hashable = (base.key, "legacy")
+
+    def encode(self, frame: Frame) -> bytes:
+        body = enhanced.adapt(frame.kind, frame.payload, enhanced.LEGACY)
+        if body is None:
+            return b""
+        return self.base.encode(frame if body is frame.payload else replace(frame, payload=body))
+
+    def preamble(self, stream: Stream) -> list[bytes]:
+        return self.base.preamble(stream)
+
+
+def say_what_is_left_out(
+    stream: Stream, acceptance: enhanced.Acceptance, peer: str, why: str
+) -> None:
+    """One line for a viewer that will get none of some of the stream's
+    codecs (a legacy client and an HEVC stream, say), so whoever is asked
+    about a black picture finds why; nothing when it gets them all. Bounded
+    with the other viewer lines."""
+    if acceptance.everything:
+        return
+    headers = [(frame.kind, frame.payload) for frame in stream.headers.values()]
+    missing = enhanced.dropped_codecs(acceptance, headers)
+    if missing:
+        stream.registry.viewer_log.line(
+            log, "legacy", stream.path,
+            "play {path} by {peer}: {why}, so it gets no {missing}; it gets the rest",
+            peer=peer, why=why, missing=" and no ".join(missing),
+        )
 
 
 def set_no_delay(transport: Any) -> None:

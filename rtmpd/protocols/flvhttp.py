@@ -39,12 +39,18 @@ from rtmpd.admission import (
     Publisher,
     Refusal,
 )
-from rtmpd.codec import flv
+from rtmpd.codec import enhanced, flv
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.errors import InvalidStreamName
 from rtmpd.fanout import OutputFormat, ViewerOutput
 from rtmpd.media import Frame
-from rtmpd.protocols import host_and_port, set_no_delay
+from rtmpd.protocols import (
+    LEGACY_QUERY,
+    LegacyFormat,
+    host_and_port,
+    say_what_is_left_out,
+    set_no_delay,
+)
 from rtmpd.protocols.flvingest import FlvIngest
 from rtmpd.registry import Stream, validate_name
 
@@ -110,6 +116,9 @@ class FlvPlainFormat:
 
 CHUNKED = FlvChunkedFormat()
 PLAIN = FlvPlainFormat()
+#: For players that predate Enhanced RTMP, asked for with ``?codecs=legacy``.
+LEGACY_CHUNKED = LegacyFormat(CHUNKED)
+LEGACY_PLAIN = LegacyFormat(PLAIN)
 
 
 class HttpFlvViewer(ViewerOutput):
@@ -365,8 +374,16 @@ class FlvHttpResource(resource.Resource):
             # Start the response: status line and headers. Body bytes are then
             # written pre-framed (one shared chunk per tag) straight to the socket.
             request.write(b"")
-            output = CHUNKED if request.chunked else PLAIN
+            legacy = play.params.get(LEGACY_QUERY[0]) == LEGACY_QUERY[1]
+            output: OutputFormat
+            if legacy:
+                output = LEGACY_CHUNKED if request.chunked else LEGACY_PLAIN
+            else:
+                output = CHUNKED if request.chunked else PLAIN
             viewer = HttpFlvViewer(request, stream, output, transport, play.client_id)
+            if legacy:
+                say_what_is_left_out(stream, enhanced.LEGACY, viewer.description,
+                                     "it asked for ?codecs=legacy")
             set_no_delay(transport)
             request.registerProducer(viewer, True)
             request.notifyFinish().addBoth(viewer.connection_lost)

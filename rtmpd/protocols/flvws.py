@@ -36,11 +36,11 @@ from rtmpd.admission import (
     Publisher,
     Refusal,
 )
-from rtmpd.codec import flv
+from rtmpd.codec import enhanced, flv
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.media import Frame
-from rtmpd.protocols import set_no_delay
+from rtmpd.protocols import LEGACY_QUERY, LegacyFormat, say_what_is_left_out, set_no_delay
 from rtmpd.protocols.flvhttp import _raw_names, flv_preamble, foreign_origin, parse_flv_path
 from rtmpd.protocols.flvingest import FlvIngest
 from rtmpd.registry import Stream
@@ -102,6 +102,8 @@ class WsFlvFormat:
 
 
 WS_FLV = WsFlvFormat()
+#: For players that predate Enhanced RTMP, asked for with ``?codecs=legacy``.
+LEGACY_WS_FLV = LegacyFormat(WS_FLV)
 
 
 class WsFlvViewer(ViewerOutput):
@@ -109,10 +111,11 @@ class WsFlvViewer(ViewerOutput):
 
     __slots__ = ("connection",)
 
-    def __init__(self, proto: WsFlvProtocol, stream: Stream) -> None:
+    def __init__(self, proto: WsFlvProtocol, stream: Stream, *, legacy: bool = False) -> None:
         assert proto.transport is not None
         super().__init__(
-            proto.transport, proto.peer_name, stream=stream, output=WS_FLV,
+            proto.transport, proto.peer_name, stream=stream,
+            output=LEGACY_WS_FLV if legacy else WS_FLV,
             protocol="ws-flv", client_id=proto.client_id,
         )
         self.connection = proto
@@ -225,8 +228,13 @@ class WsFlvProtocol(WebSocketServerProtocol):
         # The HTTP channel that carried the upgrade is still the socket's
         # producer; the viewer takes its place.
         transport.unregisterProducer()
-        viewer = self.viewer = WsFlvViewer(self, stream)
+        request = self.request
+        legacy = request is not None and request.params.get(LEGACY_QUERY[0]) == LEGACY_QUERY[1]
+        viewer = self.viewer = WsFlvViewer(self, stream, legacy=legacy)
         transport.registerProducer(viewer, True)
+        if legacy:
+            say_what_is_left_out(stream, enhanced.LEGACY, self.peer_name,
+                                 "it asked for ?codecs=legacy")
         return viewer
 
     def _admitted(self, publisher: Publisher) -> None:

@@ -37,7 +37,7 @@ from rtmpd.errors import InvalidStreamName
 from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.interfaces import IMediaSource
 from rtmpd.media import Frame, FrameKind
-from rtmpd.protocols import host_and_port, set_no_delay
+from rtmpd.protocols import host_and_port, say_what_is_left_out, set_no_delay
 from rtmpd.registry import Stream, validate_name
 
 log = Logger()
@@ -567,23 +567,12 @@ class RtmpServerProtocol(protocol.Protocol):
         codecs (a legacy client and an HEVC stream, say), so an operator
         asked about a black picture finds why."""
         caps = self.conn.peer_capabilities
-        acceptance = caps.acceptance
-        if acceptance.everything:
-            return
-        headers = [(frame.kind, frame.payload) for frame in stream.headers.values()]
-        missing = enhanced.dropped_codecs(acceptance, headers)
-        if not missing:
-            return
         if not caps.announced:
             why = "its connect announced no Enhanced RTMP codecs (no fourCcList: a legacy client)"
         else:
             taken = sorted(caps.video | caps.audio)
             why = f"its connect announced only {','.join(taken) or 'no codecs'}"
-        self.admission.registry.viewer_log.line(
-            log, "legacy", stream.path,
-            "play {path} by {peer}: {why}, so it gets no {missing}; it gets the rest",
-            peer=self.peer, why=why, missing=" and no ".join(missing),
-        )
+        say_what_is_left_out(stream, caps.acceptance, self.peer, why)
 
     def request_reconnect(self, description: str, tc_url: str | None = None) -> bool:
         """Ask this client to reconnect elsewhere (or to the same URL, to a

@@ -10,6 +10,7 @@ libsvtav1, libvpx-vp9, libopus; Debian's ffmpeg 5.1 can put none of these in FLV
 
 from __future__ import annotations
 
+import http.client
 import signal
 import subprocess
 import time
@@ -93,6 +94,22 @@ def check_codecs(data: bytes, video_fourcc: bytes, audio_codec: int) -> None:
     assert any(i.keyframe for i in video)
 
 
+def get_for(server: Server, path: str, seconds: float) -> bytes:
+    """What an HTTP-FLV GET of ``path`` brings in ``seconds``."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=WAIT_S)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200
+        data = bytearray()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            data += response.read1(65536)
+        return bytes(data)
+    finally:
+        conn.close()
+
+
 def publish9(server: Server, clip: Path, name: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [FFMPEG9, "-v", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-c", "copy",
@@ -151,7 +168,13 @@ def test_a_legacy_rtmp_client_gets_the_aac_of_an_hevc_stream_and_one_line_says_w
     assert decode_errors("ffmpeg", tmp_path / "legacy.flv") == ""
     wait_for_log(server, "a legacy client), so it gets no hvc1 video; it gets the rest")
     assert server.log().count("so it gets no hvc1 video") == 1
-    # ffmpeg 9 without -rtmp_enhanced_codecs is a legacy client too; with it, HEVC.
+    # An HTTP-FLV player that predates Enhanced RTMP asks for the legacy form.
+    legacy_http = tmp_path / "legacy-http.flv"
+    legacy_http.write_bytes(get_for(server, "/live/legacy.flv?codecs=legacy", 2.5))
+    assert {t for t, _ in tags(legacy_http.read_bytes())} == {flv.TAG_AUDIO, flv.TAG_SCRIPT}
+    assert decode_errors("ffmpeg", legacy_http) == ""
+    wait_for_log(server, "it asked for ?codecs=legacy, so it gets no hvc1 video")
+    # ffmpeg 9 without -rtmp_enhanced_codecs is a legacy client too.
     assert not [t for t, _ in tags(play_rtmp(FFMPEG9, server, "legacy", tmp_path / "9.flv"))
                 if t == flv.TAG_VIDEO]
 

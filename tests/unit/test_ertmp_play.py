@@ -16,7 +16,8 @@ from rtmpd.codec.errors import LocalProtocolError
 from rtmpd.codec.rtmp import events as ev
 from rtmpd.codec.rtmp import messages as msg
 from rtmpd.codec.rtmp.connection import ServerConnection
-from rtmpd.protocols.flvhttp import PLAIN
+from rtmpd.protocols.flvhttp import LEGACY_PLAIN, PLAIN
+from rtmpd.protocols.flvws import LEGACY_WS_FLV, WS_FLV
 from rtmpd.protocols.rtmp import RtmpServerFactory
 from rtmpd.services.shutdown import RECONNECT_POLL_S, SHUTDOWN_REASON, PublishersFirst
 from tests.unit.test_protocols import Peer, make_factory
@@ -337,3 +338,22 @@ def test_without_reconnect_publishers_shutdown_is_immediate() -> None:
     assert service.stopService() is None
     assert registry.get("live", "multi") is None
 
+
+
+def test_http_and_ws_flv_players_asking_for_legacy_codecs_share_one_legacy_format() -> None:
+    factory, registry, _ = make_factory()
+    publish(factory)
+    stream = registry.get("live", "multi")
+    assert stream is not None
+    viewers = [RecordingViewer(), RecordingViewer()]
+    for viewer in viewers:
+        stream.add_viewer(LEGACY_PLAIN, viewer)
+    assert len(stream.groups) == 1
+    bodies = []
+    reader = flv.FlvReader()
+    reader.receive_data(viewers[0].transport.value())  # type: ignore[attr-defined]
+    while not isinstance(event := reader.next_event(), flv.NeedData):
+        if isinstance(event, flv.TagReceived):
+            bodies.append((event.tag_type, event.body))
+    assert bodies == [(8, b"\xaf\x00" + ASC), (8, b"\xaf\x01\x21\x00")]
+    assert LEGACY_WS_FLV.key != WS_FLV.key and LEGACY_PLAIN.key != PLAIN.key
