@@ -90,8 +90,10 @@ def https_policy(trust_root: TrustRoot | None = None) -> IPolicyForHTTPS:
 
 
 def certificate_failure(failure: Failure) -> str | None:
-    """One line saying why a TLS connection failed, or None if ``failure`` is
-    not a TLS failure. Agent's wrappers (``reasons`` lists) are looked into."""
+    """One line saying why the server's certificate did not verify, or None
+    if ``failure`` is something else (other TLS errors included: a broken
+    connection is worth retrying, a certificate is not). Agent's wrappers
+    (``reasons`` lists) are looked into."""
     for reason in _causes(failure):
         value = reason.value
         if isinstance(value, VerificationError):
@@ -99,14 +101,13 @@ def certificate_failure(failure: Failure) -> str | None:
                 "TLS: the server's certificate does not name the host of the URL "
                 f"({_short(value)})"
             )
-        if isinstance(value, SSL.Error):
-            text = _openssl_text(value)
-            if "certificate verify failed" in text:
-                return (
-                    "TLS: the server's certificate is not signed by a trusted CA "
-                    "(trust a private CA with --ca-file)"
-                )
-            return f"TLS handshake failed ({text or type(value).__name__})"
+        if isinstance(value, SSL.Error) and "certificate verify failed" in _openssl_text(value):
+            # OpenSSL says only "certificate verify failed": an unknown
+            # issuer, or a certificate past its dates.
+            return (
+                "TLS: the server's certificate does not verify (an unknown CA, or out of "
+                "date; trust a private CA with --ca-file)"
+            )
     return None
 
 
