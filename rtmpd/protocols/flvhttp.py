@@ -374,7 +374,7 @@ class FlvHttpResource(resource.Resource):
             # Start the response: status line and headers. Body bytes are then
             # written pre-framed (one shared chunk per tag) straight to the socket.
             request.write(b"")
-            legacy = play.params.get(LEGACY_QUERY[0]) == LEGACY_QUERY[1]
+            legacy = play.params().get(LEGACY_QUERY[0]) == LEGACY_QUERY[1]
             output: OutputFormat
             if legacy:
                 output = LEGACY_CHUNKED if request.chunked else LEGACY_PLAIN

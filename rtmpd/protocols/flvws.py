@@ -229,7 +229,7 @@ class WsFlvProtocol(WebSocketServerProtocol):
         # producer; the viewer takes its place.
         transport.unregisterProducer()
         request = self.request
-        legacy = request is not None and request.params.get(LEGACY_QUERY[0]) == LEGACY_QUERY[1]
+        legacy = request is not None and request.params().get(LEGACY_QUERY[0]) == LEGACY_QUERY[1]
         viewer = self.viewer = WsFlvViewer(self, stream, legacy=legacy)
         transport.registerProducer(viewer, True)
         if legacy:

@@ -65,8 +65,8 @@ class RtmpFormat:
     the same bytes suit every viewer with this chunk size and stream id,
     and what the viewer's connect said it takes of Enhanced RTMP.
 
-    A viewer that takes everything (its connect announced ``fourCcList``
-    ``*`` or every codec published, and ``capsEx`` Multitrack) gets each
+    A viewer that takes everything (its connect announced the wildcard
+    ``*`` and ``capsEx`` Multitrack, as rtmpd's own pulls do) gets each
     message as published. Any other is a format of its own, shared by every
     viewer that takes the same: each frame is cut down to what they take
     (:func:`rtmpd.codec.enhanced.adapt`) once for all of them, and a frame
@@ -88,11 +88,12 @@ class RtmpFormat:
         )
 
     def encode(self, frame: Frame) -> bytes:
-        payload: bytes | None = frame.payload
+        payload = frame.payload
         if not self.acceptance.everything:
-            payload = enhanced.adapt(frame.kind, frame.payload, self.acceptance)
-            if payload is None:
+            adapted = enhanced.adapt(frame.kind, payload, self.acceptance)
+            if adapted is None:
                 return b""
+            payload = adapted
         return chunk.encode_message(
             chunk_size=self.chunk_size,
             chunk_stream_id=_CSID_BY_KIND[frame.kind],
