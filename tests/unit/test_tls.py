@@ -169,7 +169,9 @@ def test_tls_transport_never_takes_the_direct_write_path(certs: CertFiles) -> No
     server_cert = ssl.PrivateCertificate.loadPEM(
         certs.key.read_bytes() + certs.cert.read_bytes()
     )
-    factory = TLSMemoryBIOFactory(server_cert.options(), False, protocol.Factory())
+    factory = TLSMemoryBIOFactory(
+        server_cert.options(), False, protocol.Factory.forProtocol(protocol.Protocol)
+    )
     wrapper = factory.buildProtocol(None)
     wrapper.makeConnection(StringTransport())
     assert socket_fd(wrapper) == -1
