@@ -5,6 +5,8 @@ what a connect announces."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtmpd.codec import amf0, flv
 from rtmpd.codec.enhanced import (
@@ -372,3 +374,36 @@ def test_server_capabilities_state_every_forwarded_codec_and_encode_in_amf0() ->
     assert {"hvc1", "av01", "vp09", "avc1"} <= read_back.video
     assert {"Opus", "fLaC", "mp4a", "ac-3", "ec-3", ".mp3"} <= read_back.audio
     assert caps["capsEx"] == float(SERVER_CAPS_EX)
+
+
+# --------------------------------------------------------------------------- arbitrary bytes
+
+SOME_CLIENTS = [LEGACY, ANYTHING, HVC1_ONLY, AV01_MULTI]
+
+
+@given(kind=st.sampled_from([V, A]), body=st.binary(max_size=200))
+@settings(max_examples=400)
+def test_arbitrary_bodies_are_refused_or_read_into_a_message_that_writes_back(
+    kind: int, body: bytes
+) -> None:
+    for acceptance in SOME_CLIENTS:
+        out = adapt(kind, body, acceptance)
+        assert out is None or isinstance(out, bytes)
+    try:
+        message = ExMedia.parse(kind, body)
+    except RemoteProtocolError:
+        return
+    assert ExMedia.parse(kind, bytes(message)) == message
+
+
+@given(kind=st.sampled_from([V, A]), prefix=st.sampled_from([c[2] for c in CASES]),
+       tail=st.binary(max_size=40))
+@settings(max_examples=300)
+def test_real_messages_with_anything_after_them_are_refused_or_read(
+    kind: int, prefix: bytes, tail: bytes
+) -> None:
+    try:
+        message = ExMedia.parse(kind, prefix + tail)
+    except RemoteProtocolError:
+        return
+    assert ExMedia.parse(kind, bytes(message)) == message
