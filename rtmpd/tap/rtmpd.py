@@ -59,6 +59,7 @@ _CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
     "hook-timeout": float,
     "cors-publish": bool,
     "takeover": bool,
+    "reconnect-url": str,
     "max-connections": int,
     "max-connections-per-ip": int,
     "max-streams": int,
@@ -150,6 +151,21 @@ def _limit(name: str) -> Callable[[str], int]:
 def _hook_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("a hook must be an http:// or https:// URL")
+    return value
+
+
+#: Longest --reconnect-url: it goes to publishers in an onStatus, and a
+#: tcUrl is a host and an app, far shorter than this.
+MAX_RECONNECT_URL = 1024
+
+
+def _reconnect_url(value: str) -> str:
+    """A tcUrl to send publishers: printable, no spaces, bounded."""
+    if not value or len(value) > MAX_RECONNECT_URL or not value.isprintable() or " " in value:
+        raise usage.UsageError(
+            f"--reconnect-url must be a URL of 1..{MAX_RECONNECT_URL} printable characters "
+            "without spaces"
+        )
     return value
 
 
@@ -314,6 +330,13 @@ class Options(usage.Options):
             "api-token", None, None,
             "Bearer token for /api/ and /metrics on the web port (without one, only "
             "loopback clients may use them).",
+        ],
+        [
+            "reconnect-url", None, None,
+            "On shutdown, RTMP publishers that support Enhanced RTMP reconnect are asked to "
+            "reconnect to this tcUrl (rtmp://standby/live, or relative: //standby/live); "
+            "without it, to the URL they used.",
+            _reconnect_url,
         ],
     ]
 
@@ -731,7 +754,7 @@ def makeService(
     # recorders finalise (rtmpd.services.shutdown).
     from rtmpd.services.shutdown import PublishersFirst
 
-    PublishersFirst(admission).setServiceParent(top)
+    PublishersFirst(admission, reconnect_url=options.get("reconnect-url")).setServiceParent(top)
     twins = "".join(
         f", {twin} {options[twin]}" for twin in TLS_TWINS if options.get(twin)
     )

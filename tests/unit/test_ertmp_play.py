@@ -6,10 +6,13 @@ shutdown."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python import usage
 
 from rtmpd.codec import enhanced, flv
 from rtmpd.codec.errors import LocalProtocolError
@@ -20,6 +23,7 @@ from rtmpd.protocols.flvhttp import LEGACY_PLAIN, PLAIN
 from rtmpd.protocols.flvws import LEGACY_WS_FLV, WS_FLV
 from rtmpd.protocols.rtmp import RtmpServerFactory
 from rtmpd.services.shutdown import RECONNECT_POLL_S, SHUTDOWN_REASON, PublishersFirst
+from rtmpd.tap.rtmpd import Options, makeService
 from tests.unit.test_protocols import Peer, make_factory
 from tests.unit.test_registry import RecordingViewer
 from tests.unit.test_rtmp_connection import Pair, server_messages
@@ -357,3 +361,15 @@ def test_http_and_ws_flv_players_asking_for_legacy_codecs_share_one_legacy_forma
             bodies.append((event.tag_type, event.body))
     assert bodies == [(8, b"\xaf\x00" + ASC), (8, b"\xaf\x01\x21\x00")]
     assert LEGACY_WS_FLV.key != WS_FLV.key and LEGACY_PLAIN.key != PLAIN.key
+
+
+def test_reconnect_url_option_reaches_the_shutdown_service(tmp_path: Path) -> None:
+    options = Options()
+    options.parseOptions(["--root", str(tmp_path), "--record", "flv", "--reconnect-url",
+                          "rtmp://standby.example/live"])
+    top = makeService(options, reactor=MemoryReactorClock())
+    [service] = [s for s in top if isinstance(s, PublishersFirst)]
+    assert service.reconnect_url == "rtmp://standby.example/live"
+    for bad in ("", "rtmp://a b/live", "rtmp://x/" + "a" * 2000):
+        with pytest.raises(usage.UsageError, match="--reconnect-url"):
+            Options().parseOptions(["--reconnect-url", bad])
