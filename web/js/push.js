@@ -9,6 +9,7 @@
 
 import { captureTrack, missingCapture } from "./capture.js";
 import {
+  CREDENTIALS,
   DEFAULT_APP,
   DEFAULT_STREAM,
   Status,
@@ -534,12 +535,9 @@ const ui = {
 
 let session = null;
 
-/** Parameters of this page's address passed on to the publish: a
- * publish key, or a signed URL's expiry and signature. */
-const CREDENTIALS = ["key", "expires", "sig"];
-
-/** The WS-FLV publish URL: this page's host name, the HTTP-FLV port and
- * its TLS from /config.json, and the credentials of the page's query. */
+/** The WS-FLV publish URL: this page's host name, the FLV port and its
+ * TLS from /config.json, and the credentials of the page's query (a
+ * publish key, or a signed URL's expiry and signature). */
 function publishUrl(config, app, stream, params) {
   const listener = flvListener(config);
   const tls = listener?.port ? Boolean(listener.tls) : location.protocol === "https:";
@@ -599,9 +597,7 @@ async function toggle(fields) {
     ui.state("error", describe(error));
     return;
   }
-  const params = readQuery().params;
-  const kept = Object.fromEntries(CREDENTIALS.map((name) => [name, params.get(name)]));
-  writeQuery({ app: fields.app, stream: fields.stream, ...kept });
+  writeQuery({ app: fields.app, stream: fields.stream }); // the credentials stay
   linkNav(document.getElementById("nav"), fields.app, fields.stream);
   showStats(stats, { url: options.shown });
   const current = session = new PushSession(options, {
