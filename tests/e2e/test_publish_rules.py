@@ -92,7 +92,11 @@ def test_web_port_serves_nothing_outside_root(server: Server) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{server.web_port}/hello.txt",
                                 timeout=WAIT_S) as response:
         assert response.read() == b"hi"
-    for path in ("/../rtmpd.log", "/%2e%2e/rtmpd.log", "/..%2frtmpd.log", "/"):
+    # "/" is the player pages' index.html, never a listing of the root.
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.web_port}/", timeout=WAIT_S) as response:
+        page = response.read()
+    assert b"<!doctype html>" in page.lower() and b"hello.txt" not in page
+    for path in ("/../rtmpd.log", "/%2e%2e/rtmpd.log", "/..%2frtmpd.log"):
         with socket.create_connection(("127.0.0.1", server.web_port), timeout=WAIT_S) as sock:
             sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
             reply = b""
