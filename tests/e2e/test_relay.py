@@ -342,4 +342,4 @@ def test_forwards_named_by_the_on_publish_hooks_answer_reach_their_target(
         assert check_clean(b.rtmp_url("cam1", app="fromhook"), 2) == {"h264", "aac"}
         (forward,) = forwards(a)
         assert forward["from"] == "hook" and forward["state"] == "forwarding"
-        assert "answer's forwards: URL scheme '' is not rtmp" in a.log()
+        assert "answer's forwards: forward 2 (not a url…) is not scheme://host" in a.log()
