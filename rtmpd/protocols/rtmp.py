@@ -412,13 +412,18 @@ class RtmpServerProtocol(protocol.Protocol):
         for publisher in list(self.publishing.values()):
             publisher.end(f"disconnected ({why})")
         self.publishing.clear()
-        for viewer in [*self.viewers.values(), *self.paused.values()]:
+        playing = [*self.viewers.values(), *self.paused.values()]
+        for viewer in playing:
             viewer.finish(why)
         self.viewers.clear()
         self.paused.clear()
         if self.client_id:
             self.admission.close_connection(self.client_id)
         if self._quiet_close:
+            return
+        if playing and not self._published:
+            # Each play's stop line has just said why (a reset viewer was
+            # logged twice, once as the play and once as the connection).
             return
         if self._played is not None and not self._published and why == _PEER_CLOSED:
             # A viewer hanging up: bounded with the other viewer lines.
