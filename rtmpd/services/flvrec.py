@@ -32,6 +32,7 @@ Tags are batched on the reactor and written about once a second of media
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from typing import Any
@@ -201,16 +202,41 @@ class FlvFile(DiskFiles):
         super().__init__(directory)
         self.path = os.path.join(directory, FILE_NAME)
         self.file: Any = None
+        #: Bytes in the file, all of them whole tags between writes.
+        self.size = 0
 
     def open(self, start: bytes) -> None:
         os.makedirs(self.directory, exist_ok=True)
         move_aside(self.path, "index", ".flv")
         write_marker(self.directory, "flv")
         self.file = create_new(self.path, buffering=0)  # closed in finish
-        self.file.write(start)
+        self._write(start)
 
     def append(self, chunks: list[bytes]) -> None:
-        self.file.write(b"".join(chunks))
+        """Write whole tags. When the disk refuses them (full, an I/O
+        error), the file is cut back to the last whole tag and finalised
+        before the error goes on to fail the recording: what was recorded
+        stays a valid, seekable FLV (a half-written tag used to be left at
+        its end, and the marker for the next start's recovery)."""
+        data = b"".join(chunks)
+        good = self.size
+        try:
+            self._write(data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.file.truncate(good)
+            with contextlib.suppress(OSError, ValueError):
+                self.finish()
+            raise
+
+    def _write(self, data: bytes) -> None:
+        # Unbuffered writes can be short (a disk filling up): write the rest,
+        # so the next write's error comes before anything lands out of place.
+        view = memoryview(data)
+        while view:
+            written = self.file.write(view)
+            view = view[written:]
+            self.size += written
 
     def finish(self) -> str:
         self.file.close()
