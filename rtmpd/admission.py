@@ -219,9 +219,8 @@ class Publisher:
             self._media_at = now
         elif now - self._media_at >= timeout:
             self._timer = None
+            # No line of its own: the unpublish line says why, with the peer.
             reason = f"timed out: no media for {now - self._media_at:.0f} s"
-            log.info("publish {path} by {peer}: {reason}", path=self.request.path,
-                     peer=self.request.peer, reason=reason)
             self.end(reason)
             self.source.stop_publishing(reason)
             return
