@@ -168,8 +168,10 @@ def head_status(server: Server, name: str, app: str = "live") -> int:
         conn.close()
 
 
-def start_server(tmp: Path, *extra: str) -> Server:
-    rtmp_port, http_port, web_port = free_ports(3)
+def start_server(tmp: Path, *extra: str, ports: tuple[int, int, int] | None = None) -> Server:
+    """``twistd -n rtmpd`` with its root and log under ``tmp``, on three free
+    loopback ports or on ``ports`` (RTMP, HTTP, web: a restart on the same ports)."""
+    rtmp_port, http_port, web_port = ports if ports is not None else free_ports(3)
     root = tmp / "media"
     log_path = tmp / "rtmpd.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
