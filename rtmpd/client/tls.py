@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -65,14 +65,16 @@ def load_ca_file(path: str) -> TrustRoot:
         block = data[start : end + len(_END)]
         try:
             certificates.append(ssl.Certificate.loadPEM(block))
-        except SSL.Error:
+        except crypto.Error:
             raise ValueError(
                 f"the CA file {path} holds a certificate that does not parse"
             ) from None
         start = data.find(_BEGIN, end)
     if not certificates:
         raise ValueError(f"the CA file {path} holds no PEM certificate")
-    return ssl.trustRootFromCertificates(certificates)
+    # Twisted's TLS helpers are untyped.
+    trust: TrustRoot = ssl.trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
+    return trust
 
 
 def client_tls(host: str, trust_root: TrustRoot | None = None) -> (
@@ -85,7 +87,9 @@ def client_tls(host: str, trust_root: TrustRoot | None = None) -> (
 
 def https_policy(trust_root: TrustRoot | None = None) -> IPolicyForHTTPS:
     """The same checks for twisted.web's ``Agent`` (its ``contextFactory``)."""
-    policy: IPolicyForHTTPS = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
+    policy: IPolicyForHTTPS = BrowserLikePolicyForHTTPS(  # type: ignore[no-untyped-call]
+        trustRoot=trust_root
+    )
     return policy
 
 

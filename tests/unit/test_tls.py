@@ -11,6 +11,7 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, DNSMismatch
 from twisted.internet import protocol, ssl
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -107,17 +108,21 @@ def handshake(certs: CertFiles, host: str, ca: Path | None) -> _Client:
         certs.key.read_bytes() + certs.cert.read_bytes()
     )
     client = _Client()
+    # TLS aggregates small writes until the next reactor turn: a fake clock,
+    # which the pump advances, stands for the reactor.
+    clock = Clock()
     server_factory = TLSMemoryBIOFactory(
-        server_cert.options(), False, protocol.Factory.forProtocol(_Greeter)
+        server_cert.options(), False, protocol.Factory.forProtocol(_Greeter), clock=clock
     )
     trust = load_ca_file(str(ca)) if ca is not None else None
     client_factory = TLSMemoryBIOFactory(
-        client_tls(host, trust), True, protocol.Factory.forProtocol(lambda: client)
+        client_tls(host, trust), True, protocol.Factory.forProtocol(lambda: client), clock=clock
     )
     server_proto = server_factory.buildProtocol(None)
     client_proto = client_factory.buildProtocol(None)
     pump = connect(
-        server_proto, makeFakeServer(server_proto), client_proto, makeFakeClient(client_proto)
+        server_proto, makeFakeServer(server_proto), client_proto, makeFakeClient(client_proto),
+        clock=clock,
     )
     pump.flush()
     return client
@@ -170,7 +175,8 @@ def test_tls_transport_never_takes_the_direct_write_path(certs: CertFiles) -> No
         certs.key.read_bytes() + certs.cert.read_bytes()
     )
     factory = TLSMemoryBIOFactory(
-        server_cert.options(), False, protocol.Factory.forProtocol(protocol.Protocol)
+        server_cert.options(), False, protocol.Factory.forProtocol(protocol.Protocol),
+        clock=Clock(),
     )
     wrapper = factory.buildProtocol(None)
     wrapper.makeConnection(StringTransport())
