@@ -633,6 +633,62 @@ def _read_multitrack(body: bytes, pos: int, kind: str) -> tuple[int, int, int]:
     return pos, packet_type, code
 
 
+@dataclass(frozen=True, slots=True)
+class _Track:
+    packet_type: int
+    codec: int
+    track_id: int
+    start: int
+    end: int
+
+
+def _default_track(body: bytes, pos: int, kind: str) -> _Track:
+    """The track of a Multitrack tag that stands for the stream: trackId 0 (the default
+    track, Enhanced RTMP v2) if the tag has it, else its first track.
+
+    ``pos`` is at the AvMultitrackType byte. Each track takes at least two bytes (its
+    trackId and its size or data), so the walk is bounded by the body.
+    """
+    if pos >= len(body):
+        raise _short(kind, pos + 1, body)
+    multitrack_type = body[pos] >> 4
+    packet_type = body[pos] & 0x0F
+    pos += 1
+    shared: int | None = None
+    if multitrack_type != MULTITRACK_MANY_TRACKS_MANY_CODECS:
+        if pos + 4 > len(body):
+            raise _short(kind, pos + 4, body)
+        shared = int.from_bytes(body[pos : pos + 4], "big")
+        pos += 4
+    first: _Track | None = None
+    while True:
+        code = shared
+        if code is None:
+            if pos + 4 > len(body):
+                raise _short(kind, pos + 4, body)
+            code = int.from_bytes(body[pos : pos + 4], "big")
+            pos += 4
+        if pos + 1 > len(body):
+            raise _short(kind, pos + 1, body)
+        track_id = body[pos]
+        pos += 1
+        if multitrack_type == MULTITRACK_ONE_TRACK:
+            return _Track(packet_type, code, track_id, pos, len(body))
+        if pos + 3 > len(body):
+            raise _short(kind, pos + 3, body)
+        end = pos + 3 + int.from_bytes(body[pos : pos + 3], "big")
+        pos += 3
+        if end > len(body):
+            raise _short(f"{kind} track", end, body)
+        track = _Track(packet_type, code, track_id, pos, end)
+        if track_id == 0:
+            return track
+        first = first or track
+        pos = end
+        if pos >= len(body):
+            return first
+
+
 def _describe_ex_video(body: bytes) -> TagInfo:
     frame_type = (body[0] >> 4) & 0x07
     pos, packet_type = _skip_mod_ex(body, 1, body[0] & 0x0F, "Enhanced RTMP video")
@@ -698,6 +754,7 @@ class AudioPacket:
     codec: int
     packet_type: int
     data: bytes
+    track_id: int = 0
 
     @property
     def coded_frames(self) -> bool:
@@ -710,8 +767,9 @@ def audio_packet(body: bytes) -> AudioPacket:
 
     Legacy AAC keeps its AACPacketType (0 sequence header, 1 raw, the same
     values as SequenceStart and CodedFrames); other legacy formats are coded
-    frames after the one header byte. For a Multitrack tag, the first track's
-    data. Raises :class:`RemoteProtocolError` like :func:`describe_tag`.
+    frames after the one header byte. For a Multitrack tag, the default
+    track's (trackId 0), or the first track's if it has none, with its
+    ``track_id``. Raises :class:`RemoteProtocolError` like :func:`describe_tag`.
     """
     if not body:
         raise RemoteProtocolError("empty audio tag body")
@@ -723,28 +781,24 @@ def audio_packet(body: bytes) -> AudioPacket:
     if sound_format != AUDIO_EX_HEADER:
         return AudioPacket(sound_format, AUDIO_PACKET_CODED_FRAMES, body[1:])
     pos, packet_type = _skip_mod_ex(body, 1, body[0] & 0x0F, "Enhanced RTMP audio")
-    end = len(body)
     if packet_type == AUDIO_PACKET_MULTITRACK:
-        multitrack_type = body[pos] >> 4 if pos < len(body) else MULTITRACK_ONE_TRACK
-        pos, packet_type, code = _read_multitrack(body, pos, "Enhanced RTMP audio")
-        if multitrack_type != MULTITRACK_ONE_TRACK:
-            end = pos + int.from_bytes(body[pos - 3 : pos], "big")
-            if end > len(body):
-                raise _short("Enhanced RTMP audio track", end, body)
-    else:
-        if pos + 4 > len(body):
-            raise _short("Enhanced RTMP audio", pos + 4, body)
-        code = int.from_bytes(body[pos : pos + 4], "big")
-        pos += 4
-    return AudioPacket(code, packet_type, body[pos:end])
+        track = _default_track(body, pos, "Enhanced RTMP audio")
+        data = body[track.start : track.end]
+        return AudioPacket(track.codec, track.packet_type, data, track.track_id)
+    if pos + 4 > len(body):
+        raise _short("Enhanced RTMP audio", pos + 4, body)
+    code = int.from_bytes(body[pos : pos + 4], "big")
+    return AudioPacket(code, packet_type, body[pos + 4 :])
 
 
 @dataclass(frozen=True, slots=True)
 class VideoPacket:
     """A video tag body split at its codec data.
 
-    ``codec`` is the CodecID or FourCC (as in :class:`TagInfo`);
-    ``packet_type`` the Enhanced RTMP VideoPacketType, legacy AVC/HEVC
+    ``codec`` is the CodecID or FourCC (as in :class:`TagInfo`, but of the
+    track taken: see :func:`video_packet`); ``track_id`` the Multitrack
+    trackId (0 without Multitrack); ``packet_type`` the Enhanced RTMP
+    VideoPacketType, legacy AVC/HEVC
     AVCPacketTypes mapped onto it (sequence header to SequenceStart, NALU
     to CodedFrames, end of sequence to SequenceEnd); ``data`` the bytes
     after the tag's headers (and after the SI24 composition time, where the
@@ -755,6 +809,7 @@ class VideoPacket:
     codec: int
     packet_type: int
     data: bytes
+    track_id: int = 0
 
     @property
     def coded_frames(self) -> bool:
@@ -780,11 +835,12 @@ def video_packet(body: bytes) -> VideoPacket:
 
     Legacy AVC and CodecID 12 HEVC: 5 header bytes (FrameType/CodecID,
     AVCPacketType, SI24 CompositionTime). Enhanced RTMP: ModEx prefixes,
-    then a FourCC (for a Multitrack tag, the first track's, and only its
-    data), then for ``avc1``/``hvc1``/``vvc1`` CodedFrames the SI24
-    CompositionTime. A command frame or a legacy codec without a packet type
-    is returned with :data:`VIDEO_PACKET_METADATA` and no data, so nothing
-    takes it for a picture. Raises :class:`RemoteProtocolError` like
+    then a FourCC (for a Multitrack tag, the default track's, trackId 0, or
+    the first track's if it has none; only that track's data), then for
+    ``avc1``/``hvc1``/``vvc1`` CodedFrames the SI24 CompositionTime. A
+    command frame or a legacy codec without a packet type is returned with
+    :data:`VIDEO_PACKET_METADATA` and no data, so nothing takes it for a
+    picture. Raises :class:`RemoteProtocolError` like
     :func:`describe_tag`.
     """
     if not body:
@@ -803,13 +859,12 @@ def video_packet(body: bytes) -> VideoPacket:
     if frame_type == VIDEO_FRAME_COMMAND and packet_type != VIDEO_PACKET_METADATA:
         return VideoPacket(0, VIDEO_PACKET_METADATA, b"")
     end = len(body)
+    track_id = 0
     if packet_type == VIDEO_PACKET_MULTITRACK:
-        multitrack_type = body[pos] >> 4 if pos < len(body) else MULTITRACK_ONE_TRACK
-        pos, packet_type, code = _read_multitrack(body, pos, "Enhanced RTMP video")
-        if multitrack_type != MULTITRACK_ONE_TRACK:
-            end = pos + int.from_bytes(body[pos - 3 : pos], "big")
-            if end > len(body):
-                raise _short("Enhanced RTMP video track", end, body)
+        track = _default_track(body, pos, "Enhanced RTMP video")
+        packet_type, code, track_id, pos, end = (
+            track.packet_type, track.codec, track.track_id, track.start, track.end
+        )
     else:
         if pos + 4 > len(body):
             raise _short("Enhanced RTMP video", pos + 4, body)
@@ -819,7 +874,7 @@ def video_packet(body: bytes) -> VideoPacket:
         if pos + 3 > end:
             raise _short("Enhanced RTMP video", pos + 3, body)
         pos += 3
-    return VideoPacket(code, packet_type, body[pos:end])
+    return VideoPacket(code, packet_type, body[pos:end], track_id)
 
 
 def _describe_ex_audio(body: bytes) -> TagInfo:

@@ -4,6 +4,9 @@
 body of an HEVC sequence header (Enhanced RTMP ``hvc1`` SequenceStart, or
 legacy CodecID 12) and the payload of the MP4 ``hvcC`` box. Samples use
 length-prefixed NAL units like AVC: see :func:`rtmpd.codec.avc.split_length_prefixed`.
+
+:func:`parse_sps` reads the picture size from a sequence parameter set (ISO/IEC 23008-2
+§7.3.2.2) as far as ``conformance_window``: what an MP4 sample entry needs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from rtmpd.codec.avc import remove_emulation_prevention
+from rtmpd.codec.bits import BitReader
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 
 # nal_unit_type (ISO/IEC 23008-2 Table 7-1).
@@ -263,3 +268,99 @@ class HEVCDecoderConfigurationRecord:
             )
         )
         return cls(header=header, arrays=tuple(arrays))
+
+
+# --------------------------------------------------------------------------- SPS
+
+#: sps_max_sub_layers_minus1 is u(3) and §7.4.3.2.1 allows 0..6: seven temporal sub-layers.
+MAX_SUB_LAYERS = 7
+#: Largest pic_width/height_in_luma_samples taken. Level 6.2 allows 16888 luma samples on
+#: a side (Table A.8); an MP4 sample entry holds 16 bits, so more is refused, not truncated.
+MAX_PICTURE_SIDE = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpsInfo:
+    """Facts from an H.265 sequence parameter set: ``width`` / ``height`` are the displayed
+    size (after the conformance window), ``coded_width`` / ``coded_height`` the decoded one."""
+
+    width: int
+    height: int
+    coded_width: int
+    coded_height: int
+    profile_idc: int
+    level_idc: int
+    chroma_format_idc: int
+
+
+def _ue_limited(r: BitReader, name: str, maximum: int) -> int:
+    value = r.ue()
+    if value > maximum:
+        raise RemoteProtocolError(f"H.265 SPS {name} {value} exceeds its maximum {maximum}")
+    return value
+
+
+def parse_sps(sps: bytes) -> SpsInfo:
+    """Decode an SPS NAL unit (2-byte header, emulation prevention bytes in place) up to
+    its conformance window. Raises :class:`RemoteProtocolError` if it is not an SPS or
+    ends early.
+
+    ::
+
+        sps_video_parameter_set_id u(4), sps_max_sub_layers_minus1 u(3),
+        sps_temporal_id_nesting_flag u(1)
+        profile_tier_level(1, sps_max_sub_layers_minus1)   §7.3.3
+        sps_seq_parameter_set_id ue(v)
+        chroma_format_idc ue(v) [separate_colour_plane_flag u(1) if 3]
+        pic_width_in_luma_samples ue(v), pic_height_in_luma_samples ue(v)
+        conformance_window_flag u(1)
+          [conf_win_left/right/top/bottom_offset ue(v)]
+    """
+    if len(sps) < 2 or nal_type(sps) != NAL_SPS:
+        kind = nal_type(sps) if sps else "none"
+        raise RemoteProtocolError(f"not an H.265 SPS NAL unit (type {kind}, expected 33)")
+    r = BitReader(remove_emulation_prevention(sps[2:]), what="H.265 SPS")
+    r.skip(4)  # sps_video_parameter_set_id
+    sub_layers = r.bits(3) + 1
+    if sub_layers > MAX_SUB_LAYERS:
+        raise RemoteProtocolError(
+            f"H.265 SPS has {sub_layers} sub-layers, more than MAX_SUB_LAYERS ({MAX_SUB_LAYERS})"
+        )
+    r.skip(1)  # sps_temporal_id_nesting_flag
+    # profile_tier_level: general_profile_space u(2), general_tier_flag u(1)
+    r.skip(3)
+    profile_idc = r.bits(5)
+    r.skip(32 + 48)  # general_profile_compatibility_flag[32], the 48 constraint bits
+    level_idc = r.bits(8)
+    present = [(r.flag(), r.flag()) for _ in range(sub_layers - 1)]
+    if sub_layers > 1:
+        r.skip(2 * (8 - (sub_layers - 1)))  # reserved_zero_2bits up to 8 entries
+    for profile_present, level_present in present:
+        if profile_present:
+            r.skip(88)  # sub_layer profile space .. constraint flags
+        if level_present:
+            r.skip(8)  # sub_layer_level_idc
+    _ue_limited(r, "sps_seq_parameter_set_id", 15)
+    chroma_format_idc = _ue_limited(r, "chroma_format_idc", 3)
+    separate_colour_plane = chroma_format_idc == 3 and r.flag()
+    coded_width = _ue_limited(r, "pic_width_in_luma_samples", MAX_PICTURE_SIDE)
+    coded_height = _ue_limited(r, "pic_height_in_luma_samples", MAX_PICTURE_SIDE)
+    left = right = top = bottom = 0
+    if r.flag():  # conformance_window_flag
+        left, right, top, bottom = r.ue(), r.ue(), r.ue(), r.ue()
+    # §7.4.3.2.1: the offsets count chroma samples (Table 6-1 SubWidthC, SubHeightC).
+    chroma_array_type = 0 if separate_colour_plane else chroma_format_idc
+    sub_width, sub_height = {0: (1, 1), 1: (2, 2), 2: (2, 1), 3: (1, 1)}[chroma_array_type]
+    width = coded_width - sub_width * (left + right)
+    height = coded_height - sub_height * (top + bottom)
+    if width <= 0 or height <= 0:
+        raise RemoteProtocolError(f"H.265 SPS conformance window leaves a {width}x{height} picture")
+    return SpsInfo(
+        width=width,
+        height=height,
+        coded_width=coded_width,
+        coded_height=coded_height,
+        profile_idc=profile_idc,
+        level_idc=level_idc,
+        chroma_format_idc=chroma_format_idc,
+    )

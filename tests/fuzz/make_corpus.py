@@ -141,6 +141,22 @@ def capture(work: Path) -> tuple[list[tuple[bytes, bytes]], Path]:
     return [(bytes(up), bytes(down)) for up, down in proxy.sessions], server.root
 
 
+def ertmp_seeds(data: bytes, out: dict[str, list[bytes]]) -> None:
+    """Seeds from ffmpeg 9's Enhanced RTMP FLVs: the configuration records of their
+    SequenceStart tags, and AV1 / VP9 keyframes (the size parsers read those too)."""
+    targets = {b"hvc1": "hevc_config", b"av01": "av1_config", b"vp09": "vp9_config",
+               b"fLaC": "flac_config"}
+    for tag in flv_tags(data):
+        body = tag.body
+        target = targets.get(body[1:5]) if body[:1] and body[0] & 0x80 else None
+        if target is None:
+            continue
+        sequence_start = body[0] & 0x0F == 0
+        keyframe = tag.tag_type == flv.TAG_VIDEO and body[0] >> 4 == 0x9
+        if sequence_start or (keyframe and target in ("av1_config", "vp9_config")):
+            out[target].append(body[5:])
+
+
 def seeds(work: Path) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = defaultdict(list)
     sessions, root = capture(work)
@@ -156,8 +172,9 @@ def seeds(work: Path) -> dict[str, list[bytes]]:
                 if message.type_id in (18, 20):
                     out["amf0"].append(message.payload)
     recorded_flv = (root / "flv" / "live" / "seed" / "index.flv").read_bytes()
+    ertmp = [p.read_bytes() for p in sorted((DATA / "ertmp").glob("*.flv"))]
     for data in (recorded_flv, (DATA / "tiny.flv").read_bytes(),
-                 (DATA / "opus" / "h264_opus.flv").read_bytes()):
+                 (DATA / "opus" / "h264_opus.flv").read_bytes(), *ertmp):
         out["flv_ingest"].append(SPLIT + data)
         for tag in flv_tags(data):
             body = tag.body
@@ -174,6 +191,8 @@ def seeds(work: Path) -> dict[str, list[bytes]]:
         if count:
             size = int.from_bytes(config[6:8], "big")
             out["avc_sps"].append(config[8 : 8 + size])
+    for data in ertmp:
+        ertmp_seeds(data, out)
     out["aac_adts"].append((DATA / "tiny.aac").read_bytes())
     hls_dir = root / "hls" / "live" / "seed"
     out["hls_playlist"].append((hls_dir / "index.m3u8").read_bytes())

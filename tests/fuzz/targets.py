@@ -20,7 +20,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from rtmpd.codec import aac, amf0, amf3, avc, flv, hevc, hls, http_ranges, mpegts, opus
+from rtmpd.codec import (
+    aac,
+    amf0,
+    amf3,
+    av1,
+    avc,
+    flac,
+    flv,
+    hevc,
+    hls,
+    http_ranges,
+    mpegts,
+    opus,
+    vp9,
+)
 from rtmpd.codec.errors import RemoteProtocolError
 from rtmpd.codec.mp4.boxes import iter_boxes
 from rtmpd.codec.mp4.demux import Mp4Demuxer
@@ -140,6 +154,8 @@ def flv_ingest(data: bytes) -> None:
                 frame = Frame.from_tag(event.tag_type, event.timestamp_ms, event.body)
                 if event.tag_type == flv.TAG_AUDIO:
                     flv.audio_packet(frame.payload)
+                elif event.tag_type == flv.TAG_VIDEO:
+                    flv.video_packet(frame.payload)
         if event is not flv.NEED_DATA:
             return
 
@@ -155,7 +171,30 @@ def avc_sps(data: bytes) -> None:
 
 
 def hevc_config(data: bytes) -> None:
-    hevc.HEVCDecoderConfigurationRecord.parse(data)
+    record = hevc.HEVCDecoderConfigurationRecord.parse(data)
+    for sps in record.sps:
+        hevc.parse_sps(sps)
+
+
+def av1_config(data: bytes) -> None:
+    """An av1C as the recorders read it, and the same bytes as a temporal unit."""
+    with contextlib.suppress(RemoteProtocolError):
+        av1.sample_data(data)
+        av1.size_of_temporal_unit(data)
+    av1.AV1CodecConfigurationRecord.parse(data).sequence_header()
+
+
+def vp9_config(data: bytes) -> None:
+    """A vpcC as the recorders read it, and the same bytes as a keyframe."""
+    with contextlib.suppress(RemoteProtocolError):
+        vp9.keyframe_size(data)
+    vp9.VPCodecConfigurationRecord.parse(data)
+
+
+def flac_config(data: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        flac.StreamInfo.parse_dfla(data)
+    flac.StreamInfo.parse(data)
 
 
 def aac_config(data: bytes) -> None:
@@ -230,6 +269,9 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "avc_config": avc_config,
     "avc_sps": avc_sps,
     "hevc_config": hevc_config,
+    "av1_config": av1_config,
+    "vp9_config": vp9_config,
+    "flac_config": flac_config,
     "aac_config": aac_config,
     "aac_adts": aac_adts,
     "opus_head": opus_head,
