@@ -12,9 +12,13 @@ MP4 (progressive or fragmented) goes through the pure demuxer
   + SI24 composition time + the length-prefixed NAL units as stored.
 * H.265: Enhanced RTMP ExHeader with FourCC ``hvc1`` (SequenceStart with
   ``hvcC``, CodedFrames with SI24 composition time).
+* AV1 and VP9: Enhanced RTMP ExHeader with FourCC ``av01`` / ``vp09``
+  (SequenceStart with the ``av1C`` / ``vpcC`` payload, CodedFrames without a
+  composition time, as ffmpeg's FLV muxer sends them).
 * AAC: ``AF 00`` + AudioSpecificConfig; frames ``AF 01`` + raw AAC.
-* Opus: Enhanced RTMP ExAudio with FourCC ``Opus``: ``90 'Opus'`` + the
-  OpusHead the demuxer made of ``dOps``; frames ``91 'Opus'`` + one packet.
+* Opus and FLAC: Enhanced RTMP ExAudio with FourCC ``Opus`` / ``fLaC``:
+  ``90`` + FourCC + the OpusHead the demuxer made of ``dOps`` (the STREAMINFO
+  of ``dfLa``); frames ``91`` + FourCC + one packet (one FLAC frame).
 
 Times are exact: each DTS and PTS is converted from the integer track time to
 ms on its own (no accumulated rounding), after the edit list's presentation
@@ -79,6 +83,12 @@ _EX_KEY = _EX_HEADER | (1 << 4)
 _EX_INTER = _EX_HEADER | (2 << 4)
 _EX_SEQUENCE_START = 0
 _EX_CODED_FRAMES = 1
+#: Sample entries sent as Enhanced RTMP FourCC video, and whether their CodedFrames
+#: carry an SI24 composition time.
+_EX_VIDEO = {"hvc1": (b"hvc1", True), "hev1": (b"hvc1", True), "av01": (b"av01", False),
+             "vp09": (b"vp09", False)}
+#: Sample entries sent as Enhanced RTMP ExAudio.
+_EX_AUDIO = {"Opus": b"Opus", "fLaC": b"fLaC"}
 
 
 class InputError(Exception):
@@ -263,13 +273,15 @@ class _Mp4Track:
     header: bytes
 
     def frame_prefix(self, keyframe: bool, cts_ms: int) -> bytes:
+        codec = self.track.codec
         if self.tag_type == TAG_AUDIO:
-            if self.track.codec == "Opus":
-                return _EX_AUDIO_CODED_FRAMES + b"Opus"
+            if codec in _EX_AUDIO:
+                return _EX_AUDIO_CODED_FRAMES + _EX_AUDIO[codec]
             return bytes((_AAC_HEADER, 1))
-        if self.track.codec in ("hvc1", "hev1"):
+        if codec in _EX_VIDEO:
+            code, with_cts = _EX_VIDEO[codec]
             first = (_EX_KEY if keyframe else _EX_INTER) | _EX_CODED_FRAMES
-            return bytes((first,)) + b"hvc1" + _si24(cts_ms)
+            return bytes((first,)) + code + (_si24(cts_ms) if with_cts else b"")
         return bytes((_AVC_KEY if keyframe else _AVC_INTER, 1)) + _si24(cts_ms)
 
 
@@ -277,13 +289,13 @@ def _mp4_track(track: Mp4Track, movie_timescale: int) -> _Mp4Track:
     clock = _track_clock(track, movie_timescale)
     config = track.decoder_config
     if track.kind == "audio":
-        if track.codec == "Opus":
-            header = _EX_AUDIO_SEQUENCE_START + b"Opus" + config
+        if track.codec in _EX_AUDIO:
+            header = _EX_AUDIO_SEQUENCE_START + _EX_AUDIO[track.codec] + config
         else:
             header = bytes((_AAC_HEADER, 0)) + config
         return _Mp4Track(track, TAG_AUDIO, clock, header)
-    if track.codec in ("hvc1", "hev1"):
-        header = bytes((_EX_KEY | _EX_SEQUENCE_START,)) + b"hvc1" + config
+    if track.codec in _EX_VIDEO:
+        header = bytes((_EX_KEY | _EX_SEQUENCE_START,)) + _EX_VIDEO[track.codec][0] + config
     else:
         header = bytes((_AVC_KEY, 0, 0, 0, 0)) + config
     return _Mp4Track(track, TAG_VIDEO, clock, header)
@@ -357,14 +369,15 @@ def _mp4_metadata(chosen: dict[str, _Mp4Track], duration_s: float) -> bytes:
         track = video.track
         meta["width"] = float(track.width)
         meta["height"] = float(track.height)
-        if track.codec in ("hvc1", "hev1"):
-            meta["videocodecid"] = float(fourcc(b"hvc1"))
+        if track.codec in _EX_VIDEO:
+            meta["videocodecid"] = float(fourcc(_EX_VIDEO[track.codec][0]))
         else:
             meta["videocodecid"] = float(VIDEO_AVC)
     audio = chosen.get("audio")
     if audio is not None:
         track = audio.track
-        meta["audiocodecid"] = float(fourcc(b"Opus")) if track.codec == "Opus" else 10.0
+        ex_audio = _EX_AUDIO.get(track.codec)
+        meta["audiocodecid"] = float(fourcc(ex_audio)) if ex_audio else 10.0
         meta["audiosamplerate"] = float(track.sample_rate or track.timescale)
         meta["audiosamplesize"] = 16.0
         meta["audiochannels"] = float(track.channel_count)

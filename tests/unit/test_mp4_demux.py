@@ -275,8 +275,8 @@ def test_short_read_is_remote_protocol_error() -> None:
 
 
 def test_unsupported_video_codec_is_named() -> None:
-    data = init_segment([VIDEO]).replace(b"avc1", b"vp09", 1)
-    with pytest.raises(RemoteProtocolError, match="unsupported video codec 'vp09'"):
+    data = init_segment([VIDEO]).replace(b"avc1", b"vp08", 1)
+    with pytest.raises(RemoteProtocolError, match="unsupported video codec 'vp08'"):
         _demux(data)
 
 

@@ -30,13 +30,14 @@ __all__ = [
 ]
 
 #: Sample entry types for video: H.264 (``avc1``: parameter sets in ``avcC``; ``avc3``:
-#: also in-band) and H.265 (``hvc1`` / ``hev1``, the same split).
-VIDEO_CODECS = frozenset({"avc1", "avc3", "hvc1", "hev1"})
-#: Sample entry types for audio: MPEG-4 audio (AAC) with an ``esds`` box, and Opus with a
-#: ``dOps`` box.
-AUDIO_CODECS = frozenset({"mp4a", "Opus"})
+#: also in-band), H.265 (``hvc1`` / ``hev1``, the same split), AV1 (``av01`` with ``av1C``)
+#: and VP9 (``vp09`` with ``vpcC``).
+VIDEO_CODECS = frozenset({"avc1", "avc3", "hvc1", "hev1", "av01", "vp09"})
+#: Sample entry types for audio: MPEG-4 audio (AAC) with an ``esds`` box, Opus with a
+#: ``dOps`` box and FLAC (``fLaC``) with a ``dfLa`` box.
+AUDIO_CODECS = frozenset({"mp4a", "Opus", "fLaC"})
 
-Codec = Literal["avc1", "avc3", "hvc1", "hev1", "mp4a", "Opus"]
+Codec = Literal["avc1", "avc3", "hvc1", "hev1", "av01", "vp09", "mp4a", "Opus", "fLaC"]
 TrackKind = Literal["video", "audio"]
 
 
@@ -46,13 +47,16 @@ class TrackConfig:
 
     ``decoder_config`` is the codec configuration record exactly as FLV/RTMP carry it in the
     sequence header: the ``AVCDecoderConfigurationRecord`` (``avcC`` payload), the
-    ``HEVCDecoderConfigurationRecord`` (``hvcC`` payload), the AAC ``AudioSpecificConfig``
-    (written inside ``esds``) or the Opus identification header, RFC 7845 ``OpusHead``
-    (written as a ``dOps`` box, see :mod:`rtmpd.codec.opus`). ``timescale`` is in units per
-    second (e.g. 1000 for FLV milliseconds, 90000 for video, the sample rate for audio, 48000
-    for Opus). ``width``/``height`` are in pixels (video only); ``sample_rate`` in Hz and
+    ``HEVCDecoderConfigurationRecord`` (``hvcC`` payload), the ``AV1CodecConfigurationRecord``
+    (``av1C`` payload), the VP codec configuration record (written as ``vpcC`` version 1, see
+    :mod:`rtmpd.codec.vp9`), the AAC ``AudioSpecificConfig`` (written inside ``esds``), the
+    Opus identification header, RFC 7845 ``OpusHead`` (written as a ``dOps`` box, see
+    :mod:`rtmpd.codec.opus`) or the FLAC STREAMINFO (written inside ``dfLa``, see
+    :mod:`rtmpd.codec.flac`). ``timescale`` is in units per second (e.g. 1000 for FLV
+    milliseconds, 90000 for video, the sample rate for audio, 48000 for Opus).
+    ``width``/``height`` are in pixels (video only); ``sample_rate`` in Hz and
     ``channel_count`` (audio only) fill the audio sample entry (for Opus the ``OpusHead``'s
-    channel count and 48000 are written instead).
+    channel count and 48000, for FLAC the STREAMINFO's values are written instead).
     """
 
     track_id: int

@@ -13,10 +13,12 @@ is exposed per track (:attr:`Mp4Track.edit_list`, :attr:`Mp4Track.presentation_o
 applied: presentation time = ``dts + cts_offset - presentation_offset``.
 
 Supported sample entries: ``avc1``/``avc3`` (``avcC``), ``hvc1``/``hev1`` (``hvcC``),
-``mp4a`` with AAC (``esds``) and ``Opus`` (``dOps``, given back as the RFC 7845 ``OpusHead``
-that Enhanced RTMP carries, see :mod:`rtmpd.codec.opus`). Any other codec in a video or
-audio track raises :class:`RemoteProtocolError` naming it; tracks of other kinds (text,
-timecode, hint) are skipped.
+``av01`` (``av1C``), ``vp09`` (``vpcC``, its full box payload: version 1, flags, record),
+``mp4a`` with AAC (``esds``), ``Opus`` (``dOps``, given back as the RFC 7845 ``OpusHead``
+that Enhanced RTMP carries, see :mod:`rtmpd.codec.opus`) and ``fLaC`` (``dfLa``, given back
+as the 34-byte STREAMINFO that Enhanced RTMP carries, see :mod:`rtmpd.codec.flac`). Any
+other codec in a video or audio track raises :class:`RemoteProtocolError` naming it;
+tracks of other kinds (text, timecode, hint) are skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
-from rtmpd.codec import opus
+from rtmpd.codec import flac, opus
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 from rtmpd.codec.mp4 import AUDIO_CODECS, VIDEO_CODECS, Codec, EditListEntry, TrackConfig
 from rtmpd.codec.mp4.boxes import (
@@ -79,7 +81,14 @@ _AAC_OBJECT_TYPES = {
     0x67: "MPEG-2 AAC LC",
     0x68: "MPEG-2 AAC SSR",
 }
-_VIDEO_CONFIG_BOX = {b"avc1": b"avcC", b"avc3": b"avcC", b"hvc1": b"hvcC", b"hev1": b"hvcC"}
+_VIDEO_CONFIG_BOX = {
+    b"avc1": b"avcC",
+    b"avc3": b"avcC",
+    b"hvc1": b"hvcC",
+    b"hev1": b"hvcC",
+    b"av01": b"av1C",
+    b"vp09": b"vpcC",
+}
 _SAMPLE_IS_NON_SYNC = 0x00010000
 
 # tfhd / trun flags (ISO/IEC 14496-12 8.8.7, 8.8.8)
@@ -647,7 +656,7 @@ def _parse_stsd(data: bytes, stsd: BoxHeader, kind: str, track_id: int) -> _Samp
         if fourcc not in _VIDEO_CONFIG_BOX:
             raise RemoteProtocolError(
                 f"track {track_id}: unsupported video codec {codec!r} "
-                "(supported: avc1, avc3, hvc1, hev1)"
+                "(supported: avc1, avc3, hvc1, hev1, av01, vp09)"
             )
         r = FieldReader.for_box(data, entry)
         r.skip(6 + 2 + 16)  # reserved, data_reference_index, pre_defined/reserved
@@ -658,9 +667,10 @@ def _parse_stsd(data: bytes, stsd: BoxHeader, kind: str, track_id: int) -> _Samp
         return _SampleEntry(
             codec, data[config.payload_start : config.end], width=width, height=height
         )
-    if fourcc not in (b"mp4a", b"Opus"):
+    if fourcc not in (b"mp4a", b"Opus", b"fLaC"):
         raise RemoteProtocolError(
-            f"track {track_id}: unsupported audio codec {codec!r} (supported: mp4a AAC, Opus)"
+            f"track {track_id}: unsupported audio codec {codec!r} "
+            "(supported: mp4a AAC, Opus, fLaC)"
         )
     r = FieldReader.for_box(data, entry)
     r.skip(6 + 2)
@@ -679,6 +689,12 @@ def _parse_stsd(data: bytes, stsd: BoxHeader, kind: str, track_id: int) -> _Samp
         head = opus.OpusHead.parse_dops(data[dops.payload_start : dops.end])
         return _SampleEntry(
             "Opus", bytes(head), sample_rate=opus.SAMPLE_RATE, channel_count=head.channel_count
+        )
+    if fourcc == b"fLaC":
+        dfla = _require(children, b"dfLa", "fLaC")
+        info = flac.StreamInfo.parse_dfla(data[dfla.payload_start : dfla.end])
+        return _SampleEntry(
+            "fLaC", info.data, sample_rate=info.sample_rate, channel_count=info.channels
         )
     if b"esds" not in children and b"wave" in children:
         children = _children(data, children[b"wave"], 8)

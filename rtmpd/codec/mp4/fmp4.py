@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 
-from rtmpd.codec import opus
+from rtmpd.codec import flac, opus, vp9
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 from rtmpd.codec.mp4 import EditListEntry, Sample, SampleTiming, TrackConfig
 from rtmpd.codec.mp4.boxes import BoxWriter
@@ -67,7 +67,16 @@ SAMPLE_FLAGS_NON_SYNC = 0x01000000 | SAMPLE_IS_NON_SYNC
 
 _IDENTITY_MATRIX = (0x00010000, 0, 0, 0, 0x00010000, 0, 0, 0, 0x40000000)
 _HANDLERS = {"video": (b"vide", b"VideoHandler"), "audio": (b"soun", b"SoundHandler")}
-_CONFIG_BOX = {"avc1": b"avcC", "avc3": b"avcC", "hvc1": b"hvcC", "hev1": b"hvcC"}
+#: Video sample entry -> its configuration box, written as a plain box around
+#: ``decoder_config`` (vp09's ``vpcC`` is a full box: see _video_config).
+_CONFIG_BOX = {
+    "avc1": b"avcC",
+    "avc3": b"avcC",
+    "hvc1": b"hvcC",
+    "hev1": b"hvcC",
+    "av01": b"av1C",
+    "vp09": b"vpcC",
+}
 
 # ES descriptor tags (ISO/IEC 14496-1 section 7.2.2.1)
 _ES_DESCR_TAG = 0x03
@@ -224,6 +233,24 @@ def _opus_head(track: TrackConfig) -> opus.OpusHead:
         raise LocalProtocolError(f"track {track.track_id}: {exc}") from None
 
 
+def _stream_info(track: TrackConfig) -> flac.StreamInfo:
+    try:
+        return flac.StreamInfo.parse(track.decoder_config)
+    except RemoteProtocolError as exc:
+        raise LocalProtocolError(f"track {track.track_id}: {exc}") from None
+
+
+def _video_config(track: TrackConfig) -> bytes:
+    """The payload of the video configuration box: the record as given, except vpcC,
+    which is always written as version 1 with flags (whichever form came in)."""
+    if track.codec != "vp09":
+        return track.decoder_config
+    try:
+        return vp9.VPCodecConfigurationRecord.parse(track.decoder_config).box_payload()
+    except RemoteProtocolError as exc:
+        raise LocalProtocolError(f"track {track.track_id}: {exc}") from None
+
+
 def _write_sample_entry(w: BoxWriter, track: TrackConfig) -> None:
     codec = track.codec.encode("ascii")
     with w.box(codec):
@@ -242,26 +269,36 @@ def _write_sample_entry(w: BoxWriter, track: TrackConfig) -> None:
             w.u16(0x0018)  # depth
             w.i16(-1)  # pre_defined
             with w.box(_CONFIG_BOX[track.codec]):
-                w.write(track.decoder_config)
+                w.write(_video_config(track))
         else:
             # AudioSampleEntry (12.2.3). For Opus (Opus in ISO BMFF 4.3.1) channelcount is
-            # the OutputChannelCount and samplerate 48000, whatever the input rate was.
+            # the OutputChannelCount and samplerate 48000, whatever the input rate was; for
+            # FLAC (FLAC in ISO BMFF 3.3.1) both and samplesize come from STREAMINFO.
             head = _opus_head(track) if track.codec == "Opus" else None
-            channel_count = track.channel_count if head is None else head.channel_count
-            sample_rate = track.sample_rate if head is None else opus.SAMPLE_RATE
+            info = _stream_info(track) if track.codec == "fLaC" else None
+            channel_count, sample_size, sample_rate = track.channel_count, 16, track.sample_rate
+            if head is not None:
+                channel_count, sample_rate = head.channel_count, opus.SAMPLE_RATE
+            elif info is not None:
+                channel_count, sample_size = info.channels, info.bits_per_sample
+                sample_rate = info.sample_rate
             w.zeros(8)  # reserved
             w.u16(channel_count)
-            w.u16(16)  # samplesize
+            w.u16(sample_size)
             w.u16(0)  # pre_defined
             w.u16(0)  # reserved
-            # samplerate is 16.16; rates above 65535 Hz do not fit, the esds carries them
+            # samplerate is 16.16; rates above 65535 Hz do not fit (0), the config carries them
             w.u32((sample_rate if sample_rate <= 0xFFFF else 0) << 16)
-            if head is None:
-                _write_esds(w, track)
-            else:
+            if head is not None:
                 # OpusSpecificBox (4.3.2): a plain box, the OpusHead's fields big-endian.
                 with w.box(b"dOps"):
                     w.write(head.dops())
+            elif info is not None:
+                # FLACSpecificBox (3.3.2): a full box of metadata blocks, STREAMINFO first.
+                with w.box(b"dfLa"):
+                    w.write(info.dfla())
+            else:
+                _write_esds(w, track)
 
 
 def write_trak(
@@ -292,8 +329,8 @@ def write_trak(
                   url
               stbl
                 stsd
-                  avc1 | avc3 | hvc1 | hev1 | mp4a | Opus
-                    avcC | hvcC | esds | dOps
+                  avc1 | avc3 | hvc1 | hev1 | av01 | vp09 | mp4a | Opus | fLaC
+                    avcC | hvcC | av1C | vpcC | esds | dOps | dfLa
                 <write_sample_tables>
     """
     handler_type, handler_name = _HANDLERS[track.kind]
