@@ -238,6 +238,11 @@ class FlvFile(DiskFiles):
             view = view[written:]
             self.size += written
 
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().release()
+
     def finish(self) -> str:
         self.file.close()
         summary = finalize_flv(self.path)

@@ -15,10 +15,20 @@ Fragments are cut like HLS segments: before a video keyframe once
 ``--hls-fragment`` has passed (audio-only: any frame). A sample's duration
 is the next sample's decode time minus its own, so a sample waits for its
 successor; an audio sample still waiting at a cut goes in the next fragment.
-Timescale is 1000 (FLV milliseconds, exact) for H.264 and AAC, and 48000
-for Opus (the timescale Opus in ISO BMFF asks for; ms times 48 are exact). Each fragment
+Timescale is 1000 (FLV milliseconds, exact) for video and AAC, 48000
+for Opus (the timescale Opus in ISO BMFF asks for; ms times 48 are exact) and
+the sample rate for FLAC (as FLAC in ISO BMFF asks). Each fragment
 file is written as ``.tmp`` and renamed, so a crash never leaves half a
 fragment under its real name.
+
+Sample entries: ``avc1``/``hvc1`` with the published avcC/hvcC, ``av01`` with
+av1C, ``vp09`` with vpcC (version 1), ``mp4a``, ``Opus`` with dOps, ``fLaC``
+with dfLa. The picture size comes from the configuration (the SPS for H.264
+and H.265, the sequence header OBU in av1C for AV1); VP9's vpcC has none, so
+a VP9 recording (and an AV1 one without a sequence header in its av1C) writes
+its init segment once the first keyframe has given the size (no fragment can
+end before that keyframe). AV1 samples lose their temporal delimiters (AV1 in
+ISO BMFF section 2.4).
 
 The merge (:func:`merge_fragments`, in the writer thread) reads only
 metadata: it demuxes ``init.mp4`` + the fragments as one virtual file
@@ -35,6 +45,7 @@ recordings in one directory.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import os
 import re
 from array import array
@@ -43,9 +54,9 @@ from typing import Any, BinaryIO
 
 from twisted.internet import defer
 
-from rtmpd.codec import aac, avc, flv, opus
+from rtmpd.codec import aac, av1, avc, flac, flv, hevc, opus, vp9
 from rtmpd.codec.errors import ProtocolError
-from rtmpd.codec.mp4 import Sample, TrackConfig
+from rtmpd.codec.mp4 import Codec, Sample, TrackConfig
 from rtmpd.codec.mp4.demux import Mp4Demuxer
 from rtmpd.codec.mp4.fmp4 import fragment, init_segment
 from rtmpd.codec.mp4.progressive import ProgressiveMp4Writer
@@ -308,41 +319,109 @@ class Fmp4Files(DiskFiles):
         return finish_directory(self.directory, merge=not self.separate)
 
 
-def track_configs(
-    video_header: Frame | None, audio_header: Frame | None
-) -> dict[int, TrackConfig]:
-    """The MP4 tracks for a stream's sequence headers: H.264 (track 1, timescale
-    1000), AAC (track 2, 1000) or Opus (track 2, 48000). Raises ProtocolError
-    for a header that does not parse."""
-    tracks: dict[int, TrackConfig] = {}
-    if video_header is not None:
-        record = codec_data(video_header) or b""
+def _video_track(header: Frame) -> TrackConfig:
+    record = codec_data(header) or b""
+    codec = header.codec
+    sample_entry: Codec
+    width = height = 0
+    if codec in (flv.VIDEO_AVC, flv.FOURCC_AVC1):
+        sample_entry = "avc1"
         config = avc.AVCDecoderConfigurationRecord.parse(record)
-        width = height = 0
         if config.sps:
             info = avc.parse_sps(config.sps[0])
             width, height = info.width, info.height
-        tracks[VIDEO_TRACK] = TrackConfig(
-            track_id=VIDEO_TRACK, kind="video", codec="avc1", timescale=TIMESCALE,
-            decoder_config=record, width=width, height=height,
+    elif codec in (flv.VIDEO_HEVC, flv.FOURCC_HVC1):
+        sample_entry = "hvc1"
+        hvcc = hevc.HEVCDecoderConfigurationRecord.parse(record)
+        if hvcc.sps:
+            size = hevc.parse_sps(hvcc.sps[0])
+            width, height = size.width, size.height
+    elif codec == flv.FOURCC_AV01:
+        sample_entry = "av01"
+        sequence = av1.AV1CodecConfigurationRecord.parse(record).sequence_header()
+        if sequence is not None:
+            width, height = sequence.max_frame_width, sequence.max_frame_height
+    else:  # flv.FOURCC_VP09: the size comes with the first keyframe
+        sample_entry = "vp09"
+        record = vp9.VPCodecConfigurationRecord.parse(record).box_payload()
+    return TrackConfig(
+        track_id=VIDEO_TRACK, kind="video", codec=sample_entry, timescale=TIMESCALE,
+        decoder_config=record, width=width, height=height,
+    )
+
+
+def _audio_track(header: Frame) -> TrackConfig:
+    record = codec_data(header) or b""
+    if header.codec == flv.FOURCC_OPUS:
+        head = opus.OpusHead.parse(record)
+        return TrackConfig(
+            track_id=AUDIO_TRACK, kind="audio", codec="Opus", timescale=opus.SAMPLE_RATE,
+            decoder_config=bytes(head), sample_rate=opus.SAMPLE_RATE,
+            channel_count=head.channel_count,
         )
+    if header.codec == flv.FOURCC_FLAC:
+        info = flac.StreamInfo.parse(record)
+        return TrackConfig(
+            track_id=AUDIO_TRACK, kind="audio", codec="fLaC", timescale=info.sample_rate,
+            decoder_config=info.data, sample_rate=info.sample_rate,
+            channel_count=info.channels,
+        )
+    asc = aac.AudioSpecificConfig.parse(record)
+    return TrackConfig(
+        track_id=AUDIO_TRACK, kind="audio", codec="mp4a", timescale=TIMESCALE,
+        decoder_config=record, sample_rate=asc.sample_rate,
+        channel_count=asc.channel_configuration or 2,
+    )
+
+
+def track_configs(
+    video_header: Frame | None, audio_header: Frame | None
+) -> dict[int, TrackConfig]:
+    """The MP4 tracks for a stream's sequence headers: video as track 1 (timescale 1000;
+    ``avc1``, ``hvc1``, ``av01`` or ``vp09``), audio as track 2 (AAC at 1000, Opus at
+    48000, FLAC at its sample rate). Raises ProtocolError for a header that does not
+    parse."""
+    tracks: dict[int, TrackConfig] = {}
+    if video_header is not None:
+        tracks[VIDEO_TRACK] = _video_track(video_header)
     if audio_header is not None:
-        record = codec_data(audio_header) or b""
-        if audio_header.codec == flv.FOURCC_OPUS:
-            head = opus.OpusHead.parse(record)
-            tracks[AUDIO_TRACK] = TrackConfig(
-                track_id=AUDIO_TRACK, kind="audio", codec="Opus", timescale=opus.SAMPLE_RATE,
-                decoder_config=bytes(head), sample_rate=opus.SAMPLE_RATE,
-                channel_count=head.channel_count,
-            )
-        else:
-            asc = aac.AudioSpecificConfig.parse(record)
-            tracks[AUDIO_TRACK] = TrackConfig(
-                track_id=AUDIO_TRACK, kind="audio", codec="mp4a", timescale=TIMESCALE,
-                decoder_config=record, sample_rate=asc.sample_rate,
-                channel_count=asc.channel_configuration or 2,
-            )
+        tracks[AUDIO_TRACK] = _audio_track(audio_header)
     return tracks
+
+
+def size_waits_for_keyframe(tracks: Mapping[int, TrackConfig]) -> bool:
+    """Whether the video track's size is unknown until a keyframe comes (VP9, or AV1
+    without a sequence header in its av1C)."""
+    video = tracks.get(VIDEO_TRACK)
+    return video is not None and video.codec in ("vp09", "av01") and not video.width
+
+
+def with_keyframe_size(tracks: dict[int, TrackConfig], keyframe: bytes) -> dict[int, TrackConfig]:
+    """``tracks`` with the video size read from its first keyframe's bytes (unchanged if
+    that frame does not say)."""
+    video = tracks[VIDEO_TRACK]
+    try:
+        if video.codec == "vp09":
+            size = vp9.keyframe_size(keyframe)
+        else:
+            size = av1.size_of_temporal_unit(keyframe)
+        if size is None:
+            return tracks
+        sized = dataclasses.replace(video, width=size[0], height=size[1])
+    except ProtocolError:
+        return tracks  # a size out of range or a header that ends early: leave it 0
+    return {**tracks, VIDEO_TRACK: sized}
+
+
+def sample_bytes(track: TrackConfig, data: bytes) -> bytes:
+    """A frame's codec data as an MP4 sample: AV1 temporal units without their temporal
+    delimiters; other codecs as they came (a unit that does not parse is kept as is)."""
+    if track.codec != "av01":
+        return data
+    try:
+        return av1.sample_data(data)
+    except ProtocolError:
+        return data
 
 
 class Fmp4Recording(Recording):
@@ -358,11 +437,6 @@ class Fmp4Recording(Recording):
             self.fail(f"bad sequence header: {e}")
             return
         self.tracks = tracks
-        if self.separate:
-            names = {VIDEO_TRACK: "video", AUDIO_TRACK: "audio"}
-            inits = {f"{names[t]}_init.mp4": init_segment([c]) for t, c in tracks.items()}
-        else:
-            inits = {INIT_NAME: init_segment(list(tracks.values()))}
         self.builder = FragmentBuilder(
             has_video=VIDEO_TRACK in tracks,
             fragment_ms=self.settings.fragment_ms,
@@ -370,15 +444,41 @@ class Fmp4Recording(Recording):
         )
         self.sequence = 0
         self.disk = self.files = Fmp4Files(self.directory, separate=self.separate)
-        self.submit(lambda: self.files.open(inits))
+        # VP9 (and AV1 without a sequence header in av1C): the sample entry's size
+        # comes from the first keyframe, which comes before any fragment can end.
+        self.init_waits = size_waits_for_keyframe(tracks)
+        if not self.init_waits:
+            self._open_files()
+
+    def _open_files(self) -> None:
+        self.init_waits = False
+        tracks = self.tracks
+        try:
+            if self.separate:
+                names = {VIDEO_TRACK: "video", AUDIO_TRACK: "audio"}
+                inits = {f"{names[t]}_init.mp4": init_segment([c]) for t, c in tracks.items()}
+            else:
+                inits = {INIT_NAME: init_segment(list(tracks.values()))}
+        except ProtocolError as e:
+            self.fail(f"bad sequence header: {e}")
+            return
+        files = self.files
+        self.submit(lambda: files.open(inits))
 
     def write_media(self, frame: Frame, ts_ms: int) -> None:
         track = VIDEO_TRACK if frame.kind is FrameKind.VIDEO else AUDIO_TRACK
         data = codec_data(frame)
         if track not in self.tracks or data is None:
             return
+        if self.init_waits and track == VIDEO_TRACK:
+            self.tracks = with_keyframe_size(self.tracks, data)
+            self._open_files()
         done = self.builder.push(
-            track, ts_ms, frame.composition_ms, frame.keyframe or track == AUDIO_TRACK, data
+            track,
+            ts_ms,
+            frame.composition_ms,
+            frame.keyframe or track == AUDIO_TRACK,
+            sample_bytes(self.tracks[track], data),
         )
         self.frames_written += 1
         if done is not None:
@@ -404,6 +504,8 @@ class Fmp4Recording(Recording):
         self.submit(lambda: fmp4.write(files), size=size)
 
     def close(self) -> defer.Deferred[Any] | None:
+        if self.init_waits:
+            self._open_files()  # no keyframe came: the size stays 0
         last = self.builder.finish()
         if last is not None:
             self._write_fragment(last)

@@ -6,9 +6,10 @@ keyframe once ``--hls-fragment`` has passed; at once, with a discontinuity,
 on a timestamp jump). A finished segment's bytes go to the writer in one job.
 
 A stream whose codecs TS cannot carry (:func:`rtmpd.codec.mpegts.carries`:
-Opus audio today) is written as fMP4 HLS instead: ``init.mp4`` (named by
-``#EXT-X-MAP``, playlist version 7) and ``{n}.m4s`` segments, each one
-``moof`` + ``mdat`` from the fMP4 recorder's
+H.265, AV1, VP9, Opus, FLAC, and the Enhanced RTMP forms of H.264 and AAC; Apple's
+HLS authoring specification wants HEVC in fMP4 too) is written as fMP4 HLS
+instead: ``init.mp4`` (named by ``#EXT-X-MAP``, playlist version 7) and
+``{n}.m4s`` segments, each one ``moof`` + ``mdat`` from the fMP4 recorder's
 :class:`~rtmpd.services.fmp4rec.FragmentBuilder`, cut by the same
 SegmentCutter. Window, deletion, republish and crash repair are the same.
 
@@ -50,7 +51,15 @@ from rtmpd.codec.mp4 import Sample
 from rtmpd.codec.mp4.fmp4 import fragment, init_segment
 from rtmpd.media import Frame, FrameKind
 from rtmpd.services.confine import open_existing
-from rtmpd.services.fmp4rec import AUDIO_TRACK, VIDEO_TRACK, FragmentBuilder, track_configs
+from rtmpd.services.fmp4rec import (
+    AUDIO_TRACK,
+    VIDEO_TRACK,
+    FragmentBuilder,
+    sample_bytes,
+    size_waits_for_keyframe,
+    track_configs,
+    with_keyframe_size,
+)
 from rtmpd.services.recorder import (
     DiskFiles,
     Recorder,
@@ -234,7 +243,6 @@ class HlsRecording(Recording):
     def _open_fmp4(self) -> None:
         try:
             tracks = track_configs(self.video_header, self.audio_header)
-            init = init_segment(list(tracks.values()))
         except ProtocolError as e:
             self.fail(f"bad sequence header: {e}")
             return
@@ -245,6 +253,18 @@ class HlsRecording(Recording):
             fragment_ms=self.settings.fragment_ms,
             timescales={t: c.timescale for t, c in tracks.items()},
         )
+        # As in the fMP4 recorder: a VP9 init segment waits for the first keyframe's size.
+        self.init_waits = size_waits_for_keyframe(tracks)
+        if not self.init_waits:
+            self._open_fmp4_files()
+
+    def _open_fmp4_files(self) -> None:
+        self.init_waits = False
+        try:
+            init = init_segment(list(self.tracks.values()))
+        except ProtocolError as e:
+            self.fail(f"bad sequence header: {e}")
+            return
         files = self.files
         self.submit(lambda: files.open(init))
 
@@ -301,6 +321,10 @@ class HlsRecording(Recording):
         data = codec_data(frame)
         if track not in self.tracks or data is None:
             return
+        if self.init_waits and is_video:
+            self.tracks = with_keyframe_size(self.tracks, data)
+            self._open_fmp4_files()
+        data = sample_bytes(self.tracks[track], data)
         cut = self.cutter.push(dts_ms=ts_ms, keyframe=frame.keyframe, is_video=is_video)
         if cut is not None and cut.discontinuity:
             # A new timeline: the open segment ends with its waiting samples
@@ -349,6 +373,8 @@ class HlsRecording(Recording):
     def close(self) -> defer.Deferred[Any] | None:
         duration = self.cutter.finish()
         if self.fmp4:
+            if self.init_waits:
+                self._open_fmp4_files()  # no keyframe came: the size stays 0
             if duration is not None:
                 self._add_fragment(self.builder.finish(), duration)
         elif duration is not None:

@@ -249,6 +249,13 @@ class DiskFiles:
         self.directory = directory
         self.broken = False
 
+    def release(self) -> None:
+        """The recording failed: let go of what it holds open (its files,
+        its marker's lock) and leave the files and the marker as they are,
+        so this is the marker of a damaged recording that the next start
+        repairs, not of one this process still records."""
+        _release_marker(self.directory)
+
 
 def announced_tracks(metadata: Frame | None) -> tuple[bool, bool]:
     """(audio, video) as ``onMetaData`` announces them (codec ids present)."""
@@ -509,6 +516,17 @@ class Recording:
             return
         self.state = State.FAILED
         log.error("{what} failed: {message}; recording stopped", what=self.path, message=message)
+        disk = self.disk
+        if disk is not None:
+            # After the jobs already queued; a job with no media passes the
+            # writer's byte bound (a failed recording used to hold its file
+            # and marker lock until the process ended, so nothing could
+            # repair it meanwhile). With the job queue itself full, the
+            # process's end lets go instead.
+            with contextlib.suppress(WriterFull):
+                self.writer.submit(disk.release).addErrback(
+                    lambda f: log.failure("releasing {what}", f, what=self.path)
+                )
         if self.recorder.on_failure is not None:
             self.recorder.on_failure(self.fmt)
         if not self.done.called:

@@ -22,23 +22,36 @@ writeback tuning.
 from __future__ import annotations
 
 import http.client
+import queue
 import signal
 import socket
 import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import m3u8
 import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from zope.interface import implementer
 
+from rtmpd.codec import flv
 from rtmpd.codec.rtmp import events as ev
+from rtmpd.interfaces import IMediaSink, IMediaSource
+from rtmpd.media import Frame
+from rtmpd.registry import StreamConfig, StreamRegistry
+from rtmpd.services.recorder import RecorderSettings
+from rtmpd.services.recorders import RECORDER_CLASSES
+from rtmpd.services.recovery import recover
+from rtmpd.services.writer import ThreadedDiskWriter
 from tests.e2e.conftest import WAIT_S, Server, start_server, stop_server
 from tests.e2e.rtmpclient import RtmpTestClient
 from tests.e2e.test_gateway import start_gateway
@@ -352,7 +365,12 @@ def test_full_disk_stops_each_recording_once_and_live_play_goes_on(
         assert again.log().count(f"recovered unfinished {fmt} recording") == 1, fmt
     assert m3u8.load(str(d["hls"] / "index.m3u8")).is_endlist
     assert decode_errors(d["hls"] / "index.m3u8") == ""
-    assert_valid(d["fmp4"] / "stream_full.mp4")
+    # fMP4 writes a fragment a second: it may have failed before its first.
+    (fmp4_line,) = [line for line in lines if "fmp4 recording" in line]
+    if list(d["fmp4"].glob("*.m4s")):
+        assert_valid(d["fmp4"] / "stream_full.mp4")
+    else:
+        assert "no samples to merge" in fmp4_line
 
 
 # --------------------------------------------------------------------------- hook hangs
@@ -608,3 +626,118 @@ def test_kill_9_then_restart_repairs_every_unfinished_recording_once(
     finally:
         stop_server(third)
     assert "recovered unfinished" not in third.log()
+
+
+# --------------------------------------------------------------------------- slow disk
+
+
+class StalledDiskWriter(ThreadedDiskWriter):
+    """The recorders' real bounded writer over a disk that stalls: every job
+    waits at :attr:`gate` (a write blocked in the kernel) before it runs."""
+
+    def __init__(self, call_from_thread: Callable[..., Any], **bounds: int) -> None:
+        super().__init__(call_from_thread, **bounds)
+        self.gate = threading.Event()
+
+    def submit(self, job: Callable[[], Any], *, size: int = 0) -> defer.Deferred[Any]:
+        def stalled() -> Any:
+            self.gate.wait(WAIT_S)
+            return job()
+
+        return super().submit(stalled, size=size)
+
+
+@implementer(IMediaSource)
+class _Publisher:
+    description = "test publisher"
+
+    def stop_publishing(self, reason: str) -> None:
+        pass
+
+
+@implementer(IMediaSink)
+class _Viewer:
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def on_frame(self, frame: object) -> None:
+        self.frames += 1
+
+    def on_stream_end(self, reason: str) -> None:
+        pass
+
+
+def clip_frames(path: Path) -> list[Frame]:
+    reader = flv.FlvReader()
+    reader.receive_data(path.read_bytes())
+    reader.receive_data(b"")
+    frames = []
+    while not isinstance(event := reader.next_event(), (flv.NeedData, flv.EndOfStream)):
+        if isinstance(event, flv.TagReceived):
+            frames.append(Frame.from_tag(event.tag_type, event.timestamp_ms, event.body))
+    return frames
+
+
+def test_writer_that_falls_behind_fails_the_recording_not_the_stream(
+    clip: Path, tmp_path: Path
+) -> None:
+    """In process (see the module docstring for why): the real registry,
+    recorders and threaded writer, with a disk that stalls. The live viewer
+    gets every frame while the writer's queue fills; each recording that
+    cannot queue its next job is failed with one error line (counted in the
+    metrics, its ``.recording`` marker left: the mark of a damaged
+    recording), and what it had queued reaches the disk once the disk moves
+    again, which the next start's recovery makes a valid recording."""
+    done: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+    writer = StalledDiskWriter(lambda f, *a: done.put((f, a)), max_bytes=300_000)
+    writer.start()
+    registry = StreamRegistry(Clock(), StreamConfig(merge_ms=0))
+    settings = RecorderSettings(root=str(tmp_path), fragment_ms=1000, window=3)
+    recorders = [RECORDER_CLASSES[fmt](registry, writer, settings)
+                 for fmt in ("hls", "flv", "fmp4")]
+    failures: list[str] = []
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for recorder in recorders:
+            recorder.on_failure = failures.append
+            recorder.startService()
+        viewer = _Viewer()
+        stream = registry.publish("live", "slow", _Publisher())
+        stream.add_sink(viewer)
+        frames = clip_frames(clip)
+        for frame in frames:
+            stream.push(frame)
+        # The disk has taken nothing yet; the viewer has every frame.
+        assert viewer.frames == len(frames)
+        assert sorted(failures) == ["flv", "fmp4", "hls"], writer.pending_bytes
+        registry.unpublish(stream, "publisher left")
+        writer.gate.set()  # the disk moves again
+        stopped = defer.gatherResults([defer.maybeDeferred(r.stopService) for r in recorders])
+        writer.stop()
+        assert writer._thread is not None
+        writer._thread.join(WAIT_S)
+        while not done.empty():
+            f, args = done.get()
+            f(*args)
+        assert stopped.called
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    errors = [formatEvent(e) for e in events if e["log_level"] is LogLevel.error]
+    assert len(errors) == 3, errors
+    for fmt in ("hls", "flv", "fmp4"):
+        (line,) = [e for e in errors if e.startswith(f"{fmt} recording of live/slow failed")]
+        assert "disk writer queue full" in line and "recording stopped" in line, line
+    # Marked damaged: each keeps its marker, and the next start repairs it.
+    assert len(list(tmp_path.rglob(".recording"))) == 3
+    lines = recover(str(tmp_path))
+    assert len(lines) == 3 and all(line.startswith("recovered") for line in lines), lines
+    d = dirs(tmp_path, "slow")
+    assert_valid(d["flv"] / "index.flv")
+    assert decode_errors(d["hls"] / "index.m3u8") == ""
+    # fMP4 writes a fragment a second: it may have failed before its first.
+    (fmp4_line,) = [line for line in lines if "fmp4 recording" in line]
+    if list(d["fmp4"].glob("*.m4s")):
+        assert_valid(d["fmp4"] / "stream_full.mp4")
+    else:
+        assert "no samples to merge" in fmp4_line

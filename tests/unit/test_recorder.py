@@ -443,7 +443,7 @@ def test_recording_waits_for_an_announced_audio_header(tmp_path: Path) -> None:
     assert sorted(t.kind for t in tracks) == ["audio", "video"]
 
 
-def test_stream_without_h264_or_aac_is_not_recorded_as_hls(
+def test_stream_without_a_recorded_codec_is_not_recorded_as_hls(
     tmp_path: Path, logged: list[LogEvent]
 ) -> None:
     rig = Rig(tmp_path, ("hls", "flv"))
@@ -451,7 +451,9 @@ def test_stream_without_h264_or_aac_is_not_recorded_as_hls(
     rig.publish(h263)
     assert not rig.dir("hls").exists()
     assert len(flv_tags(rig.dir("flv") / "index.flv")) == 1 + len(h263)
-    assert any("no H.264 video or AAC/Opus audio" in m for m in messages(logged, "warn"))
+    assert any(
+        "not recording, no video (H.264, H.265, AV1, VP9)" in m for m in messages(logged, "warn")
+    )
 
 
 # --------------------------------------------------------------------------- failure, stop
