@@ -77,34 +77,52 @@ GATE_MAX_FRAMES = 1000
 #: The record formats, as ``--record`` names them.
 FORMATS = ("hls", "flv", "fmp4", "fmp4-separate")
 
-#: Codecs the codec-only recorders (HLS, fMP4) take: H.264 video; AAC, or Opus the
-#: Enhanced RTMP way (FourCC ``Opus``; HLS writes such a stream as fMP4 segments).
-RECORDED_VIDEO_CODECS = frozenset({flv.VIDEO_AVC})
-RECORDED_AUDIO_CODECS = frozenset({flv.AUDIO_AAC, flv.FOURCC_OPUS})
+#: Codecs the codec-only recorders (HLS, fMP4) take. Video: H.264 and H.265 (legacy
+#: CodecID 7 and 12, or Enhanced RTMP ``avc1`` / ``hvc1``), AV1 (``av01``) and VP9
+#: (``vp09``). Audio: AAC (legacy or ``mp4a``), Opus (``Opus``) and FLAC (``fLaC``).
+#: MPEG-TS carries only legacy H.264 and AAC (:func:`rtmpd.codec.mpegts.carries`): HLS
+#: writes any other stream as fMP4 segments.
+RECORDED_VIDEO_CODECS = frozenset(
+    {flv.VIDEO_AVC, flv.VIDEO_HEVC, flv.FOURCC_AVC1, flv.FOURCC_HVC1, flv.FOURCC_AV01,
+     flv.FOURCC_VP09}
+)
+RECORDED_AUDIO_CODECS = frozenset(
+    {flv.AUDIO_AAC, flv.FOURCC_MP4A, flv.FOURCC_OPUS, flv.FOURCC_FLAC}
+)
 
 
 def codec_data(frame: Frame) -> bytes | None:
-    """The codec bytes of an H.264, AAC or Opus tag after its FLV headers.
+    """The codec bytes of a recorded codec's tag after its FLV headers.
 
-    For a sequence header: the AVCDecoderConfigurationRecord, AudioSpecificConfig
-    or OpusHead. For media: AVCC NAL units, one raw AAC frame or one Opus packet.
-    None for a tag that carries no coded media (AVC end of sequence, an Opus
-    MultichannelConfig or SequenceEnd) or is malformed.
+    For a sequence header: the decoder configuration record (avcC, hvcC, av1C
+    or vpcC payload), AudioSpecificConfig, OpusHead or FLAC STREAMINFO. For
+    media: AVCC/HVCC NAL units, an AV1 temporal unit, a VP9 frame, one raw
+    AAC frame, one Opus packet or one FLAC frame. None for a tag that carries
+    no coded media (end of sequence, Metadata, an MPEG-2 TS SequenceStart, a
+    MultichannelConfig), carries nothing (ffmpeg ends a FLAC stream with an
+    empty CodedFrames tag; an empty sample would be a decode error) or is
+    malformed. A Multitrack tag counts by its default track (trackId 0); a tag
+    of another track only is None too: a recording has one track of each kind.
     """
     if frame.kind is FrameKind.VIDEO:
-        payload = frame.payload
-        if len(payload) < 5:
+        try:
+            video = flv.video_packet(frame.payload)
+        except ProtocolError:
             return None
-        if frame.sequence_header or payload[1] == flv.AVC_NALU:
-            return payload[5:]
-        return None
+        if video.track_id != 0:
+            return None
+        if frame.sequence_header:
+            return video.data if video.sequence_start else None
+        return video.data if video.coded_frames and video.data else None
     try:
         packet = flv.audio_packet(frame.payload)
     except ProtocolError:
         return None
-    if frame.sequence_header or packet.coded_frames:
-        return packet.data
-    return None
+    if packet.track_id != 0:
+        return None
+    if frame.sequence_header:
+        return packet.data  # an empty Opus SequenceStart means the default head
+    return packet.data if packet.coded_frames and packet.data else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,10 +322,10 @@ class Recording:
 
     Subclasses set ``fmt`` and ``codec_only`` and implement :meth:`open`,
     :meth:`write_media`, :meth:`write_header` and :meth:`close`.
-    ``codec_only`` recorders (HLS, fMP4) keep only H.264 video and AAC or
-    Opus audio (:data:`RECORDED_AUDIO_CODECS`) with their sequence headers,
-    dropping video before the first keyframe; the FLV recorder keeps every
-    frame.
+    ``codec_only`` recorders (HLS, fMP4) keep only the codecs an MP4 track
+    can hold (:data:`RECORDED_VIDEO_CODECS`, :data:`RECORDED_AUDIO_CODECS`)
+    with their sequence headers, dropping video before the first keyframe;
+    the FLV recorder keeps every frame.
     """
 
     fmt: ClassVar[str] = ""
@@ -360,8 +378,11 @@ class Recording:
         if not self.codec_only:
             return True
         if frame.kind is FrameKind.VIDEO:
-            return frame.codec in RECORDED_VIDEO_CODECS
-        return frame.codec in RECORDED_AUDIO_CODECS
+            recorded = frame.codec in RECORDED_VIDEO_CODECS
+        else:
+            recorded = frame.codec in RECORDED_AUDIO_CODECS
+        # Another Multitrack track's configuration is not this recording's.
+        return recorded and codec_data(frame) is not None
 
     def _keep_header(self, frame: Frame) -> bool:
         """Remember a sequence header this recorder takes; False if it does not."""
@@ -413,7 +434,9 @@ class Recording:
         if not (self.has_audio or self.has_video):
             self.state = State.FINISHED
             log.warn(
-                "{what}: not recording, no H.264 video or AAC/Opus audio", what=self.path
+                "{what}: not recording, no video (H.264, H.265, AV1, VP9) or audio "
+                "(AAC, Opus, FLAC) it can record",
+                what=self.path,
             )
             self.done.callback(None)
             return
