@@ -239,10 +239,13 @@ def test_publisher_killed_mid_gop_ends_its_viewers_and_finalises_its_recordings(
 # --------------------------------------------------------------------------- viewer RST
 
 
-def raw_http_viewer(server: Server, name: str) -> socket.socket:
+def raw_http_viewer(server: Server, name: str, *, websocket: bool = False) -> socket.socket:
+    """An HTTP-FLV (or WS-FLV) play on a bare socket with a small receive buffer."""
     sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=WAIT_S)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.sendall(f"GET /live/{name}.flv HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    upgrade = ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n") if websocket else ""
+    sock.sendall(f"GET /live/{name}.flv HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n".encode())
     return sock
 
 
@@ -263,8 +266,8 @@ def test_viewer_reset_mid_frame_leaves_the_publisher_and_other_viewers_playing(
         for viewer in others:
             viewer.wait_media()
         victims = []
-        for _ in range(3):
-            sock = raw_http_viewer(server, "rst")
+        for websocket in (False, False, True):
+            sock = raw_http_viewer(server, "rst", websocket=websocket)
             # A small receive buffer and an odd count: the server is in the
             # middle of a frame (a keyframe of the GOP is ~30 KB) when the RST
             # comes, with more of it queued behind.
