@@ -12,11 +12,14 @@ origin (``DELETE /api/clients``) while the origin stays up, and
 
 The slow disk is the one fault tested in process (see
 :func:`test_writer_that_falls_behind_fails_the_recording_not_the_stream`):
-loopback has no throttled block device (no ``dm-delay``, no FUSE in the test
-image), and a cgroup ``io.max`` limit on a loop device throttles writeback,
-not the page-cache writes the recorder's thread makes, so the disk cannot be
-made slow from outside without making the test depend on the kernel's
-writeback tuning.
+the test machines have no way to slow a directory down from outside the
+server. ``dm-delay`` needs device-mapper (``dmsetup`` is there, its devices
+are not); a FUSE file system with a delay needs libfuse and a binding
+(fusepy), which are not among our dependencies; a cgroup ``io.max`` limit on
+a loop device throttles writeback, not the page-cache writes the recorder
+makes (and needs cgroup v2, which the test container lacks). The server has
+no injected-delay seam either: the test drives the real registry, recorders
+and bounded writer with a disk whose every job blocks.
 """
 
 from __future__ import annotations
