@@ -251,3 +251,38 @@ def test_a_multitrack_publish_records_its_default_track_only(tmp_path: Path) -> 
     video = next(t for t in merged.tracks if t.track_id == VIDEO_TRACK)
     assert video.decoder_config == published_config("vp9_opus", FrameKind.VIDEO)
     assert merged.sample_count(VIDEO_TRACK) == 2 * len(coded("vp9_opus", FrameKind.VIDEO))
+
+
+def as_legacy_hevc(frame: Frame) -> Frame | None:
+    """An Enhanced RTMP hvc1 frame in the pre-Enhanced-RTMP form (CodecID 12, laid out as
+    AVC); None for a tag that form has no packet type for (Metadata)."""
+    packet = flv.video_packet(frame.payload)
+    if packet.sequence_start:
+        kind = flv.AVC_SEQUENCE_HEADER
+    elif packet.coded_frames:
+        kind = flv.AVC_NALU
+    else:
+        return None
+    frame_type = (frame.payload[0] >> 4) & 0x07
+    cts = frame.composition_ms.to_bytes(3, "big", signed=True)
+    body = bytes(((frame_type << 4) | flv.VIDEO_HEVC, kind)) + cts + packet.data
+    return Frame.from_tag(frame.kind.value, frame.timestamp_ms, body)
+
+
+def test_legacy_codec_id_12_hevc_is_recorded_as_hvc1_too(tmp_path: Path) -> None:
+    clip = []
+    for frame in frames("hevc_aac", 2):
+        legacy = as_legacy_hevc(frame) if frame.kind is FrameKind.VIDEO else frame
+        if legacy is not None:
+            clip.append(legacy)
+    assert {f.codec for f in clip if f.kind is FrameKind.VIDEO} == {flv.VIDEO_HEVC}
+    rig = Rig(tmp_path, ("fmp4", "hls"))
+    rig.publish(clip)
+    merged = demux(rig.dir("fmp4") / "stream_full.mp4")
+    video = next(t for t in merged.tracks if t.track_id == VIDEO_TRACK)
+    assert (video.codec, video.width, video.height) == ("hvc1", WIDTH, HEIGHT)
+    assert video.decoder_config == published_config("hevc_aac", FrameKind.VIDEO)
+    published = coded("hevc_aac", FrameKind.VIDEO)
+    samples = list(merged.track_samples(VIDEO_TRACK))
+    assert [s.cts_offset for s in samples] == [f.composition_ms for f in published] * 2
+    assert '#EXT-X-MAP:URI="init.mp4"' in (rig.dir("hls") / "index.m3u8").read_text()
