@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import http.client
 import queue
+import re
 import signal
 import socket
 import struct
@@ -276,7 +277,9 @@ def test_viewer_reset_mid_frame_leaves_the_publisher_and_other_viewers_playing(
             # comes, with more of it queued behind.
             got = 0
             while got < 20_001:
-                got += len(sock.recv(20_001 - got))
+                data = sock.recv(20_001 - got)
+                assert data, "the server closed the viewer before the reset"
+                got += len(data)
             victims.append(sock.getsockname()[1])
             reset(sock)
         client = RtmpTestClient(server.rtmp_port, timeout_s=WAIT_S)
@@ -492,7 +495,6 @@ def test_gateway_viewers_outlive_a_killed_origin_until_the_upstream_timeout(
             viewer.start()
         for viewer in viewers:
             viewer.wait_media()
-        killed_at = time.monotonic()
         kill9(origin)
         if comes_back:
             ports = (origin.rtmp_port, origin.http_port, origin.web_port)
@@ -510,7 +512,6 @@ def test_gateway_viewers_outlive_a_killed_origin_until_the_upstream_timeout(
             assert all(v.end is None for v in viewers), [v.end for v in viewers]
             ends = wait_ended(viewers)
             assert ends == {"http up 0": "eof", "ws up 1": "ws 1000"}
-            assert time.monotonic() - killed_at >= 6
     finally:
         edge.stop()
         if again is not None:
@@ -524,6 +525,8 @@ def test_gateway_viewers_outlive_a_killed_origin_until_the_upstream_timeout(
         timed_out = [line for line in log.splitlines()
                      if "timed out: no media" in line and "stop play" not in line]
         assert len(timed_out) == 1 and "unpublish live/up" in timed_out[0], log[-3000:]
+        # Ended by --upstream-timeout (checked every quarter of it), not sooner.
+        assert re.search(r"no media for [67] s", timed_out[0]), timed_out
         for protocol in ("http-flv", "ws"):
             assert log.count(f"stop play live/up by {protocol} ") == 1, protocol
 
