@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from rtmpd.codec import amf3, flv
+from rtmpd.codec import amf3, enhanced, flv
 from rtmpd.codec.mp4.demux import Mp4Demuxer
 from rtmpd.codec.rtmp.chunk import NEED_DATA, ChunkReader, Message
 from rtmpd.codec.rtmp.handshake import HANDSHAKE_SIZE
@@ -157,6 +157,32 @@ def ertmp_seeds(data: bytes, out: dict[str, list[bytes]]) -> None:
             out[target].append(body[5:])
 
 
+def ertmp_message_seeds(data: bytes, out: dict[str, list[bytes]]) -> None:
+    """Seeds of ``ertmp_message`` from ffmpeg 9's Enhanced RTMP FLVs: the kind byte and
+    each kind's first ExHeader bodies, and the same tracks wrapped in Multitrack (which
+    ffmpeg does not send) the three ways, with a ModEx in front of one."""
+    bodies: dict[int, list[bytes]] = defaultdict(list)
+    for tag in flv_tags(data):
+        if tag.tag_type in (flv.TAG_VIDEO, flv.TAG_AUDIO) and enhanced.is_ex_header(
+            tag.tag_type, tag.body
+        ):
+            bodies[tag.tag_type].append(tag.body)
+    for kind, found in bodies.items():
+        prefix = b"\x00" if kind == flv.TAG_VIDEO else b"\x01"
+        out["ertmp_message"] += [prefix + body for body in found[:2]]
+        message = enhanced.ExMedia.parse(kind, found[0])
+        track = message.tracks[0]
+        other = enhanced.Track(fourcc=track.fourcc, track_id=1, data=track.data[:16])
+        for multitrack, tracks in ((0, (track,)), (1, (track, other)), (2, (other, track))):
+            wrapped = enhanced.ExMedia(
+                kind=kind, packet_type=message.packet_type, frame_type=message.frame_type,
+                multitrack=multitrack, tracks=tracks,
+                mod_ex=(enhanced.ModEx(mod_ex_type=0, data=b"\x00\x01\xf4"),)
+                if multitrack == 2 else (),
+            )
+            out["ertmp_message"].append(prefix + bytes(wrapped))
+
+
 def seeds(work: Path) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = defaultdict(list)
     sessions, root = capture(work)
@@ -193,6 +219,7 @@ def seeds(work: Path) -> dict[str, list[bytes]]:
             out["avc_sps"].append(config[8 : 8 + size])
     for data in ertmp:
         ertmp_seeds(data, out)
+        ertmp_message_seeds(data, out)
     out["aac_adts"].append((DATA / "tiny.aac").read_bytes())
     hls_dir = root / "hls" / "live" / "seed"
     out["hls_playlist"].append((hls_dir / "index.m3u8").read_bytes())

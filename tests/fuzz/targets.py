@@ -26,6 +26,7 @@ from rtmpd.codec import (
     amf3,
     av1,
     avc,
+    enhanced,
     flac,
     flv,
     hevc,
@@ -160,6 +161,28 @@ def flv_ingest(data: bytes) -> None:
             return
 
 
+#: The kinds of viewer an Enhanced RTMP message is cut down for.
+_ACCEPTANCES = (
+    enhanced.LEGACY,
+    enhanced.Acceptance(frozenset({b"hvc1", b"Opus"}), frozenset({b"mp4a"}), False),
+    enhanced.Acceptance(frozenset({b"av01"}), None, True),
+)
+
+
+def ertmp_message(data: bytes) -> None:
+    """An Enhanced RTMP audio or video message read whole, written back, and
+    cut down for each kind of viewer (``rtmpd.codec.enhanced``); the first
+    byte picks video (even) or audio (odd)."""
+    if not data:
+        return
+    kind = flv.TAG_VIDEO if data[0] % 2 == 0 else flv.TAG_AUDIO
+    body = data[1:]
+    for acceptance in _ACCEPTANCES:
+        enhanced.adapt(kind, body, acceptance)
+    message = enhanced.ExMedia.parse(kind, body)
+    assert enhanced.ExMedia.parse(kind, bytes(message)) == message
+
+
 def avc_config(data: bytes) -> None:
     record = avc.AVCDecoderConfigurationRecord.parse(data)
     for sps in record.sps:
@@ -266,6 +289,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "amf0": amf0_values,
     "amf3": amf3_values,
     "flv_ingest": flv_ingest,
+    "ertmp_message": ertmp_message,
     "avc_config": avc_config,
     "avc_sps": avc_sps,
     "hevc_config": hevc_config,
