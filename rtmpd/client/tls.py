@@ -77,9 +77,9 @@ def load_ca_file(path: str) -> TrustRoot:
     return trust
 
 
-def client_tls(host: str, trust_root: TrustRoot | None = None) -> (
-    IOpenSSLClientConnectionCreator
-):
+def client_tls(
+    host: str, trust_root: TrustRoot | None = None
+) -> IOpenSSLClientConnectionCreator:
     """TLS options for a connection to ``host``: the certificate must name it
     and chain to ``trust_root`` (None: the system's CAs)."""
     return ssl.optionsForClientTLS(host, trustRoot=trust_root)
