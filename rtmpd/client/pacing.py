@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from rtmpd.client.backoff import BACKOFF_INITIAL_S, BACKOFF_MAX_S, Backoff
 from rtmpd.client.session import Connector, Session, Tag
 from rtmpd.client.sources import PushSource
 from rtmpd.client.target import UsageError
@@ -42,9 +43,6 @@ EXIT_REFUSED = 3
 
 MIN_SPEED = 0.1
 MAX_SPEED = 10.0
-#: First wait before reconnecting; doubles on each failure up to BACKOFF_MAX_S.
-BACKOFF_INITIAL_S = 0.5
-BACKOFF_MAX_S = 10.0
 #: A session that published this long was a successful run: the backoff starts over.
 #: (An HTTP publish looks accepted as soon as TCP connects; a refusal comes right after.)
 STABLE_RUN_S = 2.0
@@ -92,7 +90,7 @@ class Pusher:
         self._timer: IDelayedCall | None = None
         self._paused = False
         self._sent_headers: dict[int, object] = {}
-        self._backoff = BACKOFF_INITIAL_S
+        self._backoff = Backoff(stable_s=STABLE_RUN_S)
         self._finishing = False
         self._done = False
         #: Media bytes handed to sessions (tag bodies).
@@ -111,7 +109,7 @@ class Pusher:
     @property
     def backoff_s(self) -> float:
         """The wait before the next reconnect attempt."""
-        return self._backoff
+        return self._backoff.current_s
 
     @property
     def done(self) -> bool:
@@ -171,12 +169,11 @@ class Pusher:
         if not self._reconnect:
             self._exit(EXIT_DISCONNECTED, f"disconnected: {reason}")
             return
-        if current is not None and self._clock.seconds() - self._ready_at >= STABLE_RUN_S:
-            self._backoff = BACKOFF_INITIAL_S
+        if current is not None:
+            self._backoff.session_ended(self._clock.seconds() - self._ready_at)
         if not self._source.has_video:
             self._resume = (self._index, self._pass)
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+        delay = self._backoff.next_delay()
         self.notify(f"{reason}; reconnecting in {delay:g} s")
         self._timer = self._clock.callLater(delay, self._retry)
 

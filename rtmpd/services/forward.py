@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from rtmpd.admission import Action, Admission, AdmissionRefused, AdmissionRequest
 from rtmpd.auth import FORWARD_PROTOCOL
+from rtmpd.client.backoff import BACKOFF_INITIAL_S, BACKOFF_MAX_S, Backoff
 from rtmpd.client.connector import make_connector
 from rtmpd.client.rtmp import RtmpPublishProtocol
 from rtmpd.client.session import Session
@@ -83,10 +84,6 @@ __all__ = [
     "parse_forward",
 ]
 
-#: First wait before reconnecting to a target; doubles up to BACKOFF_MAX_S.
-BACKOFF_INITIAL_S = 0.5
-#: The longest wait between attempts, and the wait after every refusal.
-BACKOFF_MAX_S = 10.0
 #: A session that published this long was a good run: the backoff starts
 #: over. (An HTTP publish looks accepted as soon as its headers are sent; a
 #: refusal comes right after.)
@@ -256,7 +253,7 @@ class Forward:
         self._session: Session | None = None
         self._ready_at: float | None = None
         self._timer: IDelayedCall | None = None
-        self._backoff = BACKOFF_INITIAL_S
+        self._backoff = Backoff(stable_s=STABLE_RUN_S)
 
     @property
     def path(self) -> str:
@@ -274,7 +271,7 @@ class Forward:
     @property
     def backoff_s(self) -> float:
         """The wait before the next attempt after a lost session."""
-        return self._backoff
+        return self._backoff.current_s
 
     def start(self) -> None:
         """Make the first attempt."""
@@ -375,8 +372,7 @@ class Forward:
         self.last_error = reason
         self.state = RETRYING
         now = self.clock.seconds()
-        if self._ready_at is not None and now - self._ready_at >= STABLE_RUN_S:
-            self._backoff = BACKOFF_INITIAL_S
+        self._backoff.session_ended(None if self._ready_at is None else now - self._ready_at)
         self._ready_at = None
         if refused:
             # Retrying at once will not change the target's mind.
@@ -386,8 +382,7 @@ class Forward:
                      "in {delay:g} s", path=self.path, url=self.shown_url, reason=reason,
                      delay=delay)
         else:
-            delay = self._backoff
-            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+            delay = self._backoff.next_delay()
             log.info("forward {path} to {url}: {reason}; reconnecting in {delay:g} s",
                      path=self.path, url=self.shown_url, reason=reason, delay=delay)
         self._timer = self.clock.callLater(delay, self._connect)

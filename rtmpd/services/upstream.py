@@ -53,6 +53,7 @@ from rtmpd.admission import (
     Publisher,
     Refusal,
 )
+from rtmpd.client.backoff import BACKOFF_MAX_S, Backoff
 from rtmpd.client.pull import FlvPull, PullListener, check_upstream, probe, shown_url, stream_url
 from rtmpd.client.rtmp_pull import RtmpPull
 from rtmpd.client.target import UsageError, parse_target
@@ -74,9 +75,6 @@ log = Logger()
 LINGER_S = 5.0
 #: Seconds the first viewer waits for the upstream's headers and first frame.
 OPEN_TIMEOUT_S = 10.0
-#: Reconnect delays: the first, and the cap of the doubling.
-BACKOFF_INITIAL_S = 0.5
-BACKOFF_MAX_S = 10.0
 #: A connection that delivered media this long resets the backoff.
 STABLE_S = 5.0
 #: Frames (headers, metadata, media) kept while a new connection has not
@@ -162,7 +160,7 @@ class PulledStream:
         self._waiters: list[defer.Deferred[None]] = []
         self._timer: IDelayedCall | None = None
         self._linger: IDelayedCall | None = None
-        self._backoff = BACKOFF_INITIAL_S
+        self._backoff = Backoff(stable_s=STABLE_S)
         self._connected_at = 0.0
         #: When the connections before this one last had data.
         self._data_at: float | None = None
@@ -360,13 +358,12 @@ class PulledStream:
             self._fail(Refusal.UNAVAILABLE, reason)
             return
         clock = self.upstream.clock
-        if self.state is STREAMING and clock.seconds() - self._connected_at >= STABLE_S:
-            self._backoff = BACKOFF_INITIAL_S
+        self._backoff.session_ended(
+            clock.seconds() - self._connected_at if self.state is STREAMING else None)
         self.state = RECONNECTING
         # The tracks' last times stay: a reconnect to the same publish skips
         # up to them.
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+        delay = self._backoff.next_delay()
         log.info("pull {path}: {reason}; reconnecting in {delay:g} s (attempt {n})",
                  path=self.path, reason=reason, delay=delay, n=self.connects)
         self._timer = clock.callLater(delay, self._reconnect)
