@@ -566,7 +566,7 @@ class FlvRequest(server.Request):
             # its limit); 400 otherwise.
             hint = error.hint
             self._refuse(hint if isinstance(hint, int) and 400 <= hint < 500 else 400,
-                         f"the body is not an FLV stream: {error}")
+                         f"bad FLV body: {error}")
         else:
             log.warn("http publish by {peer}: bad FLV, closing: {error}",
                      peer=ingest.description, error=str(error))

@@ -16,7 +16,6 @@ from typing import Any
 
 from twisted.application import service
 from twisted.logger import Logger
-from twisted.python import usage
 
 from rtmpd._version import __version__
 from rtmpd.tap import rtmpd as rtmpd_tap
@@ -37,8 +36,10 @@ def _shared(names: Sequence[str]) -> list[Sequence[Any]]:
     return [by_name[name] for name in names]
 
 
-class Options(usage.Options):
+class Options(rtmpd_tap.ShortUsageOnError):
     """Command line of ``twistd filegateway``."""
+
+    command = "filegateway"
 
     synopsis = "[--listen tcp:8082] [--root ./media] [--listing] [options]"
     longdesc = (

@@ -66,8 +66,10 @@ def _seconds(value: str) -> float:
     return number
 
 
-class Options(usage.Options):
+class Options(rtmpd_tap.ShortUsageOnError):
     """Command line of ``twistd flvgateway``."""
+
+    command = "flvgateway"
 
     synopsis = "--upstream http://origin:8501 [options]"
     longdesc = (

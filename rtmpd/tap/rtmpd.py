@@ -169,7 +169,31 @@ def _reconnect_url(value: str) -> str:
     return value
 
 
-class Options(usage.Options):
+class ShortUsageOnError(usage.Options):
+    """Options whose usage, once a bad option has been met, is one line.
+
+    twistd prints a subcommand's whole usage (130 lines for rtmpd) and then
+    the reason on the last line; after an error the reason is what matters,
+    so the usage above it shrinks to a pointer to ``--help``."""
+
+    #: The twistd subcommand, for that line.
+    command = "rtmpd"
+    _failed = False
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._failed = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        if self._failed:
+            return f"{self.command}: `twistd {self.command} --help` lists the options"
+        return super().getUsage(width)
+
+
+class Options(ShortUsageOnError):
     """Command line of ``twistd rtmpd``. Every option can also be set in a
     TOML file (``--config``); the command line wins."""
 
@@ -366,9 +390,7 @@ class Options(usage.Options):
         self["pull"] = []
 
     def opt_forward(self, value: str) -> None:
-        """APP=URL: re-publish every stream published under APP to URL, with {stream}
-        replaced by the stream's name (rtmp://, rtmps://, http(s)://, ws(s)://).
-        Repeatable."""
+        """APP=URL: re-publish every stream published under APP to URL, with {stream} replaced by the stream's name (rtmp://, rtmps://, http(s)://, ws(s)://). Repeatable."""  # noqa: E501 (see opt_pull)
         from rtmpd.client.target import UsageError
         from rtmpd.services.forward import parse_forward
 
@@ -378,8 +400,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def opt_pull(self, value: str) -> None:
-        """APP/STREAM=URL: the stream APP/STREAM is pulled from URL (another server's
-        HTTP-FLV play URL) when a viewer asks for it. Repeatable."""
+        """APP/STREAM=URL: the stream APP/STREAM is pulled from URL (another server's HTTP-FLV play URL or an rtmp(s):// URL) when a viewer asks for it. Repeatable."""  # noqa: E501 (one line: twistd's --help keeps a docstring's line breaks)
         from rtmpd.client.target import UsageError
         from rtmpd.services.upstream import parse_pull
 

@@ -343,3 +343,15 @@ def test_rtmpd_version_option_prints_rtmpds_version(capsys: pytest.CaptureFixtur
         Options().parseOptions(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"rtmpd {__version__.public()}"
+
+
+@pytest.mark.parametrize("argv", [["--record", "foo"], ["--nonsense"]])
+def test_a_bad_option_leaves_a_one_line_usage_above_its_reason(argv: list[str]) -> None:
+    """twistd prints the usage, then the reason: after an error the usage is one line."""
+    from rtmpd.tap import rtmpd as tap
+
+    options = tap.Options()
+    with pytest.raises(usage.UsageError):
+        options.parseOptions(argv)
+    assert options.getUsage() == "rtmpd: `twistd rtmpd --help` lists the options"
+    assert "--record" in tap.Options().getUsage()  # the full usage before any error
