@@ -25,8 +25,6 @@ LIVE = "cam"
 #: Seconds a test waits for a page to reach a state: generous, only so a
 #: broken run does not hang (the pages retry every 3 s).
 PAGE_WAIT_S = 45.0
-#: A missing stream must be reported within this many seconds.
-SAYS_MISSING_WITHIN_S = 5.0
 
 VIDEO = "document.querySelector('video')"
 STATE = "document.body.dataset.state"
@@ -342,20 +340,22 @@ MISSING_PAGES = {
 
 
 @pytest.mark.parametrize("name", list(MISSING_PAGES))
-def test_a_missing_stream_is_reported_within_seconds_and_asked_for_again(
+def test_a_missing_stream_is_reported_on_the_first_answer_and_asked_for_again(
     live_server: Server, browser_page: BrowserPage, name: str
 ) -> None:
     page = browser_page.page
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url))
-    opened = time.monotonic()
     page.goto(live_server.web_url(MISSING_PAGES[name]))
     page.wait_for_function(f"{STATE} === 'missing'", timeout=PAGE_WAIT_S * 1000)
-    assert time.monotonic() - opened < SAYS_MISSING_WITHIN_S
     assert "nothing" in status_text(browser_page)
     before = sum("nothing" in url for url in asked)
     page.wait_for_timeout(7000)
-    assert sum("nothing" in url for url in asked) > before, asked
+    after = sum("nothing" in url for url in asked)
+    # Asked again (quietly), and "missing" came with the first answer: at
+    # least one more round of the same requests followed, so the page had
+    # not spent several rounds before saying so.
+    assert before >= 1 and after >= 2 * before, asked
     assert page.evaluate(STATE) == "missing"
     assert browser_page.page_errors == []
     # The only console lines at error level are the browser's own notes of
