@@ -124,3 +124,32 @@ class IAdmissionListener(Interface):
 
     def ended(request: object, why: str) -> None:
         """An admitted publish or play ended, cleanly or not."""
+
+
+class IStreamDirectory(Interface):
+    """Which process or machine holds the publisher of each live stream
+    (``ARCHITECTURE.md`` section 9): the workers of one box share one, and
+    gateways find their origin in one kept in Redis.
+
+    A *location* is the base URL a stream is pulled from with HTTP-FLV
+    (``http://10.0.0.5:8501``, or ``unix:/run/rtmpd/worker-2.sock`` between
+    the workers of one box); the stream's own path is added by the puller.
+    Every method returns a Deferred, so a directory may live in another
+    process; none of them blocks.
+    """
+
+    def claim(app: str, stream: str, location: str) -> object:
+        """Record that ``location`` now publishes ``app/stream``: a Deferred
+        of True, or of False when another location holds it (the publish is
+        then refused as busy). Claiming again from the same location is
+        True. A claim lives until :meth:`release`, or, in a shared
+        directory, until its holder stops refreshing it (a dead holder's
+        names come free by themselves)."""
+
+    def release(app: str, stream: str, location: str) -> object:
+        """The stream ended at ``location``: forget it (a Deferred of None).
+        A release by a location that does not hold the name changes
+        nothing."""
+
+    def lookup(app: str, stream: str) -> object:
+        """A Deferred of the location holding ``app/stream``, or of None."""
