@@ -22,6 +22,14 @@ stamped with the time of the frame they precede, so timestamps only go
 forward. With no media at all for ``upstream_timeout`` (admission's publisher
 timeout), the stream ends and its viewers are told.
 
+With a stream directory (``flvgateway --directory``, and the relays between
+``--workers``) there is no fixed upstream: a stream is looked up in the
+directory, pulled from the location that holds it, and looked up again on
+each reconnect, so it follows a publisher that moved to another origin and
+ends for its viewers as soon as the directory no longer has it (its origin
+ended it, or died and its entry expired). Streams not in the directory are
+not found; this server's own location is never pulled from.
+
 rtmpd itself uses the same origin for ``--pull APP/STREAM=URL`` (a static
 relay in): there each pulled name has its own URL (:class:`PullRule`), over
 HTTP-FLV or RTMP play (:class:`~rtmpd.client.rtmp_pull.RtmpPull`, which
@@ -57,7 +65,12 @@ from rtmpd.client.backoff import BACKOFF_MAX_S, Backoff
 from rtmpd.client.pull import FlvPull, PullListener, check_upstream, probe, shown_url, stream_url
 from rtmpd.client.rtmp_pull import RtmpPull
 from rtmpd.client.target import UsageError, parse_target
-from rtmpd.interfaces import IAdmissionListener, IStreamOrigin, IUpstreamSource
+from rtmpd.interfaces import (
+    IAdmissionListener,
+    IStreamDirectory,
+    IStreamOrigin,
+    IUpstreamSource,
+)
 from rtmpd.media import Frame, FrameKind
 from rtmpd.registry import NAME_PATTERN
 
@@ -140,17 +153,21 @@ class PulledStream:
     """One stream pulled from the upstream, across reconnects: the source
     of a Stream in this registry."""
 
-    def __init__(self, upstream: Upstream, app: str, name: str) -> None:
+    def __init__(
+        self, upstream: Upstream, app: str, name: str, url: bytes | None = None
+    ) -> None:
+        """``url``: where the stream was found in the upstream's directory
+        (looked up again on each reconnect); None: the upstream's own URL
+        for it."""
         self.upstream = upstream
         self.app = app
         self.name = name
-        url = upstream.url_for(app, name)
+        #: Whether the stream's location comes from the directory.
+        self.located = url is not None
+        if url is None:
+            url = upstream.url_for(app, name)
         assert url is not None, "only streams the upstream has a URL for are pulled"
-        self.url = url
-        parts = urlsplit(url.decode("ascii"))
-        self.host = parts.hostname or ""
-        self.port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
-        self.description = f"upstream {self.host}:{self.port}"
+        self._set_url(url)
         self.state = CONNECTING
         self.publisher: Publisher | None = None
         self.connects = 0
@@ -175,6 +192,13 @@ class PulledStream:
         self._same_publish = False
         self._pending: list[Frame] = []
         self._has_video_header = False
+
+    def _set_url(self, url: bytes) -> None:
+        self.url = url
+        parts = urlsplit(url.decode("ascii"))
+        self.host = parts.hostname or ""
+        self.port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
+        self.description = f"upstream {self.host}:{self.port}"
 
     @property
     def path(self) -> str:
@@ -370,8 +394,35 @@ class PulledStream:
 
     def _reconnect(self) -> None:
         self._timer = None
-        if self.state is RECONNECTING:
+        if self.state is not RECONNECTING:
+            return
+        if not self.located:
             self._connect()
+            return
+        # Found in the directory: is it still there, and where? (Its
+        # publisher may have moved to another origin, or be gone.)
+        d = self.upstream.locate(self.app, self.name)
+        d.addCallbacks(self._relocated, self._not_relocated)
+
+    def _relocated(self, url: bytes | None) -> None:
+        if self.state is not RECONNECTING:
+            return
+        if url is None:
+            self.close("is no longer in the stream directory")
+            return
+        if url != self.url:
+            log.info("pull {path}: the stream directory now has it at {url}",
+                     path=self.path, url=shown_url(url))
+            self._set_url(url)
+        self._connect()
+
+    def _not_relocated(self, failure: Any) -> None:
+        if self.state is not RECONNECTING:
+            return
+        log.info("pull {path}: the stream directory did not answer ({error}); trying "
+                 "{url} again", path=self.path, error=failure.getErrorMessage(),
+                 url=shown_url(self.url))
+        self._connect()
 
     def _abort_pull(self, reason: str) -> None:
         if self._pull is not None:
@@ -460,10 +511,20 @@ class Upstream(service.Service):
         linger_s: float = LINGER_S, open_timeout_s: float = OPEN_TIMEOUT_S,
         idle_timeout_s: float = 10.0, stats_interval_s: float = 0.0,
         trust_root: TrustRoot | None = None,
+        directory: IStreamDirectory | None = None, location: str | None = None,
     ) -> None:
         """``trust_root``: the CAs an ``rtmps://`` upstream's certificate must
-        chain to (None: the system's); ``agent`` carries its own for https."""
+        chain to (None: the system's); ``agent`` carries its own for https.
+        ``directory``: where a stream with no URL of its own (no
+        ``base_url``, no rule) is found: its holder's location, under which
+        it is pulled with ``agent``. ``location``: this server's own, never
+        pulled from (a publish here may be claiming a name that is not live
+        yet)."""
         self.admission = admission
+        self.directory = directory
+        self.location = location
+        #: Opens waiting for a directory lookup, per stream.
+        self._locating: dict[tuple[str, str], list[defer.Deferred[None]]] = {}
         self.trust_root = trust_root
         self.agent = agent
         self.base_url = base_url
@@ -497,16 +558,32 @@ class Upstream(service.Service):
             return stream_url(self.base_url, app, name)
         return self.rules.get((app, name))
 
+    def locate(self, app: str, name: str) -> defer.Deferred[bytes | None]:
+        """Where the directory says ``app/name`` is pulled from: its URL, or
+        None when no other server holds it (not in the directory, or held
+        here). Fails when the directory does not answer."""
+        directory = self.directory
+        assert directory is not None, "only an upstream with a directory locates"
+
+        def found(location: object) -> bytes | None:
+            if location is None or location == self.location:
+                return None
+            return stream_url(str(location), app, name)
+
+        return defer.maybeDeferred(directory.lookup, app, name).addCallback(found)
+
     # -- IStreamOrigin -------------------------------------------------------------
 
     def open(self, request: object) -> defer.Deferred[None]:
         assert isinstance(request, AdmissionRequest)
         key = (request.app, request.stream)
-        if self.url_for(*key) is None:
-            return defer.fail(AdmissionRefused(
-                Refusal.NOT_FOUND, f"stream {request.path} is not live"))
         pulled = self.pulls.get(key)
         if pulled is None:
+            if self.url_for(*key) is None:
+                if self.directory is not None:
+                    return self._open_located(request)
+                return defer.fail(AdmissionRefused(
+                    Refusal.NOT_FOUND, f"stream {request.path} is not live"))
             pulled = self.pulls[key] = PulledStream(self, request.app, request.stream)
             d = pulled.wait()
             pulled.start()
@@ -515,6 +592,53 @@ class Upstream(service.Service):
         if pulled.publisher is not None:
             return defer.succeed(None)
         return pulled.wait()
+
+    def _open_located(self, request: AdmissionRequest) -> defer.Deferred[None]:
+        """Open a stream found in the directory; the opens of one stream
+        meanwhile share one lookup and one pull."""
+        key = (request.app, request.stream)
+        d: defer.Deferred[None] = defer.Deferred()
+        waiting = self._locating.get(key)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        waiting = self._locating[key] = [d]
+
+        def found(url: bytes | None) -> None:
+            del self._locating[key]
+            if key in self.admission.registry.streams or key in self.pulls:
+                # Published or pulled here meanwhile: admission (or that
+                # pull's wait) takes it from there.
+                pulled = self.pulls.get(key)
+                for waiter in waiting:
+                    if pulled is None or pulled.publisher is not None:
+                        waiter.callback(None)
+                    else:
+                        pulled.wait().chainDeferred(waiter)
+                return
+            if url is None:
+                self._refuse(waiting, AdmissionRefused(
+                    Refusal.NOT_FOUND, f"stream {request.path} is not live "
+                    "(not in the stream directory)"))
+                return
+            pulled = self.pulls[key] = PulledStream(self, request.app, request.stream, url)
+            for waiter in waiting:
+                pulled.wait().chainDeferred(waiter)
+            pulled.start()
+
+        def failed(failure: Any) -> None:
+            del self._locating[key]
+            self._refuse(waiting, AdmissionRefused(
+                Refusal.UNAVAILABLE,
+                f"the stream directory did not answer: {failure.getErrorMessage()}"))
+
+        self.locate(*key).addCallbacks(found, failed)
+        return d
+
+    @staticmethod
+    def _refuse(waiting: list[defer.Deferred[None]], error: AdmissionRefused) -> None:
+        for waiter in waiting:
+            waiter.errback(error)
 
     def probe(self, app: str, name: str) -> defer.Deferred[Refusal | None]:
         def answered(status: int | None) -> Refusal | None:
@@ -525,6 +649,15 @@ class Upstream(service.Service):
             return _REFUSALS.get(status, Refusal.UNAVAILABLE)
 
         url = self.url_for(app, name)
+        if url is None and self.directory is not None:
+            def located(url: bytes | None) -> defer.Deferred[Refusal | None] | Refusal:
+                if url is None:
+                    return Refusal.NOT_FOUND
+                return probe(self.agent, url, self.clock,
+                             timeout=self.open_timeout_s).addCallback(answered)
+
+            return self.locate(app, name).addCallbacks(
+                located, lambda _: Refusal.UNAVAILABLE)
         if url is None or url.startswith((b"rtmp://", b"rtmps://")):
             # Not pulled; or over RTMP, which has no way to ask without playing.
             return defer.succeed(Refusal.NOT_FOUND)
