@@ -5,7 +5,12 @@ Python a join costs: for RTMP the handshake, connect, createStream, play and
 the GOP burst; for HTTP-FLV and WS-FLV the request (and upgrade) and the
 burst. Run from the project root with the venv:
 
-    .venv/bin/python benchmarks/joincost.py rtmp|http|ws [N] [--profile]
+    .venv/bin/python benchmarks/joincost.py rtmp|http|ws [N] [--profile] [--memory]
+
+``--memory`` says what the viewers that joined still hold (tracemalloc,
+after a collection), per viewer and by the line that allocated it: the
+Python part of the server's RSS per viewer (the kernel's socket buffers are
+not in RSS).
 
 Figures are noisy on a shared VM: run it a few times.
 """
@@ -20,15 +25,16 @@ import os
 import pstats
 import sys
 import time
+import tracemalloc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "unit"))
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.web import server
 
-from rtmpd.protocols.flvhttp import FlvHttpResource, FlvRequest
+from rtmpd.admission import Admission
+from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
 from rtmpd.protocols.flvws import make_ws_resource
 from rtmpd.registry import StreamConfig, StreamRegistry
 
@@ -67,13 +73,15 @@ def rtmp_joiner():
 def web_joiner(ws: bool):
     from test_registry import FakeSource, video
 
-    registry = StreamRegistry(Clock(), StreamConfig(merge_ms=0))
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0))
+    admission = Admission(registry)
     stream = registry.publish("live", "bench", FakeSource())
     stream.push(video(0, key=True, size=30000))
     for i in range(1, 25):
         stream.push(video(40 * i, size=3000))
-    site = server.Site(
-        FlvHttpResource(registry, websocket=make_ws_resource(registry)), requestFactory=FlvRequest
+    site = FlvSite(
+        FlvHttpResource(admission, websocket=make_ws_resource(admission, clock)), reactor=clock
     )
     spent = [0.0]
 
@@ -99,6 +107,29 @@ def web_joiner(ws: bool):
     return join, spent
 
 
+def memory(join, keep: list, n: int) -> None:
+    """Bytes per joined viewer still allocated after ``n`` more joins, by line."""
+    gc.collect()
+    tracemalloc.start(1)
+    before = tracemalloc.take_snapshot()
+    keep += [join() for _ in range(n)]
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    # StringTransport keeps what was written to it; a socket does not.
+    stats = [s for s in after.compare_to(before, "lineno")
+             if not s.traceback[0].filename.endswith("internet/testing.py")]
+    total = sum(s.size_diff for s in stats)
+    print(f"memory: {total / n:.0f} bytes per viewer still held ({n} joins; the fake "
+          "transport's own not counted); by line:")
+    for s in stats[:30]:
+        if s.size_diff / n < 16:
+            break
+        frame = s.traceback[0]
+        where = "/".join(frame.filename.split("/")[-2:])
+        print(f"  {s.size_diff / n:7.0f} B  {s.count_diff / n:5.1f} blocks  {where}:{frame.lineno}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,6 +137,7 @@ def main() -> None:
     ap.add_argument("proto", choices=["rtmp", "http", "ws"])
     ap.add_argument("n", nargs="?", type=int, default=1000)
     ap.add_argument("--profile", action="store_true", help="cProfile 300 more joins")
+    ap.add_argument("--memory", action="store_true", help="what each joined viewer still holds (tracemalloc)")
     a = ap.parse_args()
     join, spent = rtmp_joiner() if a.proto == "rtmp" else web_joiner(a.proto == "ws")
     keep = [join() for _ in range(100)]  # warm up
@@ -115,6 +147,8 @@ def main() -> None:
     keep += [join() for _ in range(a.n)]
     gc.enable()
     print(f"{a.proto}: {spent[0] / a.n * 1e6:.0f} us of server-side Python per join ({a.n} joins)")
+    if a.memory:
+        memory(join, keep, a.n)
     if a.profile:
         prof = cProfile.Profile()
         prof.enable()

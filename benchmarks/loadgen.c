@@ -98,9 +98,9 @@ typedef struct {
 typedef struct viewer {
     int fd;
     uint8_t state, ever_media, got_key, closed_by_peer;
-    uint8_t probe, bulk; /* probe: always read promptly, latency sampled; bulk: read in batched passes */
+    uint8_t probe, bulk, key_begun; /* key_begun: the first keyframe's first bytes arrived. probe: always read promptly, latency sampled; bulk: read in batched passes */
     const char *fail;
-    double t_join, t_first_byte, t_first_media, t_first_key, t_last_media;
+    double t_join, t_first_byte, t_first_media, t_first_key_start, t_first_key, t_last_media;
     uint64_t bytes, bytes_win, media_bytes, media_bytes_win;
     uint64_t media_bytes_tail; /* --hold-s: media from HOLD_SKIP s after the join on */
     uint32_t stalls, stalls_win, lat_samples;
@@ -245,7 +245,7 @@ static int *hold_q;            /* slots in join order (= expiry order: one hold 
 static int hold_head, hold_len;
 static uint64_t j_ended, j_done, j_failed, j_dropped, j_stalls, j_stalls_win; /* whole run */
 static uint64_t jw_started, jw_ended, jw_done, jw_failed, jw_dropped;   /* ended in the window */
-static double *jw_key, *jw_bps;   /* per held join ended in the window: first keyframe ms, tail bit/s */
+static double *jw_key, *jw_key_start, *jw_bps; /* per held join ended in the window: first keyframe end and start ms, tail bit/s */
 static size_t jw_nkey, jw_nbps, jw_cap;
 static double j_held_sum, jw_held_sum;
 static int alive_min_win = -1;
@@ -325,6 +325,27 @@ static int hexval(uint8_t c) {
     return -1;
 }
 
+/* Whether a video body beginning with cap[0..caplen) is a coded keyframe (not a sequence header). */
+static int is_coded_keyframe(const uint8_t *cap, uint32_t caplen) {
+    if (caplen < 2) return 0;
+    uint8_t b0 = cap[0];
+    if (b0 & 0x80) { /* Enhanced RTMP */
+        int pt = b0 & 15;
+        return ((b0 >> 4) & 7) == 1 && (pt == 1 || pt == 3);
+    }
+    return (b0 >> 4) == 1 && ((b0 & 15) == 7 ? cap[1] == 1 : 1);
+}
+
+/* A video body's first bytes arrived (got of len captured in cap): date the start of the first
+ * keyframe, the moment a player starts receiving the frame it will decode first. */
+static void on_video_begin(viewer_t *v, const uint8_t *cap, uint32_t got, uint32_t len) {
+    if (v->key_begun || v->got_key || got < (len < 2 ? len : 2)) return;
+    if (is_coded_keyframe(cap, got)) {
+        v->key_begun = 1;
+        v->t_first_key_start = now_s;
+    }
+}
+
 /* type: 8 audio, 9 video. cap: first caplen bytes of the body. */
 static void on_media(viewer_t *v, int type, const uint8_t *cap, uint32_t caplen, uint32_t len) {
     v->media_bytes += len;
@@ -355,6 +376,7 @@ static void on_media(viewer_t *v, int type, const uint8_t *cap, uint32_t caplen,
     if (frame_type == 1 && coded && !v->got_key) {
         v->got_key = 1;
         v->t_first_key = now_s;
+        if (!v->key_begun) v->t_first_key_start = now_s;
     }
     if (!coded || off < 0) return;
     /* first NAL: [len 4][nal hdr 0x06][payload type 5][size 32][uuid 16][16 hex] */
@@ -426,6 +448,8 @@ static void flv_feed(viewer_t *v, const uint8_t *p, size_t n) {
                 memcpy(f->cap + f->body_got, p, c);
             }
             f->body_got += k; p += k; n -= k;
+            if (f->tagtype == 9 && f->body_got - k < 2)
+                on_video_begin(v, f->cap, f->body_got < FLV_CAP ? f->body_got : FLV_CAP, f->body_len);
             if (f->body_got < f->body_len) return;
         body_done:
             if (f->tagtype == 8 || f->tagtype == 9)
@@ -837,6 +861,7 @@ static void rtmp_chunks_feed(viewer_t *v, const uint8_t *p, size_t n) {
                 memcpy(c->cap + c->got, p, cc);
             }
             c->got += k; r->chunk_rem -= k; p += k; n -= k;
+            if (c->type == 9 && c->got - k < 2) on_video_begin(v, c->cap, c->got < CS_CAP ? c->got : CS_CAP, c->len);
             if (r->chunk_rem) return;
         }
     msg_check:
@@ -1020,8 +1045,9 @@ static void push_d(double **a, size_t *n, double x) {
     if (*n == jw_cap) {
         jw_cap = jw_cap ? 2 * jw_cap : 65536;
         jw_key = realloc(jw_key, jw_cap * sizeof(double));
+        jw_key_start = realloc(jw_key_start, jw_cap * sizeof(double));
         jw_bps = realloc(jw_bps, jw_cap * sizeof(double));
-        if (!jw_key || !jw_bps) { fprintf(stderr, "loadgen: out of memory\n"); exit(2); }
+        if (!jw_key || !jw_key_start || !jw_bps) { fprintf(stderr, "loadgen: out of memory\n"); exit(2); }
     }
     (*a)[(*n)++] = x;
 }
@@ -1035,7 +1061,11 @@ static void join_end(viewer_t *v) {
     j_ended++;
     if (in_win) {
         jw_ended++;
-        if (v->got_key) push_d(&jw_key, &jw_nkey, (v->t_first_key - v->t_join) * 1000);
+        if (v->got_key) {
+            size_t nstart = jw_nkey;
+            push_d(&jw_key, &jw_nkey, (v->t_first_key - v->t_join) * 1000);
+            push_d(&jw_key_start, &nstart, (v->t_first_key_start - v->t_join) * 1000);
+        }
     }
     if (open && v->got_key) {
         j_done++;
@@ -1350,7 +1380,7 @@ int main(int argc, char **argv) {
     int connected = 0, failed = 0, dropped = 0, healthy = 0, with_media = 0, alive_end = 0;
     uint64_t stalls = 0, stalls_win = 0, stalled_viewers = 0;
     double *fb = malloc(sizeof(double) * opt_viewers), *fm = malloc(sizeof(double) * opt_viewers),
-           *fk = malloc(sizeof(double) * opt_viewers), *mb = malloc(sizeof(double) * opt_viewers);
+           *fk = malloc(sizeof(double) * opt_viewers), *fks = malloc(sizeof(double) * opt_viewers), *mb = malloc(sizeof(double) * opt_viewers);
     int nfb = 0, nfm = 0, nfk = 0, nmb = 0;
     for (int i = 0; i < opt_viewers; i++) {
         viewer_t *v = &V[i];
@@ -1365,7 +1395,10 @@ int main(int argc, char **argv) {
         if (v->ever_media) with_media++;
         if (v->bytes) fb[nfb++] = (v->t_first_byte - v->t_join) * 1000;
         if (v->ever_media) fm[nfm++] = (v->t_first_media - v->t_join) * 1000;
-        if (v->got_key) fk[nfk++] = (v->t_first_key - v->t_join) * 1000;
+        if (v->got_key) {
+            fks[nfk] = (v->t_first_key_start - v->t_join) * 1000;
+            fk[nfk++] = (v->t_first_key - v->t_join) * 1000;
+        }
         mb[nmb++] = v->media_bytes_win * 8.0 / actual_win;
         stalls += v->stalls;
         stalls_win += v->stalls_win;
@@ -1449,8 +1482,15 @@ int main(int argc, char **argv) {
         fputs("},\n", f);
         jdist(f, "first_byte_ms", fb, nfb);
         jdist(f, "first_media_ms", fm, nfm);
-        if (opt_hold > 0) jdist(f, "first_keyframe_ms", jw_key, (int)jw_nkey);
-        else jdist(f, "first_keyframe_ms", fk, nfk);
+        /* first_keyframe_ms: to the keyframe's last byte (a player decodes only a whole frame);
+         * first_keyframe_start_ms: to its first bytes */
+        if (opt_hold > 0) {
+            jdist(f, "first_keyframe_start_ms", jw_key_start, (int)jw_nkey);
+            jdist(f, "first_keyframe_ms", jw_key, (int)jw_nkey);
+        } else {
+            jdist(f, "first_keyframe_start_ms", fks, nfk);
+            jdist(f, "first_keyframe_ms", fk, nfk);
+        }
         fprintf(f, "  \"latency_ms\": {\"samples\": %llu, \"negative\": %llu, \"missing_sei\": %llu, ",
                 (unsigned long long)lat_count, (unsigned long long)lat_neg, (unsigned long long)sei_missing);
         jnum(f, "p50", lat_pct(.5), 1);
@@ -1472,6 +1512,7 @@ int main(int argc, char **argv) {
         if (f != stdout) fclose(f);
     }
     qsort(fk, nfk, sizeof *fk, cmpd);
+    qsort(fks, nfk, sizeof *fks, cmpd);
     if (opt_hold > 0) {
         qsort(jw_key, jw_nkey, sizeof *jw_key, cmpd);
         fprintf(stderr, "loadgen %s churn: hold %.1f s, in the window %llu joins ended: %llu held (%.0f/s), %d healthy "
@@ -1483,10 +1524,10 @@ int main(int argc, char **argv) {
     }
     fprintf(stderr,
             "loadgen %s: %d viewers, %d connected, %d failed, %d dropped, healthy %d (%.1f%%) at %.0f kbit/s expected, "
-            "first keyframe p50 %.0f ms, latency p50 %.1f / p99 %.1f ms (%llu samples), stalls %llu, loadgen CPU %.1f%% "
+            "first keyframe start / end p50 %.0f / %.0f ms, latency p50 %.1f / p99 %.1f ms (%llu samples), stalls %llu, loadgen CPU %.1f%% "
             "(window)\n",
             pn, opt_viewers, connected, failed, dropped, healthy, healthy_pct, expect / 1000,
-            pct(fk, nfk, .5), lat_pct(.5), lat_pct(.99), (unsigned long long)lat_count, (unsigned long long)stalls,
+            pct(fks, nfk, .5), pct(fk, nfk, .5), lat_pct(.5), lat_pct(.99), (unsigned long long)lat_count, (unsigned long long)stalls,
             cpu_win);
     for (int i = 0; i < opt_viewers; i++) if (V[i].state != V_DONE && V[i].state != V_IDLE) viewer_close(&V[i], NULL);
     return 0;

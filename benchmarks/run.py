@@ -655,8 +655,9 @@ def write_outputs(results: list, a, manifest: dict) -> None:
         + f"window {a.window:.0f} s; server on core 0, loadgen on core 1. {meta['when']}",
         "",
         "| server | proto | viewers | healthy % | server CPU % | healthy/core | RSS MiB | RSS/viewer KiB "
-        "| 1st keyframe p50 ms | latency p50 / p99 ms | stalls | loadgen CPU % | core0 softirq / other / steal % | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| 1st keyframe start p50 / p99 ms | 1st keyframe end p50 / p99 ms | latency p50 / p99 ms | stalls "
+        "| loadgen CPU % | core0 softirq / other / steal % | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     churn_lines = [
         "",
@@ -664,13 +665,13 @@ def write_outputs(results: list, a, manifest: dict) -> None:
         "per join, over the joins whose hold ended in the window.",
         "",
         "| server | proto | viewers at a time (min / avg) | hold s | joins held | held/s | failed | dropped | healthy % "
-        "| server CPU % | RSS MiB | RSS/viewer KiB | 1st keyframe p50 / p99 ms | latency p50 / p99 ms | loadgen CPU % "
-        "| core0 softirq / other / steal % | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU % | RSS MiB | RSS/viewer KiB | 1st keyframe start p50 / p99 ms | 1st keyframe end p50 / p99 ms "
+        "| latency p50 / p99 ms | loadgen CPU % | core0 softirq / other / steal % | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.get("error") and not r.get("viewers"):
-            lines.append(f"| {r['server']} | {r['proto']} | – | {r['error']} | | | | | | | | | | |")
+            lines.append(f"| {r['server']} | {r['proto']} | – | {r['error']} | | | | | | | | | | | |")
             continue
         lat = r.get("latency_ms", {})
         core0 = r.get("cores", {}).get("cpu0", {})
@@ -679,15 +680,17 @@ def write_outputs(results: list, a, manifest: dict) -> None:
             + [f"{k} log: {v['tracebacks']} tracebacks, {v['marked'] + v['error_lines']} error lines"
                for k, v in r.get("logs", {}).items() if v.get("marked") or v.get("error_lines")]
             + (["server died"] if r.get("server_died") else []))  # fmt: skip
+        kf = r.get("first_keyframe_ms", {})  # to the keyframe's last byte
+        ks = r.get("first_keyframe_start_ms", {})  # to its first bytes
+        keyframe = f"| {fmt(ks.get('p50'))} / {fmt(ks.get('p99'))} | {fmt(kf.get('p50'))} / {fmt(kf.get('p99'))} "
         if r.get("churn"):
             w = r["churn"]["window"]
-            kf = r.get("first_keyframe_ms", {})
             churn_lines.append(
                 f"| {r['server']} | {r['proto']} | {r['viewers']} ({w['alive_min']} / {w['alive_avg']:.0f}) "
                 f"| {r['churn']['hold_s']:g} | {w['completed']} | {w['completed_per_s']:.0f} | {w['failed']} "
                 f"| {w['dropped']} | {fmt(r.get('healthy_pct'), 1)} | {fmt(r.get('server_cpu_pct'))} "
                 f"| {fmt((r.get('server_rss_kb') or 0) / 1024, 1)} | {fmt(r.get('rss_per_viewer_kb'), 1)} "
-                f"| {fmt(kf.get('p50'))} / {fmt(kf.get('p99'))} | {fmt(lat.get('p50'), 1)} / {fmt(lat.get('p99'), 1)} "
+                + keyframe + f"| {fmt(lat.get('p50'), 1)} / {fmt(lat.get('p99'), 1)} "
                 f"| {fmt(r.get('loadgen', {}).get('cpu_pct_window'))} "
                 f"| {fmt(core0.get('softirq_pct'))} / {fmt(r.get('core0_other_pct'))} / {fmt(core0.get('steal_pct'))} "
                 f"| {notes} |"
@@ -697,7 +700,7 @@ def write_outputs(results: list, a, manifest: dict) -> None:
             f"| {r['server']} | {r['proto']} | {r['viewers']} | {fmt(r.get('healthy_pct'), 1)} "
             f"| {fmt(r.get('server_cpu_pct'))} | {fmt(r.get('healthy_per_core'))} "
             f"| {fmt((r.get('server_rss_kb') or 0) / 1024, 1)} | {fmt(r.get('rss_per_viewer_kb'), 1)} "
-            f"| {fmt(r.get('first_keyframe_ms', {}).get('p50'))} | {fmt(lat.get('p50'), 1)} / {fmt(lat.get('p99'), 1)} "
+            + keyframe + f"| {fmt(lat.get('p50'), 1)} / {fmt(lat.get('p99'), 1)} "
             f"| {r.get('stalls_total', '–')} | {fmt(r.get('loadgen', {}).get('cpu_pct_window'))} "
             f"| {fmt(core0.get('softirq_pct'))} / {fmt(r.get('core0_other_pct'))} / {fmt(core0.get('steal_pct'))} "
             f"| {notes} |"
