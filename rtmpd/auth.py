@@ -730,6 +730,10 @@ class DoneHookNotifier:
         #: again, and the running loop goes on instead of recursing.
         self._posting = False
         self._failures = _FailureLog(clock)
+        #: Requests of these protocols post nothing: a forward is the
+        #: server's own play, never asked of --on-play (its end is no
+        #: viewer's); a ``--workers`` relay adds "upstream" and "relay".
+        self.ignored_protocols = {FORWARD_PROTOCOL}
 
     def refused(self, request: object, refusal: object, message: str) -> None:
         """Nothing: only admitted clients end."""
@@ -741,9 +745,7 @@ class DoneHookNotifier:
         """Post that ``request``'s publish or play ended, for ``why``."""
         request = _admission_request(request)
         url = self._urls.get(request.action)
-        if url is None or request.protocol == FORWARD_PROTOCOL:
-            # A forward is the server's own play, never asked of --on-play:
-            # its end is no viewer's.
+        if url is None or request.protocol in self.ignored_protocols:
             return
         payload = hook_payload(request)
         payload["reason"] = why

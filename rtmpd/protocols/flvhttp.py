@@ -74,6 +74,9 @@ CORS_PUBLISH_HEADERS = {
 #: a gateway that reconnects learns from it whether the stream it finds is
 #: the one it was relaying (its timestamps go on) or a new publish.
 STREAM_ID_HEADER = b"X-Stream-Id"
+#: The protocol admission sees for a play by another ``--workers`` worker's
+#: relay (on this worker's Unix socket).
+RELAY_PROTOCOL = "relay"
 
 
 def flv_preamble(stream: Stream) -> bytes:
@@ -250,12 +253,19 @@ class FlvHttpResource(resource.Resource):
         websocket: resource.IResource | None = None,
         *,
         cors_publish: bool = False,
+        relay: bool = False,
     ) -> None:
+        """``relay``: the resource on a ``--workers`` worker's Unix socket,
+        where the other workers relay its streams from. Its plays are the
+        server's own (``internal``: no credentials, no viewer limit, and
+        never passed on to the origin, so two workers never relay a stream
+        from each other); they are admitted with the protocol ``relay``."""
         super().__init__()
         self.admission = admission
         self.websocket = websocket
         #: Whether browsers on other origins may publish (``--cors-publish``).
         self.cors_publish = cors_publish
+        self.relay = relay
 
     def render(self, request: server.Request) -> bytes | int:
         """Upgrade requests go to the WebSocket resource, the rest by method."""
@@ -298,7 +308,7 @@ class FlvHttpResource(resource.Resource):
         except AdmissionRefused as e:
             _text(request, HTTP_STATUS[e.refusal], e.message)
             return b""
-        origin = self.admission.origin
+        origin = None if self.relay else self.admission.origin
         if stream is None and origin is not None:
             # A gateway: live if its upstream has it.
             d = origin.probe(app, name)
@@ -356,7 +366,8 @@ class FlvHttpResource(resource.Resource):
             refusal = None
         play = AdmissionRequest(
             action=Action.PLAY, app=app, stream=name, query=_query(request.uri),
-            peer_host=host, peer_port=port, protocol="http-flv",
+            peer_host=host, peer_port=port,
+            protocol=RELAY_PROTOCOL if self.relay else "http-flv",
             client_id=client_id_of(request),
         )
         if refusal is not None:
@@ -389,7 +400,8 @@ class FlvHttpResource(resource.Resource):
             request.notifyFinish().addBoth(viewer.connection_lost)
             return viewer
 
-        self.admission.play(play, start).addErrback(self._refused, request)
+        d = self.admission.play(play, start, internal=self.relay)
+        d.addErrback(self._refused, request)
         return server.NOT_DONE_YET
 
     def _refused(self, failure: Failure, request: server.Request) -> None:

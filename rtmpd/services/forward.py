@@ -57,7 +57,7 @@ from rtmpd.codec.rtmp import chunk
 from rtmpd.codec.rtmp import messages as msg
 from rtmpd.codec.rtmp.connection import AUDIO_CSID, DATA_CSID, VIDEO_CSID
 from rtmpd.fanout import OutputFormat, ViewerOutput
-from rtmpd.interfaces import IAdmissionListener
+from rtmpd.interfaces import IAdmissionListener, IUpstreamSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.protocols.flvhttp import PLAIN
 from rtmpd.registry import NAME_PATTERN
@@ -438,10 +438,14 @@ class Forwarder(service.Service):
     name = "forward"
 
     def __init__(self, admission: Admission, reactor: Any, rules: Sequence[ForwardRule], *,
-                 chunk_size: int = 4096, trust_root: TrustRoot | None = None) -> None:
+                 chunk_size: int = 4096, trust_root: TrustRoot | None = None,
+                 forward_pulled: bool = True) -> None:
         """``trust_root``: the CAs a TLS target's certificate must chain to
-        (None: the system's)."""
+        (None: the system's). ``forward_pulled`` False: streams pulled from
+        elsewhere are not forwarded (a ``--workers`` relay: the worker
+        holding the publisher forwards it)."""
         self.admission = admission
+        self.forward_pulled = forward_pulled
         self.trust_root = trust_root
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -499,6 +503,8 @@ class Forwarder(service.Service):
         if publisher is None or not self.running:
             return
         stream = publisher.stream
+        if not self.forward_pulled and IUpstreamSource.providedBy(publisher.source):
+            return
         for template in self.urls_for(stream.app):
             self.add(stream, template)
         for url in publisher.forward_urls:

@@ -72,6 +72,7 @@ _CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
     "forward": lambda v: _forward_table(v),
     "pull": lambda v: _pull_table(v),
     "pull-always": bool,
+    "workers": str,
 }
 
 #: The second listener of each port, for its TLS twin beside the plain one
@@ -356,6 +357,17 @@ class Options(ShortUsageOnError):
             "loopback clients may use them).",
         ],
         [
+            "workers", None, "1",
+            "Processes serving the ports: 1 (one process, one core), a number, or 'auto' "
+            "(one per core). Each worker listens on every port (SO_REUSEPORT, Linux; tcp:, "
+            "tcp6: and ssl: listeners) and plays the streams published to the others by "
+            "relaying them; --pull is not supported with more than one.",
+        ],
+        [
+            "worker", None, None,
+            "Internal: set by --workers on the command line of each worker (INDEX:RUN_DIR).",
+        ],
+        [
             "reconnect-url", None, None,
             "On shutdown, RTMP publishers that support Enhanced RTMP reconnect are asked to "
             "reconnect to this tcUrl (rtmp://standby/live, or relative: //standby/live); "
@@ -416,6 +428,8 @@ class Options(ShortUsageOnError):
                 self._given.add(token[2:].split("=", 1)[0].replace("_", "-"))
             elif token.startswith("-c"):
                 self._given.add("config")
+        #: The command line as given: what each of --workers' processes runs.
+        self.argv = argv
         super().parseOptions(argv)
 
     def opt_version(self) -> None:
@@ -432,6 +446,7 @@ class Options(ShortUsageOnError):
             if self[name] is not None and not str(self[name]).strip():
                 raise usage.UsageError(f"--{name} must not be empty")
         self["merge-ms"] = parse_merge_ms(self["merge-ms"])
+        self["workers"] = parse_workers(self["workers"])
         for name in ("rtmp", "http", "web"):
             check_endpoint(name, str(self[name]))
         for name in TLS_TWINS:
@@ -439,6 +454,8 @@ class Options(ShortUsageOnError):
                 check_endpoint(name, str(self[name]))
         if self["ca-file"] is not None:
             check_ca_file(str(self["ca-file"]))
+        if self["workers"] > 1 or self["worker"]:
+            check_workers(self)
         if not MIN_CHUNK_SIZE <= self["chunk-size"] <= MAX_CHUNK_SIZE:
             raise usage.UsageError(
                 f"--chunk-size {self['chunk-size']} is out of range "
@@ -532,6 +549,56 @@ def parse_merge_ms(value: object) -> int | None:
     if not 0 <= ms <= 10_000:
         raise usage.UsageError(f"--merge-ms {ms} is out of range 0..10000")
     return ms
+
+
+#: Most ``--workers``: far more than any box has cores; each worker is a
+#: whole process with its own memory.
+MAX_WORKERS = 256
+#: The twistd ``--logger`` of a worker: its log goes to the parent.
+WORKER_LOGGER = "rtmpd.services.workers.log_to_parent"
+#: Listener kinds a worker can share with the others (``SO_REUSEPORT``).
+SHARABLE_ENDPOINTS = ("tcp", "tcp6", "ssl")
+
+
+def parse_workers(value: object) -> int:
+    """``--workers``: a count of 1..MAX_WORKERS, or 'auto' (the cores)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    try:
+        count = int(text)
+    except ValueError:
+        raise usage.UsageError(
+            f"--workers must be a number or 'auto', not {text!r}") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise usage.UsageError(f"--workers {count} is out of range 1..{MAX_WORKERS}")
+    return count
+
+
+def check_workers(options: Any) -> None:
+    """What more than one worker cannot do, refused at parse time."""
+    if not sys.platform.startswith("linux"):
+        raise usage.UsageError("--workers needs Linux (SO_REUSEPORT spreads the connections)")
+    for name in ("rtmp", "http", "web", *TLS_TWINS):
+        description = options[name]
+        if description is None:
+            continue
+        kind = str(description).split(":", 1)[0].lower()
+        if kind not in SHARABLE_ENDPOINTS:
+            raise usage.UsageError(
+                f"--{name} {description!r}: with --workers, listeners must be "
+                f"{', '.join(k + ':' for k in SHARABLE_ENDPOINTS)} (every worker binds the port)")
+    if options["pull"]:
+        raise usage.UsageError(
+            "--pull works with one process only (each worker would pull and record it): "
+            "drop --workers or --pull")
+    if options["worker"]:
+        from rtmpd.services.workers import parse_worker
+
+        try:
+            parse_worker(str(options["worker"]))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def check_endpoint(option: str, description: str) -> None:
@@ -646,6 +713,13 @@ def makeService(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    worker = None
+    if options.get("worker"):
+        from rtmpd.services.workers import parse_worker
+
+        worker = parse_worker(str(options["worker"]))
+    elif int(options.get("workers", 1)) > 1:
+        return make_parent(options, reactor)
 
     from rtmpd.admission import Admission, Limits
     from rtmpd.auth import DoneHookNotifier, build_authorizers, build_listeners, make_agent
@@ -699,14 +773,20 @@ def makeService(
             DoneHookService(admission_listener, reactor).setServiceParent(top)
     if metrics is not None:
         metrics.attach(admission)
+    relayed = None
+    if worker is not None:
+        relayed = add_worker_services(top, admission, metrics, admission_listeners, worker,
+                                      reactor)
     # Relay: forwards out (--forward, and those an on-publish hook's answer
     # names) and pulls in (--pull).
     forwarder = None
     if options.get("forward") or options.get("on-publish"):
         from rtmpd.services.forward import Forwarder
 
+        # A worker's relayed streams are forwarded by the worker publishing them.
         forwarder = Forwarder(admission, reactor, options.get("forward") or [],
-                              chunk_size=options["chunk-size"], trust_root=trust_root(options))
+                              chunk_size=options["chunk-size"], trust_root=trust_root(options),
+                              forward_pulled=worker is None)
         forwarder.setServiceParent(top)
         if metrics is not None:
             metrics.add_collector(forwarder)
@@ -750,11 +830,17 @@ def makeService(
     )
 
     factories = {"rtmp": rtmp_factory, "http": http_site, "web": web_site}
+    listen_with = reactor
+    if worker is not None:
+        from rtmpd.services.workers import ReusePortReactor
+
+        listen_with = ReusePortReactor(reactor)
+        add_relay_listener(top, admission, worker, options, reactor)
     for name, factory in factories.items():
-        add_listener(top, name, options[name], factory, reactor)
+        add_listener(top, name, options[name], factory, listen_with)
     for twin, name in TLS_TWINS.items():
         if options.get(twin):
-            add_listener(top, twin, options[twin], factories[name], reactor)
+            add_listener(top, twin, options[twin], factories[name], listen_with)
     # Recorders (the disk writer first, so it stops after them).
     from rtmpd.services.recorder import Recorder
     from rtmpd.services.recorders import make_recorders
@@ -770,23 +856,140 @@ def makeService(
     ):
         if metrics is not None and isinstance(recorder, Recorder):
             recorder.on_failure = metrics.count_recorder_error
+        if relayed is not None and isinstance(recorder, Recorder):
+            # The worker holding the publisher records it; relays here do not.
+            recorder.may_record = _unless_relayed(recorder.may_record, relayed)
         recorder.setServiceParent(top)
     # Last, so it stops first: no publisher feeds a stream while the
     # recorders finalise (rtmpd.services.shutdown).
     from rtmpd.services.shutdown import PublishersFirst
 
     PublishersFirst(admission, reconnect_url=options.get("reconnect-url")).setServiceParent(top)
+    if worker is not None:
+        # After the publishers' stop, so it stops first: the names are free
+        # before the publishers are asked to reconnect (to another worker).
+        from rtmpd.services.directory import DirectoryClaims
+        from rtmpd.workerdirectory import worker_location
+
+        claims = DirectoryClaims(admission, top.getServiceNamed("parent-link").directory,
+                                 worker_location(worker[0]), reactor)
+        claims.setServiceParent(top)
     twins = "".join(
         f", {twin} {options[twin]}" for twin in TLS_TWINS if options.get(twin)
     )
     log.info(
         "rtmpd {version}: rtmp {rtmp}, http {http}, web {web}{twins}, root {root}, "
-        "record {record}",
+        "record {record}{worker}",
         version=__version__.public(), rtmp=options["rtmp"], http=options["http"],
         web=options["web"], twins=twins, root=root,
         record=",".join(options.get("record", ())) or "none",
+        worker="" if worker is None else f", worker {worker[0]} (pid {os.getpid()})",
     )
     top.registry = registry  # type: ignore[attr-defined]
     top.admission = admission  # type: ignore[attr-defined]
     top.forwarder = forwarder  # type: ignore[attr-defined]
     return top
+
+
+# -- --workers ------------------------------------------------------------------------
+
+
+def make_parent(options: Options | dict[str, Any], reactor: Any) -> service.MultiService:
+    """The service tree of the parent of ``--workers N``: the box's stream
+    directory on a Unix socket, and the workers (:mod:`rtmpd.services.workers`)."""
+    import tempfile
+
+    from twisted.internet.endpoints import UNIXServerEndpoint
+
+    from rtmpd.services.workers import DIRECTORY_SOCKET, RunDirectory, WorkerPool
+    from rtmpd.workerdirectory import DirectoryServer, SharedDirectory
+
+    count = int(options["workers"])
+    # mkdtemp makes it 0700: only this user reaches the sockets in it.
+    run_dir = tempfile.mkdtemp(prefix="rtmpd-")
+    top = service.MultiService()
+    top.setName("rtmpd")
+    RunDirectory(run_dir).setServiceParent(top)
+    directory = DirectoryServer(SharedDirectory())
+    endpoint = UNIXServerEndpoint(reactor, os.path.join(run_dir, DIRECTORY_SOCKET), mode=0o600)
+    internet.StreamServerEndpointService(endpoint, directory).setServiceParent(top)
+    listeners = [(name, str(options[name])) for name in ("rtmp", "http", "web", *TLS_TWINS)
+                 if options.get(name)]
+    pool = WorkerPool(reactor, count, getattr(options, "argv", []), run_dir, directory,
+                      listeners=listeners)
+    pool.setServiceParent(top)
+    log.info("rtmpd {version}: {count} workers on rtmp {rtmp}, http {http}, web {web}",
+             version=__version__.public(), count=count, rtmp=options["rtmp"],
+             http=options["http"], web=options["web"])
+    top.pool = pool  # type: ignore[attr-defined]
+    top.directory = directory  # type: ignore[attr-defined]
+    return top
+
+
+def add_worker_services(
+    top: service.MultiService, admission: Any, metrics: Any, admission_listeners: Any,
+    worker: tuple[int, str], reactor: Any,
+) -> Callable[[Any], bool]:
+    """A worker's link to its parent (the directory) and its relays (the
+    admission's origin); returns whether a stream here is a relay's."""
+    from rtmpd.auth import DoneHookNotifier
+    from rtmpd.interfaces import IUpstreamSource
+    from rtmpd.protocols.flvhttp import RELAY_PROTOCOL
+    from rtmpd.services.upstream import Upstream
+    from rtmpd.services.workers import ParentLink, relay_agent
+    from rtmpd.workerdirectory import DirectoryClient, worker_location
+
+    index, run_dir = worker
+    directory = DirectoryClient()
+    ParentLink(reactor, run_dir, index, directory).setServiceParent(top)
+    upstream = Upstream(admission, relay_agent(reactor, run_dir), None, reactor,
+                        directory=directory, location=worker_location(index))
+    upstream.setServiceParent(top)
+    if metrics is not None:
+        metrics.add_collector(upstream)
+    for listener in admission_listeners:
+        if isinstance(listener, DoneHookNotifier):
+            # A relay is this box's own copy: the publish's done hook is
+            # posted by the worker holding it.
+            listener.ignored_protocols.update(("upstream", RELAY_PROTOCOL))
+
+    def relayed(stream: Any) -> bool:
+        return IUpstreamSource.providedBy(stream.source)
+
+    return relayed
+
+
+def add_relay_listener(
+    top: service.MultiService, admission: Any, worker: tuple[int, str],
+    options: Options | dict[str, Any], reactor: Any,
+) -> None:
+    """HTTP-FLV on the worker's Unix socket, where the other workers relay
+    its streams from (plays only, admitted as the server's own)."""
+    from twisted.internet.endpoints import UNIXServerEndpoint
+
+    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
+    from rtmpd.services.workers import worker_socket
+
+    path = worker_socket(worker[1], worker[0])
+    if os.path.exists(path):
+        os.unlink(path)  # left by this worker's previous process
+    site = FlvSite(
+        FlvHttpResource(admission, relay=True), reactor=reactor,
+        header_timeout=float(options.get("header-timeout", 10.0)),
+        max_header_bytes=int(options.get("max-header-bytes", 16384)),
+    )
+    listener = ListenerService("worker", path, UNIXServerEndpoint(reactor, path, mode=0o600),
+                               site)
+    listener.setName("relay")
+    listener.setServiceParent(top)
+
+
+def _unless_relayed(
+    may_record: Callable[[Any, str], bool] | None, relayed: Callable[[Any], bool],
+) -> Callable[[Any, str], bool]:
+    def check(stream: Any, fmt: str) -> bool:
+        if relayed(stream):
+            return False
+        return may_record is None or may_record(stream, fmt)
+
+    return check
