@@ -16,7 +16,7 @@ WEB_STAMP := web/vendor/.installed
 VENDOR_FILES := web/node_modules/hls.js/dist/hls.min.mjs \
 	web/node_modules/mpegts.js/dist/mpegts.js
 
-.PHONY: run test lint typecheck unit venv web system-deps bench clean fuzz
+.PHONY: run test lint typecheck unit venv web system-deps bench clean fuzz soak
 
 # twistd stops cleanly on Ctrl-C and then ends itself with SIGINT again (as
 # interrupted programs do), which make would report as "*** [run] Interrupt".
@@ -92,6 +92,9 @@ system-deps:
 	@# nginx-rtmp: a forward target of the relay tests (tests/e2e/test_relay.py).
 	@[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || { echo "installing nginx and libnginx-mod-rtmp with apt-get"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx libnginx-mod-rtmp; }
+	@# Redis and HAProxy: the three-tier topology test (tests/e2e/test_topology.py).
+	@command -v redis-server >/dev/null && [ -x /usr/sbin/haproxy ] || { echo "installing redis-server and haproxy with apt-get"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server haproxy; }
 
 # Load tests against rtmpd, nginx-rtmp and Node-Media-Server (not part of
 # `make test`; see benchmarks/README.md). Needs gcc, nginx + libnginx-mod-rtmp
@@ -102,6 +105,17 @@ bench: $(STAMP) system-deps
 		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx libnginx-mod-rtmp; }
 	sh benchmarks/build.sh
 	$(BIN)/python benchmarks/run.py --all
+
+# Soak (issue 16): one publisher, 500 viewers over RTMP/HTTP-FLV/WS-FLV (5 %
+# slow or stalled, 1 % replaced a second) and every recorder, for SOAK_MINUTES;
+# the server's RSS must stay flat after the warm-up, its log free of tracebacks
+# and every recording valid. Not part of `make test` (see benchmarks/README.md).
+# Niced: the machine is shared. Output in benchmarks/out/soak-<time>/.
+SOAK_MINUTES ?= 60
+soak: $(STAMP) system-deps
+	$(BIN)/pip install --quiet matplotlib
+	sh benchmarks/build.sh
+	nice -n 5 $(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info twisted/plugins/dropin.cache web/node_modules web/vendor
