@@ -24,6 +24,7 @@ from rtmpd._version import __version__
 from rtmpd.admission import Action, Decision, deny
 from rtmpd.interfaces import IAuthorizer
 from rtmpd.registry import StreamRegistry
+from rtmpd.tap import directory as directory_tap
 from rtmpd.tap import rtmpd as rtmpd_tap
 from rtmpd.viewerlog import ViewerLogService
 
@@ -71,12 +72,14 @@ class Options(rtmpd_tap.ShortUsageOnError):
 
     command = "flvgateway"
 
-    synopsis = "--upstream http://origin:8501 [options]"
+    synopsis = "--upstream http://origin:8501 | --directory redis://host:6379/0 [options]"
     longdesc = (
         "An HTTP-FLV / WS-FLV edge: the first viewer of a stream opens one HTTP-FLV pull "
-        "from --upstream (an rtmpd origin or another gateway); every viewer shares it, "
-        "with rtmpd's GOP cache, fan-out and limits. The pull reconnects with backoff "
-        "while viewers stay, and closes --linger seconds after the last one leaves."
+        "from --upstream (an rtmpd origin or another gateway), or from the origin that "
+        "holds the stream in the --directory the origins claim their streams in; every "
+        "viewer shares it, with rtmpd's GOP cache, fan-out and limits. The pull "
+        "reconnects with backoff while viewers stay, and closes --linger seconds after "
+        "the last one leaves."
     )
 
     optParameters: list[Sequence[Any]] = [
@@ -89,6 +92,7 @@ class Options(rtmpd_tap.ShortUsageOnError):
             "Where streams come from: http(s)://host:port of an rtmpd --http port or another "
             "gateway (a path prefix and a ?query, e.g. a play key, are kept).",
         ],
+        *directory_tap.GATEWAY_OPTIONS,
         [
             "stats-interval", None, 10.0,
             "Seconds between two stats lines in the log (0: none).", _seconds,
@@ -130,12 +134,17 @@ class Options(rtmpd_tap.ShortUsageOnError):
     def postOptions(self) -> None:
         from rtmpd.client.pull import check_upstream
 
-        if not self["upstream"]:
-            raise usage.UsageError("--upstream is required, e.g. --upstream http://origin:8501")
-        try:
-            check_upstream(self["upstream"])
-        except ValueError as e:
-            raise usage.UsageError(f"--upstream: {e}") from None
+        if bool(self["upstream"]) == bool(self["directory"]):
+            raise usage.UsageError(
+                "give one of --upstream http://origin:8501 (one origin) and --directory "
+                "redis://host:6379/0 (the origins' stream directory)"
+                + (", not both" if self["upstream"] else ""))
+        if self["upstream"]:
+            try:
+                check_upstream(self["upstream"])
+            except ValueError as e:
+                raise usage.UsageError(f"--upstream: {e}") from None
+        directory_tap.check_directory(self)
         for name in ("play-key", "sign-secret", "api-token"):
             if self[name] is not None and not str(self[name]).strip():
                 raise usage.UsageError(f"--{name} must not be empty")
@@ -243,14 +252,19 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
         admission.add_listener(listener)
         if isinstance(listener, DoneHookNotifier):
             rtmpd_tap.DoneHookService(listener, reactor).setServiceParent(top)
+    directory = None
+    if options.get("directory"):
+        directory = directory_tap.make_directory(options, reactor)
+        directory.setServiceParent(top)
     upstream = Upstream(
         admission,
         make_agent(reactor, connect_timeout=float(options.get("open-timeout", 10.0)),
                    trust_root=rtmpd_tap.trust_root(options)),
-        str(options["upstream"]), reactor,
+        None if directory is not None else str(options["upstream"]), reactor,
         linger_s=float(options.get("linger", 5.0)),
         open_timeout_s=float(options.get("open-timeout", 10.0)),
         stats_interval_s=float(options.get("stats-interval", 10.0)),
+        directory=directory,
     )
     upstream.setServiceParent(top)
 
@@ -274,7 +288,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
         "flvgateway {version}: listen {listen}, upstream {upstream}, linger {linger:g} s, "
         "stats every {interval:g} s",
         version=__version__.public(), listen=description,
-        upstream=shown_url(str(options["upstream"])),
+        upstream=(f"from the stream directory {directory.url}" if directory is not None
+                  else shown_url(str(options["upstream"]))),
         linger=float(options.get("linger", 5.0)),
         interval=float(options.get("stats-interval", 10.0)),
     )

@@ -17,6 +17,7 @@ from twisted.python import usage
 from rtmpd._twisted import raise_listen_errors
 from rtmpd._version import __version__
 from rtmpd.registry import StreamConfig, StreamRegistry
+from rtmpd.tap import directory as directory_tap
 from rtmpd.viewerlog import ViewerLogService
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ _CONFIG_KEYS: dict[str, Callable[[Any], Any]] = {
     "web-https": str,
     "ca-file": str,
     "root": str,
+    **directory_tap.CONFIG_KEYS,
     "gop-cache-frames": int,
     "gop-cache-bytes": int,
     "gop-cache-seconds": float,
@@ -351,6 +353,7 @@ class Options(ShortUsageOnError):
             "max-header-bytes", None, 16384,
             "Most bytes of HTTP request line and headers.", _positive_int("max-header-bytes"),
         ],
+        *directory_tap.RTMPD_OPTIONS,
         [
             "api-token", None, None,
             "Bearer token for /api/ and /metrics on the web port (without one, only "
@@ -469,6 +472,7 @@ class Options(ShortUsageOnError):
             self["record"] = parse_record_option(self["record"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        directory_tap.check_directory(self)
 
     def _load_config(self, path: str) -> None:
         try:
@@ -801,6 +805,9 @@ def makeService(
         upstream.setServiceParent(top)
         if metrics is not None:
             metrics.add_collector(upstream)
+    if options.get("directory"):
+        # --directory: this origin's streams are claimed in Redis for the gateways.
+        directory_tap.add_origin_directory(top, admission, options, reactor)
 
     rtmp_factory = RtmpServerFactory(
         admission,
