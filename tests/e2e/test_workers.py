@@ -1,0 +1,159 @@
+"""``twistd rtmpd --workers 2``: two worker processes share the ports
+(SO_REUSEPORT), a viewer on the worker without the stream is relayed from
+the one with its publisher, a name is published once on the whole box, a
+killed worker is restarted with its names freed, and SIGTERM to the parent
+stops everything cleanly.
+
+Which worker a connection reaches is the kernel's choice (a hash of the
+client's port), so tests that need both make enough connections that all
+of them landing on one worker is as unlikely as 1 in 10 000 (2 ** -13)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import WAIT_S, Server, run, start_server, stop_server
+
+#: Viewers of the relay test; connection attempts of the others.
+VIEWERS = 20
+ATTEMPTS = 14
+
+
+def wait_for(predicate: object, what: str, server: Server, deadline_s: float = WAIT_S) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what}; log:\n{server.log()[-4000:]}")
+
+
+def workers_up(server: Server) -> dict[int, int]:
+    """Worker index -> pid of its latest process that said it is up."""
+    return {int(w): int(p) for w, p in
+            re.findall(r"worker (\d+) \(pid (\d+)\) is up", server.log())}
+
+
+def start_workers(tmp_path: Path, *extra: str) -> Server:
+    server = start_server(tmp_path, "--workers", "2", *extra)
+    wait_for(lambda: len(workers_up(server)) == 2, "the workers never came up", server)
+    return server
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Server]:
+    server = start_workers(tmp_path)
+    yield server
+    stop_server(server)
+
+
+def plays_by_worker(server: Server, name: str) -> Counter[int]:
+    """Plays of ``live/name`` by loopback clients (not relays), per worker."""
+    return Counter(int(w) for w in re.findall(
+        rf"worker (\d+): play live/{name} by (?:http-flv|rtmp) 127\.0\.0\.1:", server.log()))
+
+
+def holder(server: Server, name: str) -> int:
+    """The worker the publisher of ``live/name`` reached."""
+    [worker] = re.findall(rf"worker (\d+): publish live/{name} by rtmp", server.log())[-1:]
+    return int(worker)
+
+
+def decode(url: str) -> subprocess.CompletedProcess[str]:
+    """2 s of the stream, decoded and thrown away."""
+    return run(["ffmpeg", "-v", "error", "-i", url, "-t", "2", "-f", "null", "-"], timeout=WAIT_S)
+
+
+def test_viewers_on_both_workers_all_decode_a_stream_published_to_one(
+        workers: Server, clip: Path) -> None:
+    workers.publish(clip, "box")
+    workers.wait_live("box")
+    urls = [workers.rtmp_url("box") if i % 4 == 3 else workers.flv_url("box")
+            for i in range(VIEWERS)]
+    with ThreadPoolExecutor(max_workers=VIEWERS) as pool:
+        results = list(pool.map(decode, urls))
+    for result in results:
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+    plays = plays_by_worker(workers, "box")
+    assert sum(plays.values()) == VIEWERS
+    assert set(plays) == {1, 2}, plays
+    log = workers.log()
+    publisher = holder(workers, "box")
+    other = 3 - publisher
+    # One relay into the other worker however many of its viewers, pulled
+    # from the publisher's worker socket; only the publisher's worker records.
+    relays = re.findall(rf"worker (\d+): publish live/box by upstream worker-{publisher}", log)
+    assert relays == [str(other)]
+    stop_server(workers)
+    recorded = re.findall(r"worker (\d+): hls recording of live/box finalised", workers.log())
+    assert recorded == [str(publisher)]
+    workers.children.clear()
+
+
+def test_a_second_publisher_is_refused_whichever_worker_it_reaches(
+        workers: Server, clip: Path) -> None:
+    workers.publish(clip, "once")
+    workers.wait_live("once")
+    for _ in range(ATTEMPTS):
+        second = run(["ffmpeg", "-v", "error", "-re", "-i", str(clip), "-t", "1", "-c", "copy",
+                      "-f", "flv", workers.rtmp_url("once")], timeout=WAIT_S)
+        assert second.returncode != 0
+        assert "already has a publisher" in second.stderr, second.stderr
+    refused = Counter(int(w) for w in re.findall(
+        r"worker (\d+): publish live/once by rtmp \S+ refused: stream live/once already has "
+        r"a publisher", workers.log()))
+    assert sum(refused.values()) == ATTEMPTS and set(refused) == {1, 2}, refused
+    assert workers.is_live("once")
+
+
+def test_a_killed_worker_is_restarted_and_its_names_freed(
+        workers: Server, clip: Path) -> None:
+    publisher = workers.publish(clip, "dies")
+    workers.wait_live("dies")
+    index = holder(workers, "dies")
+    pid = workers_up(workers)[index]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: workers_up(workers).get(index, pid) != pid,
+             f"worker {index} was not restarted", workers)
+    log = workers.log()
+    assert f"worker {index} (pid {pid}) exited (signal 9, SIGKILL), restarting in 1 s" in log
+    assert f"worker {index} is gone: freed 1 stream name(s): live/dies" in log
+    publisher.wait(timeout=WAIT_S)  # its connection died with the worker
+    # The name is free: publishing it again works, wherever it lands, and
+    # both workers (the new process included) serve its viewers.
+    workers.publish(clip, "dies")
+    workers.wait_live("dies")
+    before = plays_by_worker(workers, "dies")
+    with ThreadPoolExecutor(max_workers=ATTEMPTS) as pool:
+        results = list(pool.map(decode, [workers.flv_url("dies")] * ATTEMPTS))
+    for result in results:
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+    after = plays_by_worker(workers, "dies")
+    assert set(after - before) == {1, 2}, after - before
+
+
+def test_sigterm_to_the_parent_stops_every_worker_cleanly(tmp_path: Path, clip: Path) -> None:
+    server = start_workers(tmp_path)
+    server.publish(clip, "last")
+    server.wait_live("last")
+    pids = workers_up(server)
+    run_dir = re.findall(r"starting 2 workers \(run directory (\S+)\)", server.log())[0]
+    server.children[0].kill()  # the publisher goes; the recording finalises on stop
+    stop_server(server)  # SIGTERM; no traceback, exits in time
+    log = server.log()
+    for index, pid in pids.items():
+        assert f"worker {index} (pid {pid}) stopped" in log
+        assert not Path(f"/proc/{pid}").exists()
+    assert "restarting" not in log
+    assert not Path(run_dir).exists()
+    assert server.process.returncode in (0, -signal.SIGTERM)
