@@ -5,10 +5,13 @@ It starts ``twistd rtmpd`` (recording HLS, FLV and fMP4), puts a recording
 TCP proxy in front of its RTMP port, publishes two seconds of H.264 + AAC
 with ffmpeg through the proxy while ffmpeg plays it back through the proxy
 too, then cuts seeds from what went over the wire and what was recorded,
-plus the ffmpeg-made files in ``tests/data``. Seeds of the streaming targets
+plus the ffmpeg-made files in ``tests/data``, plus what OBS Studio sends when
+it publishes (:func:`obs_seeds`: built here from its public sources, kept
+under ``obs-*`` names beside the captures). Seeds of the streaming targets
 start with the byte that sets the piece size (``0xff``: 256-byte pieces; see
 ``targets.pieces``). Each seed is at most :data:`MAX_SEED` bytes.
-Re-running replaces the corpora (captures differ in their random bytes).
+Re-running replaces the corpora (captures differ in their random bytes);
+``--obs-only`` writes the OBS seeds alone and leaves the captures as they are.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import hashlib
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from rtmpd.codec import amf3, enhanced, flv
+from rtmpd.codec import amf0, amf3, enhanced, flv
 from rtmpd.codec.mp4.demux import Mp4Demuxer
 from rtmpd.codec.rtmp.chunk import NEED_DATA, ChunkReader, Message
 from rtmpd.codec.rtmp.handshake import HANDSHAKE_SIZE
@@ -183,6 +187,164 @@ def ertmp_message_seeds(data: bytes, out: dict[str, list[bytes]]) -> None:
             out["ertmp_message"].append(prefix + bytes(wrapped))
 
 
+# --------------------------------------------------------------------------- OBS
+
+#: OBS Studio's RTMP output (plugins/obs-outputs: rtmp-stream.c and its copy
+#: of librtmp, flv-mux.c), as read from its public sources. After the
+#: handshake it sets its chunk size to 4096 before anything else, sends
+#: ``connect`` (app, type "nonprivate", flashVer, swfUrl = tcUrl, tcUrl; since
+#: 29.1 also ``fourCcList`` for Enhanced RTMP), and on its result
+#: ``releaseStream``, ``FCPublish`` and ``createStream`` without waiting,
+#: then ``publish(key, "live")`` on the new stream. Data goes out through
+#: librtmp's RTMP_Write: everything on chunk stream 4 with the smallest header
+#: that fits (a type-0 header first, then deltas), ``@setDataFrame`` put in
+#: front of ``onMetaData``, then the audio and the video sequence headers.
+#: It ends with ``FCUnpublish`` and ``deleteStream``.
+OBS_FLASH_VER = "FMLE/3.0 (compatible; FMSc/1.0)"
+OBS_ENCODER = "obs-output module (libobs version 30.2.3)"
+OBS_CHUNK_SIZE = 4096
+OBS_KEY = "live_123456789_AbCdEfGhIjKlMnOpQrStUvWxYz"
+#: OBS's usual audio: AAC-LC, 48 kHz, stereo (the AudioSpecificConfig).
+OBS_AAC_CONFIG = b"\x11\x90"
+
+
+def obs_metadata(*, channels: int, numeric_ids: bool) -> bytes:
+    """``onMetaData`` as flv-mux.c builds it: an ECMA array of 20 entries,
+    one flag per channel layout (``stereo``, ``2.1`` ... ``7.1``) and the
+    libobs version in ``encoder``. Older versions name the codecs ``avc1``
+    and ``mp4a``; numbers (7, 10) are what most encoders send."""
+    layouts = {"stereo": 2, "2.1": 3, "3.1": 4, "4.0": 4, "4.1": 5, "5.1": 6, "7.1": 8}
+    fields: dict[str, object] = {
+        "duration": 0.0, "fileSize": 0.0, "width": 1280.0, "height": 720.0,
+        "videocodecid": 7.0 if numeric_ids else "avc1", "videodatarate": 2500.0,
+        "framerate": 30.0, "audiocodecid": 10.0 if numeric_ids else "mp4a",
+        "audiodatarate": 160.0, "audiosamplerate": 48000.0, "audiosamplesize": 16.0,
+        "audiochannels": float(channels),
+        **{name: count == channels for name, count in layouts.items()},
+        "encoder": OBS_ENCODER,
+    }  # fmt: skip
+    return amf0.encode_all("onMetaData", amf0.ECMAArray(fields))
+
+
+class LibrtmpChunker:
+    """Messages into chunks the way librtmp's RTMP_SendPacket cuts them: per
+    chunk stream, a type-0 header for a new message stream, else type 1
+    (timestamp delta), or type 2 when length and type repeat; type-3
+    continuation chunks of at most ``chunk_size`` bytes."""
+
+    def __init__(self) -> None:
+        self.chunk_size = 128
+        self.last: dict[int, tuple[int, int, int, int]] = {}  # msid, length, type, ts
+
+    def message(self, csid: int, type_id: int, msid: int, ts: int, payload: bytes) -> bytes:
+        previous = self.last.get(csid)
+        self.last[csid] = (msid, len(payload), type_id, ts)
+        if previous is None or previous[0] != msid:
+            header = bytes([csid]) + ts.to_bytes(3, "big") + len(payload).to_bytes(3, "big")
+            header += bytes([type_id]) + msid.to_bytes(4, "little")
+        elif previous[1:3] == (len(payload), type_id):
+            header = bytes([0x80 | csid]) + (ts - previous[3]).to_bytes(3, "big")
+        else:
+            header = bytes([0x40 | csid]) + (ts - previous[3]).to_bytes(3, "big")
+            header += len(payload).to_bytes(3, "big") + bytes([type_id])
+        out = [header, payload[: self.chunk_size]]
+        for start in range(self.chunk_size, len(payload), self.chunk_size):
+            out += [bytes([0xC0 | csid]), payload[start : start + self.chunk_size]]
+        if type_id == 1:
+            self.chunk_size = int.from_bytes(payload[:4], "big")
+        return b"".join(out)
+
+
+def obs_command(name: str, transaction: float, *args: object) -> bytes:
+    return amf0.encode_all(name, transaction, None, *args)
+
+
+def obs_media(numeric_ids: bool) -> list[tuple[int, int, bytes]]:
+    """(type, timestamp ms, body) of an OBS publish: ``@setDataFrame``, the
+    audio and video sequence headers, then a few frames (tests/data/tiny.flv's,
+    with OBS's 48 kHz stereo AudioSpecificConfig)."""
+    tags = flv_tags((DATA / "tiny.flv").read_bytes())
+    video = [t for t in tags if t.tag_type == flv.TAG_VIDEO]
+    audio = [t for t in tags if t.tag_type == flv.TAG_AUDIO and t.body[1:2] == b"\x01"]
+    channels = 2 if not numeric_ids else 3
+    out = [
+        (flv.TAG_SCRIPT, 0, amf0.encode("@setDataFrame") + obs_metadata(
+            channels=channels, numeric_ids=numeric_ids)),
+        (flv.TAG_AUDIO, 0, b"\xaf\x00" + OBS_AAC_CONFIG),
+        (flv.TAG_VIDEO, 0, video[0].body),
+    ]
+    frames = [(t.timestamp_ms, flv.TAG_VIDEO, t.body) for t in video[1:3]]
+    frames += [(round(i * 1024 / 48), flv.TAG_AUDIO, t.body) for i, t in enumerate(audio[:4])]
+    out += [(kind, ts, body) for ts, kind, body in sorted(frames, key=lambda f: f[:2])]
+    return out
+
+
+def obs_session(*, numeric_ids: bool) -> tuple[bytes, list[bytes]]:
+    """The bytes OBS sends in one publish (C0 C1 C2, then chunks) and the
+    payloads of its command and data messages."""
+    chunker = LibrtmpChunker()
+    tc_url = "rtmp://127.0.0.1:1935/live"
+    connect: dict[str, object] = {"app": "live", "type": "nonprivate",
+                                  "flashVer": OBS_FLASH_VER, "swfUrl": tc_url, "tcUrl": tc_url}
+    if numeric_ids:
+        connect["fourCcList"] = ["av01", "vp09", "hvc1"]
+    commands = [
+        (3, 0, amf0.encode_all("connect", 1.0, connect)),
+        (3, 0, obs_command("releaseStream", 2.0, OBS_KEY)),
+        (3, 0, obs_command("FCPublish", 3.0, OBS_KEY)),
+        (3, 0, obs_command("createStream", 4.0)),
+        (4, 1, obs_command("publish", 5.0, OBS_KEY, "live")),
+    ]  # fmt: skip
+    # C1: librtmp's uptime stamp, four zero bytes, then its random fill;
+    # C2 echoes S1, whose bytes a server under test makes zeros.
+    c1 = (123_456).to_bytes(4, "big") + bytes(4) + hashlib.shake_256(b"obs").digest(1528)
+    wire = [b"\x03", c1, bytes(HANDSHAKE_SIZE)]
+    wire.append(chunker.message(2, 1, 0, 0, OBS_CHUNK_SIZE.to_bytes(4, "big")))
+    for csid, msid, payload in commands:
+        wire.append(chunker.message(csid, 20, msid, 0, payload))
+    media = obs_media(numeric_ids)
+    for kind, ts, body in media:
+        wire.append(chunker.message(4, kind, 1, ts, body))
+    closing = [obs_command("FCUnpublish", 6.0, OBS_KEY), obs_command("deleteStream", 7.0, 1.0)]
+    for payload in closing:
+        wire.append(chunker.message(3, 20, 0, 0, payload))
+    return b"".join(wire), [p for _, _, p in commands] + [media[0][2]] + closing
+
+
+def obs_flv(numeric_ids: bool) -> bytes:
+    """An FLV as flv-mux.c writes it (OBS's FLV recording, or an HTTP-FLV
+    publish of the same tags): header, onMetaData without ``@setDataFrame``,
+    sequence headers and frames, each tag followed by its size."""
+    out = [b"FLV\x01\x05" + (9).to_bytes(4, "big") + bytes(4)]
+    for kind, ts, body in obs_media(numeric_ids):
+        if kind == flv.TAG_SCRIPT:
+            body = body[len(amf0.encode("@setDataFrame")):]
+        tag = bytes([kind]) + len(body).to_bytes(3, "big") + (ts & 0xFFFFFF).to_bytes(3, "big")
+        tag += bytes([ts >> 24]) + bytes(3) + body
+        out += [tag, len(tag).to_bytes(4, "big")]
+    return b"".join(out)
+
+
+def obs_seeds() -> dict[str, dict[str, bytes]]:
+    """Seeds by target and name: OBS's publish over RTMP (older and newer
+    metadata, fed in 256- and 128-byte pieces), its messages, its metadata
+    and the FLV its muxer writes."""
+    out: dict[str, dict[str, bytes]] = defaultdict(dict)
+    for numeric_ids, era, split in ((False, "28", SPLIT), (True, "30", b"\x7f")):
+        wire, payloads = obs_session(numeric_ids=numeric_ids)
+        out["rtmp_server"][f"obs-{era}-publish"] = split + wire
+        out["flv_ingest"][f"obs-{era}-flv"] = split + obs_flv(numeric_ids)
+        connect, release, _, _, publish, metadata, unpublish, _ = payloads
+        out["amf0"][f"obs-{era}-metadata"] = metadata
+        out["rtmp_messages"][f"obs-{era}-connect"] = connect
+        if not numeric_ids:
+            out["amf0"]["obs-connect"] = connect
+            out["rtmp_messages"]["obs-releasestream"] = release
+            out["rtmp_messages"]["obs-publish"] = publish
+            out["rtmp_messages"]["obs-fcunpublish"] = unpublish
+    return out
+
+
 def seeds(work: Path) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = defaultdict(list)
     sessions, root = capture(work)
@@ -246,22 +408,36 @@ def seeds(work: Path) -> dict[str, list[bytes]]:
     return out
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        found = seeds(Path(tmp))
-    for target, items in sorted(found.items()):
+def write_obs_seeds() -> None:
+    for target, named in sorted(obs_seeds().items()):
         directory = CORPUS / target
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-        kept = {}
-        for item in items:
-            item = item[:MAX_SEED]
-            if item:
-                kept[hashlib.sha1(item).hexdigest()[:16]] = item
-        for name, item in sorted(kept.items())[:12]:
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("obs-*"):
+            old.unlink()
+        for name, item in sorted(named.items()):
+            assert len(item) <= MAX_SEED, (target, name, len(item))
             (directory / name).write_bytes(item)
-        print(f"{target}: {min(len(kept), 12)} seeds")
+        print(f"{target}: {len(named)} OBS seeds")
+
+
+def main(argv: list[str]) -> None:
+    if argv != ["--obs-only"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            found = seeds(Path(tmp))
+        for target, items in sorted(found.items()):
+            directory = CORPUS / target
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            kept = {}
+            for item in items:
+                item = item[:MAX_SEED]
+                if item:
+                    kept[hashlib.sha1(item).hexdigest()[:16]] = item
+            for name, item in sorted(kept.items())[:12]:
+                (directory / name).write_bytes(item)
+            print(f"{target}: {min(len(kept), 12)} seeds")
+    write_obs_seeds()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
