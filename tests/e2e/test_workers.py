@@ -157,3 +157,24 @@ def test_sigterm_to_the_parent_stops_every_worker_cleanly(tmp_path: Path, clip: 
     assert "restarting" not in log
     assert not Path(run_dir).exists()
     assert server.process.returncode in (0, -signal.SIGTERM)
+
+
+def test_tls_listeners_are_shared_by_the_workers_too(tmp_path: Path, clip: Path) -> None:
+    from tests.e2e.conftest import free_ports
+    from tests.tlscerts import make_certificates
+
+    certs = make_certificates(tmp_path / "certs")
+    [https_port] = free_ports(1)
+    server = start_workers(tmp_path, "--https", certs.endpoint(https_port))
+    try:
+        server.publish(clip, "secure")
+        server.wait_live("secure")
+        url = f"https://127.0.0.1:{https_port}/live/secure.flv"
+        before = plays_by_worker(server, "secure")
+        with ThreadPoolExecutor(max_workers=ATTEMPTS) as pool:
+            results = list(pool.map(decode, [url] * ATTEMPTS))
+        for result in results:
+            assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert set(plays_by_worker(server, "secure") - before) == {1, 2}
+    finally:
+        stop_server(server)
