@@ -596,6 +596,10 @@ def check_workers(options: Any) -> None:
         raise usage.UsageError(
             "--pull works with one process only (each worker would pull and record it): "
             "drop --workers or --pull")
+    if options.get("directory"):
+        raise usage.UsageError(
+            "--directory works with one process only for now (the workers share the box's "
+            "own directory): drop --workers or --directory")
     if options["worker"]:
         from rtmpd.services.workers import parse_worker
 
