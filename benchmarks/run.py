@@ -89,7 +89,7 @@ atexit.register(kill_children)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
-def spawn(cmd: list[str], *, cpu: int | None, nice: int, log_path: str, cwd: str | None = None,
+def spawn(cmd: list[str], *, cpu: int | str | None, nice: int, log_path: str, cwd: str | None = None,
           stdout=None) -> subprocess.Popen:  # fmt: skip
     def pre() -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -146,18 +146,59 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen) -> bool:
     return False
 
 
-def proc_cpu_ticks(pid: int) -> int:
+def _one_cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def proc_rss_kb(pid: int) -> int:
+def _one_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (rtmpd --workers: its workers), from /proc's children lists."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            queue.extend(children)
+    return found
+
+
+def _tree_sum(one, pid: int) -> int:
+    """`one(pid)` (OSError if `pid` is gone) plus the same of every live descendant."""
+    total = one(pid)
+    for child in _descendants(pid):
+        try:
+            total += one(child)
+        except OSError:
+            pass  # ended meanwhile
+    return total
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    """CPU ticks of `pid` and its descendants (a --workers parent's are its workers')."""
+    return _tree_sum(_one_cpu_ticks, pid)
+
+
+def proc_rss_kb(pid: int) -> int:
+    """RSS of `pid` and its descendants, KiB."""
+    return _tree_sum(_one_rss_kb, pid)
 
 
 def cpu_times() -> dict[str, list[int]]:
@@ -298,6 +339,8 @@ class Rtmpd(Server):
     name = "rtmpd"
     #: More command-line options for every rtmpd started (--rtmpd-args).
     extra_args: list[str] = []
+    #: `taskset -c` of the measured rtmpd (--server-cores): "0", or "0,1" for --workers 2.
+    server_cores = "0"
 
     def __init__(self, workdir: str, nice: int) -> None:
         super().__init__(workdir, nice)
@@ -308,7 +351,7 @@ class Rtmpd(Server):
         """Where /metrics and /api/streams are."""
         return self.web_port
 
-    def start_rtmpd(self, cpu: int, log_name: str) -> subprocess.Popen | None:
+    def start_rtmpd(self, cpu: int | str, log_name: str) -> subprocess.Popen | None:
         """Start rtmpd on `cpu` and wait for its RTMP and HTTP ports; None if it did not come up."""
         if not os.path.exists(TWISTD):
             log(f"{TWISTD} missing")
@@ -327,7 +370,7 @@ class Rtmpd(Server):
         return None
 
     def start(self) -> bool:
-        self.proc = self.start_rtmpd(cpu=0, log_name="server.log")
+        self.proc = self.start_rtmpd(cpu=Rtmpd.server_cores, log_name="server.log")
         return self.proc is not None
 
 
@@ -800,9 +843,13 @@ def main(argv: list[str] | None = None) -> int:
                          "(joins/s = viewers / hold; --rate is ignored)")
     ap.add_argument("--scrape-s", type=float, default=0,
                     help="GET rtmpd's /metrics and /api/streams every this many s during the run (0: never)")
+    ap.add_argument("--server-cores", default="0",
+                    help="cores of the measured rtmpd (taskset -c): 0,1 with --rtmpd-args=--workers=2 "
+                         "(its CPU and RSS are summed over its workers; the loadgen shares core 1)")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/out/results-<time>)")
     a = ap.parse_args(argv)
     Rtmpd.extra_args = shlex.split(a.rtmpd_args)
+    Rtmpd.server_cores = a.server_cores
     FlvGateway.gateway_args = shlex.split(a.gateway_args)
     if a.hold_s and a.hold_s <= 1:
         ap.error("--hold-s must be more than 1 s (a join's first second is not judged)")
