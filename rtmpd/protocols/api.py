@@ -164,12 +164,15 @@ class ApiResource(resource.Resource):
 
     def __init__(
         self, admission: Admission, sampler: StatsSampler | None = None,
-        *, token: str | None,
+        *, token: str | None, worker: dict[str, int] | None = None,
     ) -> None:
+        """``worker``: under ``--workers``, which worker this is (``index``,
+        ``pid``); the lists say so, since each worker answers for itself."""
         super().__init__()
         self.admission = admission
         self.sampler = sampler
         self.token = _check_token(token)
+        self.worker = worker
 
     def render(self, request: server.Request) -> bytes:
         denied = access_denied(request, self.token)
@@ -211,9 +214,15 @@ class ApiResource(resource.Resource):
 
     def _list_streams(self, request: server.Request, parts: list[str]) -> bytes:
         streams = sorted(self.admission.registry.streams.values(), key=lambda s: s.path)
-        return json_body(request, http.OK, {
+        return json_body(request, http.OK, self._answer({
             "streams": [stream_summary(s, self.admission, self.sampler) for s in streams]
-        })
+        }))
+
+    def _answer(self, value: dict[str, Any]) -> dict[str, Any]:
+        """A list answer, with the worker that gave it under ``--workers``."""
+        if self.worker is not None:
+            value["worker"] = self.worker
+        return value
 
     def _show_stream(self, request: server.Request, parts: list[str]) -> bytes:
         _, app, name = parts
@@ -243,7 +252,7 @@ class ApiResource(resource.Resource):
             }
             for c in sorted(self.admission.clients.values(), key=lambda c: c.client_id)
         ]
-        return json_body(request, http.OK, {"clients": clients})
+        return json_body(request, http.OK, self._answer({"clients": clients}))
 
     def _kick_client(self, request: server.Request, parts: list[str]) -> bytes:
         raw = parts[1]

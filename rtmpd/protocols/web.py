@@ -176,6 +176,7 @@ def make_web_site(
     max_header_bytes: int = MAX_HEADER_BYTES,
     pages: str | None = None,
     config: dict[str, Any] | None = None,
+    worker: dict[str, int] | None = None,
 ) -> server.Site:
     """A Site serving ``root`` read-only, with ``/api`` when given an
     ``admission`` and ``/metrics`` when given ``metrics``; both follow
@@ -183,7 +184,8 @@ def make_web_site(
 
     ``pages`` is the directory of the page files (``web/``), served at
     ``/`` in front of ``root``; ``config`` is ``/config.json``.
-    ``/recordings.json`` lists the recordings under ``root``.
+    ``/recordings.json`` lists the recordings under ``root``. ``worker``:
+    which ``--workers`` worker serves it, for ``/api``'s answers.
 
     Without a ``sampler`` one is made on ``reactor`` (else the registry's
     clock) and runs while the site listens; a given one is the caller's to
@@ -206,7 +208,8 @@ def make_web_site(
             if sampler is None:
                 clock = reactor if reactor is not None else admission.clock
                 sampler = owned = StatsSampler(admission.registry, clock)
-            top.putChild(b"api", ApiResource(admission, sampler, token=api_token))
+            top.putChild(b"api", ApiResource(admission, sampler, token=api_token,
+                                             worker=worker))
         if metrics is not None:
             top.putChild(b"metrics", MetricsResource(metrics, token=api_token))
     return make_file_site(

@@ -838,6 +838,7 @@ def makeService(
         max_header_bytes=int(options.get("max-header-bytes", 16384)),
         pages=pages_directory(),
         config=page_config(options, __version__.public()),
+        worker=None if worker is None else {"index": worker[0], "pid": os.getpid()},
     )
 
     factories = {"rtmp": rtmp_factory, "http": http_site, "web": web_site}

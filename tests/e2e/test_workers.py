@@ -10,15 +10,18 @@ of them landing on one worker is as unlikely as 1 in 10 000 (2 ** -13)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +72,21 @@ def holder(server: Server, name: str) -> int:
     return int(worker)
 
 
+def api_by_worker(server: Server, path: str) -> dict[int, dict[str, Any]]:
+    """``GET path`` on the web port until both workers have answered: each
+    worker's latest answer."""
+    answers: dict[int, dict[str, Any]] = {}
+    for _ in range(4 * ATTEMPTS):
+        # A new connection each time: the kernel chooses the worker per connection.
+        with urllib.request.urlopen(server.web_url(path), timeout=WAIT_S) as response:
+            answer = json.load(response)
+        answers[answer["worker"]["index"]] = answer
+        if len(answers) == 2:
+            break
+    assert set(answers) == {1, 2}, answers
+    return answers
+
+
 def decode(url: str) -> subprocess.CompletedProcess[str]:
     """2 s of the stream, decoded and thrown away."""
     return run(["ffmpeg", "-v", "error", "-i", url, "-t", "2", "-f", "null", "-"], timeout=WAIT_S)
@@ -94,6 +112,13 @@ def test_viewers_on_both_workers_all_decode_a_stream_published_to_one(
     # from the publisher's worker socket; only the publisher's worker records.
     relays = re.findall(rf"worker (\d+): publish live/box by upstream worker-{publisher}", log)
     assert relays == [str(other)]
+    # Each worker's /api answers for itself and says which it is (the
+    # relay lingers a few seconds after its last viewer).
+    answers = api_by_worker(workers, "api/streams")
+    [published] = answers[publisher]["streams"]
+    [relayed] = answers[other]["streams"]
+    assert published["upstream"] is None
+    assert relayed["upstream"]["url"] == f"http://worker-{publisher}/live/box.flv"
     stop_server(workers)
     recorded = re.findall(r"worker (\d+): hls recording of live/box finalised", workers.log())
     assert recorded == [str(publisher)]
