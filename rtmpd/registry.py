@@ -73,6 +73,10 @@ class StreamConfig:
     viewer_queue_bytes: int = 1_500_000
     #: ``None`` means adaptive (:meth:`Stream.send_window_ms`).
     merge_ms: int | None = None
+    #: A publisher's socket is read at most once per this many ms, so the
+    #: reactor wakes once per batch of tags rather than per tag (0: at once;
+    #: :mod:`rtmpd.protocols.readpacing`).
+    publish_read_ms: float = 0
 
 
 @dataclass(frozen=True, slots=True)

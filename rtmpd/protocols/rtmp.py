@@ -38,6 +38,7 @@ from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.interfaces import IMediaSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.protocols import host_and_port, say_what_is_left_out, set_no_delay
+from rtmpd.protocols.readpacing import ReadPacer
 from rtmpd.registry import Stream, validate_name
 
 log = Logger()
@@ -295,6 +296,8 @@ class RtmpServerProtocol(protocol.Protocol):
         self._quiet_close = False
         #: Inside _drain: a decision made synchronously must not drain again.
         self._draining = False
+        #: Batches a publisher's reads (--publish-read-ms), once it publishes.
+        self._pacer: ReadPacer | None = None
 
     @property
     def description(self) -> str:
@@ -347,6 +350,8 @@ class RtmpServerProtocol(protocol.Protocol):
             self.close(f"protocol error: {e}", abort=False)
             return
         self._drain()
+        if self._pacer is not None and self.publishing:
+            self._pacer.after_read(len(data))
 
     def _drain(self) -> None:
         """Handle the events the codec has, until it needs more data (or
@@ -400,6 +405,8 @@ class RtmpServerProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
+        if self._pacer is not None:
+            self._pacer.stop()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
@@ -517,6 +524,9 @@ class RtmpServerProtocol(protocol.Protocol):
             self._end_stream(stream_id, "published again on its message stream")
             self.publishing[stream_id] = publisher
             self._published = True
+            read_ms = self.factory.publish_read_ms
+            if read_ms and self._pacer is None and self.transport is not None:
+                self._pacer = ReadPacer(self.transport, self.clock, read_ms)  # type: ignore[arg-type]
             self._mark_started()
             self.conn.publish_start(stream_id, name)
             self._drain()
@@ -704,6 +714,8 @@ class RtmpServerFactory(protocol.Factory):
         self.chunk_size = chunk_size
         self.handshake_timeout = handshake_timeout
         self.viewer_queue_bytes = admission.registry.config.viewer_queue_bytes
+        #: A publisher's socket is read at most once per this many ms (0: at once).
+        self.publish_read_ms = admission.registry.config.publish_read_ms
         self._formats: dict[tuple[int, enhanced.Acceptance], RtmpFormat] = {}
 
     def format_for(

@@ -1,0 +1,65 @@
+"""Read a publisher's socket in batches: at most one read per interval.
+
+A live publisher sends a tag at a time (70-100 a second for audio plus
+video), so a server that reads as soon as bytes arrive wakes up once per tag.
+On a VM each wake-up of an otherwise idle reactor costs far more than the
+parsing it leads to (an empty Twisted timer at 70 Hz costs ~0.008 CPU-s/s
+here), so the wake-ups, not the bytes, are most of what an ingest costs.
+
+:class:`ReadPacer` stops reading a transport for ``interval_ms`` after each
+read; what arrives meanwhile waits in the kernel and is taken by one read
+when the pause ends. A tag that arrives after the pause is read at once, so
+the added latency is between 0 and ``interval_ms``. A read that filled
+Twisted's whole read buffer is not followed by a pause: the socket holds
+more, and pausing would cap the publisher's bitrate.
+
+Publishers only: a viewer's commands are few and its latency is the join time.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+
+#: Bytes one ``doRead`` of a Twisted TCP transport takes at most
+#: (``tcp.Connection.bufferSize``): a read this large may have left data.
+FULL_READ_BYTES = 65536
+
+#: Longest pause accepted, ms: past it the pacing would be a throttle.
+MAX_INTERVAL_MS = 200
+
+
+class ReadPacer:
+    """Pauses ``transport`` for ``interval_ms`` after each short read."""
+
+    __slots__ = ("_call", "_clock", "_interval_s", "_transport")
+
+    def __init__(self, transport: IPushProducer, clock: IReactorTime, interval_ms: float) -> None:
+        if not 0 < interval_ms <= MAX_INTERVAL_MS:
+            raise ValueError(f"interval_ms {interval_ms} is out of range (0, {MAX_INTERVAL_MS}]")
+        self._transport = transport
+        self._clock = clock
+        self._interval_s = interval_ms / 1000.0
+        self._call: IDelayedCall | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether reading is paused until the interval ends."""
+        return self._call is not None
+
+    def after_read(self, size: int) -> None:
+        """Call after handling a read of ``size`` bytes."""
+        if self._call is not None or size >= FULL_READ_BYTES:
+            return
+        self._transport.pauseProducing()
+        self._call = self._clock.callLater(self._interval_s, self._resume)
+
+    def _resume(self) -> None:
+        self._call = None
+        self._transport.resumeProducing()
+
+    def stop(self) -> None:
+        """Forget the pending resume (the connection is gone)."""
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None

@@ -1,0 +1,80 @@
+"""ReadPacer: a publisher's socket is read at most once per interval."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from rtmpd.admission import Admission
+from rtmpd.protocols.readpacing import FULL_READ_BYTES, MAX_INTERVAL_MS, ReadPacer
+from rtmpd.protocols.rtmp import RtmpServerFactory
+from rtmpd.registry import StreamConfig, StreamRegistry
+from tests.unit.test_protocols import AVC_HEADER, INTER, KEYFRAME, Peer
+
+
+def test_short_read_pauses_the_transport_until_the_interval_ends() -> None:
+    clock = Clock()
+    transport = StringTransport()
+    pacer = ReadPacer(transport, clock, 40)
+    pacer.after_read(500)
+    assert transport.producerState == "paused"
+    assert pacer.paused
+    clock.advance(0.039)
+    assert transport.producerState == "paused"
+    clock.advance(0.001)
+    assert transport.producerState == "producing"
+    assert not pacer.paused
+
+
+def test_full_read_is_not_followed_by_a_pause() -> None:
+    """A read that filled Twisted's buffer may have left data: pausing would throttle."""
+    clock = Clock()
+    transport = StringTransport()
+    pacer = ReadPacer(transport, clock, 40)
+    pacer.after_read(FULL_READ_BYTES)
+    assert transport.producerState == "producing"
+    assert clock.getDelayedCalls() == []
+
+
+def test_stop_cancels_the_pending_resume() -> None:
+    clock = Clock()
+    pacer = ReadPacer(StringTransport(), clock, 40)
+    pacer.after_read(10)
+    pacer.stop()
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("interval_ms", [0, -1, MAX_INTERVAL_MS + 1])
+def test_interval_out_of_range_is_refused(interval_ms: float) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        ReadPacer(StringTransport(), Clock(), interval_ms)
+
+
+def test_rtmp_publisher_reads_are_paced_and_viewers_are_not() -> None:
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=40))
+    factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
+    publisher = Peer(factory)
+    sid = publisher.open_stream()
+    assert publisher.transport.producerState == "producing"  # the handshake is not paced
+    publisher.client.publish(sid, "cam")
+    publisher.pump()
+    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), (40, INTER)):
+        publisher.client.send_media(sid, 9, ts, body)
+    publisher.pump()
+    assert publisher.transport.producerState == "paused"
+    clock.advance(0.04)
+    assert publisher.transport.producerState == "producing"
+
+    viewer = Peer(factory)
+    vsid = viewer.open_stream()
+    viewer.client.play(vsid, "cam")
+    viewer.pump()
+    assert viewer.transport.producerState == "producing"
+    publisher.client.send_media(sid, 9, 80, INTER)
+    publisher.pump()
+    assert publisher.transport.producerState == "paused"
+    publisher.server.connectionLost()
+    clock.advance(0.04)  # the cancelled resume does not touch the closed transport
+    assert publisher.transport.producerState == "paused"
