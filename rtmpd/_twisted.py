@@ -139,6 +139,16 @@ class DirectWrites:
 # -- twisted.web ---------------------------------------------------------------
 
 
+def compact_instance(obj: object) -> None:
+    """Copy an object's attribute dict into one sized for what it holds.
+
+    An ``HTTPChannel`` gains its attributes in an order Python's shared-key
+    instance dicts do not follow, so its dict is rebuilt as a table of about
+    1.6 KB; a copy of the same 29 entries takes about 0.8 KB. Held once per
+    HTTP viewer for as long as it plays."""
+    obj.__dict__ = dict(obj.__dict__)
+
+
 def request_disconnected(request: Any) -> bool:
     """Whether the client of a twisted.web request has gone away."""
     return bool(getattr(request, "_disconnected", False))

@@ -278,6 +278,9 @@ class Admission:
         self.publisher_timeout_s = publisher_timeout_s
         self.listeners: list[IAdmissionListener] = []
         self.clients: dict[int, Client] = {}
+        #: Connections closed since the start (what paces full garbage
+        #: collections, :mod:`rtmpd.gcpacing`).
+        self.closed_connections = 0
         self.publishers: dict[tuple[str, str], Publisher] = {}
         self._per_ip: Counter[str] = Counter()
         self._next_id = 1
@@ -339,6 +342,7 @@ class Admission:
         client = self.clients.pop(client_id, None)
         if client is None:
             return
+        self.closed_connections += 1
         left = self._per_ip[client.host] - 1
         if left > 0:
             self._per_ip[client.host] = left

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from rtmpd._version import __version__
 from rtmpd.admission import Action, Decision, deny
+from rtmpd.gcpacing import PacedCollection
 from rtmpd.interfaces import IAuthorizer
 from rtmpd.registry import StreamRegistry
 from rtmpd.tap import directory as directory_tap
@@ -248,6 +249,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
         ),
         publisher_timeout_s=float(options.get("upstream-timeout", 30.0)),
     )
+    # Full garbage collections paced by leaves, not joins (rtmpd.gcpacing).
+    PacedCollection(admission, reactor).setServiceParent(top)
     for listener in listeners:
         admission.add_listener(listener)
         if isinstance(listener, DoneHookNotifier):
