@@ -23,7 +23,7 @@ send path) for the sake of one lookup service. We use txredisapi's protocol
 (the RESP codec, ``EVAL`` with its script cache, ``GET``) over a connection
 kept here with Twisted's ``ClientService``, not its pools: a command sent
 while Redis is unreachable fails at once (the publish is then let through
-unclaimed, the play answered 503) instead of waiting in the pool's queue for
+unclaimed, the play answered 502) instead of waiting in the pool's queue for
 a reconnect, each command has a bound (:data:`COMMAND_TIMEOUT_S`), and losing
 and regaining Redis is one log line each.
 
