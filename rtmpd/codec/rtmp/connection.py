@@ -51,7 +51,6 @@ from __future__ import annotations
 import enum
 import functools
 import secrets
-from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -231,7 +230,9 @@ class _Connection:
         self._amf3_commands = False
         self._writer = ChunkWriter()
         self._out = bytearray()
-        self._events: deque[Event] = deque()
+        # A list, not a deque: it holds a few events at a time, and an empty
+        # deque takes 760 bytes for each of thousands of idle viewers.
+        self._events: list[Event] = []
         self._bytes_received = 0
         self._peer_window: int | None = None
         self._last_ack = 0
@@ -472,7 +473,8 @@ class ServerConnection(_Connection):
     ) -> None:
         super().__init__(max_message_size=max_message_size)
         ChunkWriter(out_chunk_size)  # validates the size
-        self._handshake = ServerHandshake(random_bytes=random_bytes)
+        #: Dropped once done: a viewer holds its connection for hours.
+        self._handshake: ServerHandshake | None = ServerHandshake(random_bytes=random_bytes)
         self._state = ConnectionState.HANDSHAKE
         self._window_ack_size = window_ack_size
         self._peer_bandwidth = peer_bandwidth
@@ -553,12 +555,15 @@ class ServerConnection(_Connection):
             )
 
     def _feed_handshake(self, data: bytes) -> None:
-        self._handshake.receive_data(data)
-        self._out += self._handshake.data_to_send()
-        if self._handshake.done:
+        handshake = self._handshake
+        assert handshake is not None, "fed after the handshake was done"
+        handshake.receive_data(data)
+        self._out += handshake.data_to_send()
+        if handshake.done:
+            self._handshake = None
             self._handshake_done = True
             self._transition(_Input.HANDSHAKE_DONE)
-            self._reader.receive_data(self._handshake.leftover())
+            self._reader.receive_data(handshake.leftover())
 
     def _next_event(self) -> Event | NeedData:
         if self._handshake_done and not self._handshake_reported:
@@ -566,7 +571,7 @@ class ServerConnection(_Connection):
             return HandshakeCompleted()
         while True:
             if self._events:
-                return self._events.popleft()
+                return self._events.pop(0)
             if self._state in (ConnectionState.HANDSHAKE, ConnectionState.REJECTED) or self.paused:
                 return self._closed_event()
             if self._state is ConnectionState.CLOSED:
@@ -1159,7 +1164,7 @@ class ClientConnection(_Connection):
             return HandshakeCompleted()
         while True:
             if self._events:
-                return self._events.popleft()
+                return self._events.pop(0)
             if not self._handshake_done:
                 return self._closed_event()
             message = self._next_message()
