@@ -10,16 +10,14 @@ publisher and no viewers, ``test_gateway.py`` a gateway's pull cut at the
 origin (``DELETE /api/clients``) while the origin stays up, and
 ``test_auth.py`` a hanging on-play hook.
 
-The slow disk is the one fault tested in process (see
-:func:`test_writer_that_falls_behind_fails_the_recording_not_the_stream`):
-the test machines have no way to slow a directory down from outside the
-server. ``dm-delay`` needs device-mapper (``dmsetup`` is there, its devices
-are not); a FUSE file system with a delay needs libfuse and a binding
-(fusepy), which are not among our dependencies; a cgroup ``io.max`` limit on
-a loop device throttles writeback, not the page-cache writes the recorder
-makes (and needs cgroup v2, which the test container lacks). The server has
-no injected-delay seam either: the test drives the real registry, recorders
-and bounded writer with a disk whose every job blocks.
+The slow disk is tested both ways. End to end, the recorders write to a
+FUSE file system (:mod:`tests.e2e.slowfs`, plain Python over ``/dev/fuse``:
+root and FUSE are all it needs; ``dm-delay`` would need device-mapper, which
+the test container lacks, and a cgroup ``io.max`` limit throttles writeback,
+not the writes a recorder waits for) that can stop its writes and slow them.
+In process (:func:`test_writer_that_falls_behind_fails_the_recording_not_the_stream`),
+the real registry, recorders and bounded writer meet a disk whose every job
+blocks until the writer's queue is full.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +55,7 @@ from rtmpd.services.recorder import RecorderSettings
 from rtmpd.services.recorders import RECORDER_CLASSES
 from rtmpd.services.recovery import recover
 from rtmpd.services.writer import ThreadedDiskWriter
+from tests.e2e import slowfs
 from tests.e2e.conftest import WAIT_S, Server, start_server, stop_server
 from tests.e2e.rtmpclient import RtmpTestClient
 from tests.e2e.test_gateway import start_gateway
@@ -636,6 +636,132 @@ def test_kill_9_then_restart_repairs_every_unfinished_recording_once(
 
 
 # --------------------------------------------------------------------------- slow disk
+
+
+class SlowDisk:
+    """:mod:`tests.e2e.slowfs` mounted on ``mountpoint`` over ``backing``."""
+
+    def __init__(self, backing: Path, mountpoint: Path, write_delay_ms: int) -> None:
+        self.backing = backing
+        self.mountpoint = mountpoint
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.slowfs", str(backing), str(mountpoint),
+             "--write-delay-ms", str(write_delay_ms)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=Path(__file__).parents[2],
+        )  # fmt: skip
+        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+
+    def expect(self, line: str) -> None:
+        """Wait for the file system to say ``line`` (what it says meanwhile is skipped)."""
+        end = time.monotonic() + WAIT_S
+        said = []
+        while time.monotonic() < end:
+            try:
+                said.append(self.lines.get(timeout=0.1))
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            if said[-1] == line:
+                return
+        raise AssertionError(f"slowfs never said {line!r}: {said}")
+
+    def stop_writes(self) -> None:
+        """Hold the next write and everything behind it; returns once one is held."""
+        self.process.send_signal(signal.SIGUSR1)
+        self.expect("holding")
+
+    def resume_writes(self) -> None:
+        self.process.send_signal(signal.SIGUSR2)
+        self.expect("released")
+
+    def unmount(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGUSR2)
+            self.process.terminate()
+            self.process.wait(WAIT_S)
+        subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True, check=False)
+
+
+def disk_usage(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def slow_disk(tmp_path: Path) -> Iterator[SlowDisk]:
+    """``tmp_path/media`` on a FUSE file system over ``tmp_path/disk`` whose
+    writes each take 20 ms and can be stopped altogether."""
+    reason = slowfs.available()
+    if reason is not None:
+        pytest.skip(f"no FUSE mount here: {reason}")
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "media").mkdir()
+    disk = SlowDisk(tmp_path / "disk", tmp_path / "media", write_delay_ms=20)
+    try:
+        disk.expect("mounted")
+    except AssertionError as e:
+        disk.unmount()
+        pytest.skip(f"no FUSE mount here: {e}")
+    try:
+        yield disk
+    finally:
+        disk.unmount()
+
+
+def test_stalled_then_slow_disk_keeps_live_play_going_and_loses_no_recording(
+    clip: Path, tmp_path: Path, slow_disk: SlowDisk
+) -> None:
+    """A real server over a real slow disk: the recorders' writes stop
+    altogether (a disk that hangs: every write, open and ``stat`` on it waits
+    behind the held one) and later go on slowly. Meanwhile viewers of every
+    protocol keep getting the stream and a second publisher goes live, so
+    nothing on the reactor thread waits for the disk; once the disk moves,
+    the writer catches up and every recording is whole and valid, with no
+    line about a lost recording."""
+    server = start_server(tmp_path, *ALL)
+    try:
+        publisher = server.publish(clip, "slow")
+        server.wait_live("slow")
+        viewers = viewers_of(server, "slow", ("rtmp", "http", "ws"))
+        for viewer in viewers:
+            viewer.wait_media()
+        wait_for("not every recording started",
+                 lambda: len(list(slow_disk.backing.rglob(".recording"))) == 4, server)
+        wait_for("no HLS segment yet", lambda: any(slow_disk.backing.rglob("*.ts")), server)
+        slow_disk.stop_writes()
+        on_disk = disk_usage(slow_disk.backing)
+        # The disk has stopped; the stream goes on (~4 s of media each) ...
+        for viewer in viewers:
+            viewer.wait_media(500_000)
+        assert disk_usage(slow_disk.backing) == on_disk
+        # ... and a new publish goes live, its recordings waiting for the disk.
+        server.publish(clip, "second")
+        server.wait_live("second")
+        (late,) = viewers_of(server, "second", ("http",))
+        late.wait_media()
+        assert server.is_live("slow") and publisher.poll() is None
+        slow_disk.resume_writes()
+        for viewer in [*viewers, late]:
+            viewer.wait_media(200_000)
+        assert all(v.end is None for v in [*viewers, late]), [v.end for v in viewers]
+        stop_viewers([*viewers, late])
+        for child in server.children:
+            child.kill()
+        for name in ("slow", "second"):
+            for fmt in ("hls", "flv", "fmp4", "fmp4-separate"):
+                wait_log(server, f"{fmt} recording of live/{name} finalised")
+    finally:
+        stop_server(server)
+    assert "failed" not in server.log(), server.log()[-3000:]
+    for name in ("slow", "second"):
+        check_all_outputs(slow_disk.backing, name, tmp_path, expect_s=None)
 
 
 class StalledDiskWriter(ThreadedDiskWriter):
