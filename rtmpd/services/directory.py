@@ -9,7 +9,10 @@ admission path, so whatever the protocol:
   ``BUSY``, with the same wire answers as a name busy here. Names are
   validated and local limits checked before the directory is asked;
 * a publish that ends (or is refused after its claim) releases the name;
-  a takeover (``--takeover``) keeps it, the stream goes on here;
+  a takeover (``--takeover``) keeps it, the stream goes on here. With
+  ``--workers``, every worker claims its streams at the box's one location,
+  after which the box's own directory (the next authorizer) decides between
+  the workers;
 * the names of the streams live here are claimed again every
   ``refresh_s``: that is what keeps them in a directory whose entries
   expire (Redis), and what claims, once the directory is back, a stream
@@ -131,8 +134,13 @@ class DirectoryClaims(service.Service):
         if not isinstance(request, AdmissionRequest) or not self._take_pending(request):
             return
         key = (request.app, request.stream)
-        # Refused after the claim (the client left, a name taken here
-        # meanwhile): the name is free again unless a stream here has it.
+        # Refused after the claim (the client left, an authorizer after this
+        # one said no): the name is free again unless a stream here has it.
+        # Busy after the claim means that another publisher at this same
+        # location has it (another worker of this box, --workers): its
+        # claim, its release.
+        if refusal is Refusal.BUSY:
+            return
         if key not in self.held and not self._pending_for(key):
             self._release(key)
 

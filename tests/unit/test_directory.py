@@ -215,6 +215,20 @@ def test_a_publish_refused_after_its_claim_releases_the_name() -> None:
     assert holder(directory) is None and claims.held == set()
 
 
+def test_busy_after_the_claim_leaves_the_name_to_its_holder_at_this_location() -> None:
+    """Two workers of one box claim at the box's location; the box's own
+    directory (an authorizer after this one) refuses the second as busy,
+    which must not release the first one's claim."""
+    box = MemoryDirectory()
+    directory = MemoryDirectory()
+    claims, admission, _, _ = make_origin(directory)
+    other_worker = DirectoryClaims(admission, box, "http://worker-2", claims.clock)
+    outcome(box.claim("live", "cam", "http://worker-1"))
+    outcome(directory.claim("live", "cam", HERE))  # worker 1's claim in Redis
+    assert refusal_of(admission.publish(publish_request(), Source())) is Refusal.BUSY
+    assert holder(directory) == HERE and other_worker.held == set()
+
+
 def test_a_takeover_keeps_the_name() -> None:
     claims, admission, directory, _ = make_origin(takeover=True)
     old = outcome(admission.publish(publish_request(), Source()))
