@@ -23,7 +23,7 @@ RUN apt-get update \
 COPY . /src
 RUN make -C /src web \
     && python3 -m venv /opt/rtmpd/venv \
-    && /opt/rtmpd/venv/bin/pip install --no-cache-dir /src \
+    && /opt/rtmpd/venv/bin/pip install --no-cache-dir '/src[redis]' \
     # twistd caches the dropins it found beside them (dropin.cache); write it
     # now, while the venv is writable.
     && /opt/rtmpd/venv/bin/twistd --help > /dev/null

@@ -9,6 +9,7 @@ set up as the README says; each test checks a copy pointed at this venv."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -84,6 +85,34 @@ def test_unit_verifies_without_warnings_of_its_own(name: str, tmp_path: Path) ->
     output = result.stdout + result.stderr
     own = [line for line in output.splitlines()
            if str(path) in line or f"{name}.service" in line]
+    assert own == [], output
+    assert result.returncode == 0, output
+
+
+@needs_systemd_analyze
+def test_the_gateways_directory_drop_in_verifies_and_replaces_the_upstream(
+    tmp_path: Path
+) -> None:
+    """``flvgateway.service.d/directory.conf`` (README, "Three tiers") loads
+    beside the unit without a warning and runs the gateway with
+    ``--directory`` and no ``--upstream``."""
+    assert SYSTEMD_ANALYZE is not None
+    path = local_copy("flvgateway", tmp_path)
+    drop_in = (UNIT_DIR / "flvgateway.service.d" / "directory.conf").read_text()
+    assert f"ExecStart={SHIPPED_VENV}/bin/twistd " in drop_in
+    (tmp_path / "flvgateway.service.d").mkdir()
+    (tmp_path / "flvgateway.service.d" / "directory.conf").write_text(
+        drop_in.replace(SHIPPED_VENV, sys.prefix))
+    commands = [value for value in settings(drop_in)["ExecStart"] if value]
+    assert len(commands) == 1 and "--directory ${DIRECTORY}" in commands[0]
+    assert "--upstream" not in commands[0]
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(path)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"},
+    )
+    output = result.stdout + result.stderr
+    own = [line for line in output.splitlines()
+           if str(tmp_path) in line or "flvgateway.service" in line]
     assert own == [], output
     assert result.returncode == 0, output
 

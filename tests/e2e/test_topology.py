@@ -303,3 +303,14 @@ def test_publishes_go_on_while_the_directory_is_down_and_are_claimed_once_it_is_
         if origin.process.poll() is None:
             stop_server(origin)
         redis.stop()
+
+
+def test_the_example_haproxy_config_is_valid() -> None:
+    """``etc/haproxy/rtmpd-edges.cfg`` (README, "Three tiers") passes
+    ``haproxy -c`` and balances over gateways in HTTP mode with a tunnel
+    timeout for the WebSockets."""
+    config = Path(__file__).resolve().parents[2] / "etc" / "haproxy" / "rtmpd-edges.cfg"
+    result = run([HAPROXY, "-c", "-f", str(config)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = config.read_text()
+    assert "mode http" in text and "timeout tunnel" in text and "balance roundrobin" in text
