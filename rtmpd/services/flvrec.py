@@ -44,6 +44,7 @@ from rtmpd.codec.errors import ProtocolError
 from rtmpd.media import Frame, FrameKind
 from rtmpd.services.confine import create_new, open_existing
 from rtmpd.services.recorder import (
+    MARKER_NAME,
     DiskFiles,
     Recorder,
     Recording,
@@ -245,6 +246,13 @@ class FlvFile(DiskFiles):
 
     def finish(self) -> str:
         self.file.close()
+        summary = finalize_flv(self.path)
+        remove_marker(self.directory)
+        return summary
+
+    def salvage(self) -> str | None:
+        if not os.path.exists(os.path.join(self.directory, MARKER_NAME)):
+            return None  # finalised already, when its write failed
         summary = finalize_flv(self.path)
         remove_marker(self.directory)
         return summary

@@ -318,6 +318,9 @@ class Fmp4Files(DiskFiles):
     def finish(self) -> str:
         return finish_directory(self.directory, merge=not self.separate)
 
+    def salvage(self) -> str:
+        return finish_directory(self.directory, merge=not self.separate)
+
 
 def _video_track(header: Frame) -> TrackConfig:
     record = codec_data(header) or b""

@@ -198,6 +198,9 @@ class HlsFiles(DiskFiles):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, map_uri))
 
+    def salvage(self) -> str:
+        return close_playlist(self.directory)
+
     def end(self) -> None:
         self.playlist.end()
         write_atomically(self.playlist_path, self.playlist.render().encode())

@@ -21,8 +21,11 @@ between audio and video.
 
 Failure: if a job fails (disk full, permission) or the writer's queue is
 full, the recording is marked failed with one log line and takes no more
-frames; the stream and its viewers go on. Its marker file stays, so the
-next start finalises whatever reached the disk.
+frames; the stream and its viewers go on. Once the jobs it had queued have
+run, what reached the disk is finalised at once (playlist closed, FLV
+metadata patched, ``stream_full.mp4`` merged), logged once; if the disk
+refuses even that, its marker file stays, the log says so once, and the
+next start finalises it.
 
 Confinement: before each job the recording's directory is resolved and
 must lie under ``--root`` (:mod:`rtmpd.services.confine`); a symlink that
@@ -273,6 +276,13 @@ class DiskFiles:
         so this is the marker of a damaged recording that the next start
         repairs, not of one this process still records."""
         _release_marker(self.directory)
+
+    def salvage(self) -> str | None:
+        """After :meth:`release`: finalise what reached the disk, as the next
+        start's recovery would, and remove the marker; returns what was done
+        (None: nothing to do). Raises OSError when the disk still refuses,
+        and then the marker stays for that recovery."""
+        return None
 
 
 def announced_tracks(metadata: Frame | None) -> tuple[bool, bool]:
@@ -541,19 +551,37 @@ class Recording:
         log.error("{what} failed: {message}; recording stopped", what=self.path, message=message)
         disk = self.disk
         if disk is not None:
-            # After the jobs already queued; a job with no media passes the
-            # writer's byte bound (a failed recording used to hold its file
-            # and marker lock until the process ended, so nothing could
-            # repair it meanwhile). With the job queue itself full, the
-            # process's end lets go instead.
+            # After the jobs already queued, so what they carry is on disk
+            # too: let go of the files and the marker's lock, then finalise
+            # what was written (a failed recording used to hold them until
+            # the process ended and stay unfinished until the next start).
+            # A job with no media passes the writer's byte bound; with the job
+            # queue itself full, the next start's recovery does it instead.
+            root = self.settings.root
+
+            def give_up() -> str | None:
+                disk.release()
+                confined(root, disk.directory)
+                return disk.salvage()
+
             with contextlib.suppress(WriterFull):
-                self.writer.submit(disk.release).addErrback(
-                    lambda f: log.failure("releasing {what}", f, what=self.path)
-                )
+                self.writer.submit(give_up).addCallbacks(self._salvaged, self._not_salvaged)
         if self.recorder.on_failure is not None:
             self.recorder.on_failure(self.fmt)
         if not self.done.called:
             self.done.callback(None)
+
+    def _salvaged(self, summary: str | None) -> None:
+        if summary is not None:
+            log.info("{what}: finalised what reached the disk ({summary})",
+                     what=self.path, summary=summary)
+
+    def _not_salvaged(self, failure: Failure) -> None:
+        if failure.check(OSError):
+            log.warn("{what}: left unfinished for the next start to repair: {why}",
+                     what=self.path, why=describe_error(failure))
+        else:
+            log.failure("finalising the failed {what}", failure, what=self.path)
 
     def finish(self) -> defer.Deferred[None]:
         """The stream ended or the server stops: finalise. Fires when done."""
