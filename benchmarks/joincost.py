@@ -102,7 +102,9 @@ def web_joiner(ws: bool):
         transport.protocol = proto  # Autobahn's resource looks for it
         proto.dataReceived(req)
         spent[0] += time.perf_counter() - t
-        return proto, transport
+        # Keep what the connection keeps: after an upgrade the WebSocket
+        # protocol, not the HTTP channel it came on.
+        return transport.protocol, transport
 
     return join, spent
 
