@@ -249,36 +249,43 @@ class RedisDirectory(service.Service):
 
     # -- the connection ------------------------------------------------------------------
 
-    def _prepare(self, connection: Any) -> defer.Deferred[None]:
-        """A new connection: log in and choose the database, then use it."""
+    def _prepare(self, connection: Any) -> None:
+        """A new TCP connection (ClientService's ``prepareConnection``): log
+        in and choose the database before any command uses it. That runs
+        after ClientService has taken the connection: a login that fails
+        closes it, and ClientService connects again after the backoff (a
+        connection rejected here instead would stay open, since
+        ClientService does not close it). ``connection`` is ClientService's
+        proxy of the protocol, which is what is kept and compared."""
 
         @defer.inlineCallbacks
-        def prepare() -> Any:
-            yield connection.whenConnected()
+        def log_in() -> Any:
             if self.url.password is not None:
                 yield connection.auth(self.url.password, self.url.username)
             if self.url.db:
                 yield connection.select(self.url.db)
+            # A Redis that wants a password says so now, not at the first claim.
+            yield connection.ping()
 
         def ready(_: object) -> None:
+            if not connection.connected:
+                return
             self._connection = connection
             self._backoff = Backoff(stable_s=0)
-            # (ClientService hands over a proxy of the protocol, which is
-            # what is kept and compared.)
             connection.whenDisconnected().addCallback(lambda _: self._lost(connection))
             log.info("stream directory: connected to {url}{again}", url=self.url,
                      again=" again" if self._was_connected else "")
             self._was_connected = True
             self._failing = False
 
-        def refused(failure: Failure) -> Failure:
+        def refused(failure: Failure) -> None:
             self._attempt_failed(failure)
-            connection.transport.loseConnection()
-            return failure
+            if connection.transport is not None:
+                connection.transport.abortConnection()
 
-        d: defer.Deferred[Any] = prepare()
+        d: defer.Deferred[Any] = log_in()
         d.addTimeout(self.command_timeout_s, self.clock)
-        return d.addCallbacks(ready, refused)
+        d.addCallbacks(ready, refused)
 
     def _lost(self, connection: Any) -> None:
         if connection is not self._connection:
@@ -292,7 +299,7 @@ class RedisDirectory(service.Service):
     def _attempt_failed(self, failure: Failure) -> Failure:
         if not self._failing and self.running:
             self._failing = True
-            log.warn("stream directory: cannot reach {url} ({error}); retrying every "
+            log.warn("stream directory: cannot use {url} ({error}); retrying every "
                      "{max:g} s at most (meanwhile publishes are allowed unclaimed and "
                      "gateways cannot find streams)",
                      url=self.url, error=failure.getErrorMessage(), max=self._backoff.max_s)

@@ -275,7 +275,7 @@ def test_publishes_go_on_while_the_directory_is_down_and_are_claimed_once_it_is_
         origin.publish(clip, "cam")
         origin.wait_live("cam")
         log = origin.log()
-        assert f"stream directory: cannot reach {redis.url}" in log, log
+        assert f"stream directory: cannot use {redis.url}" in log, log
         assert "publish live/cam by" in log and "is allowed here unclaimed" in log, log
         # Local viewers do not need the directory.
         assert check_clean(origin.flv_url("cam")) == {"h264", "aac"}

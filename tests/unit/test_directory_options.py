@@ -2,18 +2,25 @@
 are checked at parse time, a gateway takes exactly one of --upstream and
 --directory, an origin's default location is its --http port at the
 address gateways reach it by, and the service trees hold the directory and
-the claims. The Redis directory itself (rtmpd.redisdirectory) fails at once
-while it is not connected; against a real Redis it is tested in
-tests/e2e/test_topology.py."""
+the claims. The Redis directory itself (rtmpd.redisdirectory), over a fake
+connection: it logs in (AUTH, SELECT, PING) before any command, each call is
+one command, it fails at once while not connected, and a Redis that does not
+answer or refuses the login is dropped and connected again. Against a real
+Redis it is tested in tests/e2e/test_topology.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rtmpd.redisdirectory import DirectoryUnavailable, RedisDirectory, RedisUrl, parse_redis_url
 from rtmpd.services.directory import DirectoryClaims
@@ -126,3 +133,141 @@ def test_the_redis_directory_fails_at_once_while_not_connected() -> None:
         failures: list[defer.Failure] = []
         d.addErrback(failures.append)
         assert failures and failures[0].check(DirectoryUnavailable)
+
+
+# -- RedisDirectory over a fake connection ------------------------------------------
+
+
+@implementer(IStreamClientEndpoint)
+class FakeRedisEndpoint:
+    """Connects each attempt to a StringTransport (or fails while ``down``)."""
+
+    def __init__(self) -> None:
+        self.transports: list[StringTransport] = []
+        self.protocols: list[Any] = []
+        self.down = False
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        if self.down:
+            return defer.fail(ConnectionRefusedError("Connection refused"))
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        self.protocols.append(protocol)
+        return defer.succeed(protocol)
+
+
+def commands(transport: StringTransport) -> list[list[bytes]]:
+    """The RESP commands written so far (and forget them)."""
+    data, out = transport.value(), []
+    transport.clear()
+    while data:
+        count, _, data = data[1:].partition(b"\r\n")
+        words = []
+        for _ in range(int(count)):
+            size, _, data = data[1:].partition(b"\r\n")
+            words.append(data[:int(size)])
+            data = data[int(size) + 2:]
+        out.append(words)
+    return out
+
+
+def start_redis_directory(url: str = "redis://:pw@cache/3"
+                          ) -> tuple[RedisDirectory, FakeRedisEndpoint, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    endpoint = FakeRedisEndpoint()
+    directory = RedisDirectory(parse_redis_url(url), reactor, ttl_s=6, endpoint=endpoint)
+    directory.startService()
+    return directory, endpoint, reactor
+
+
+def answer(directory: RedisDirectory, reply: bytes) -> None:
+    protocol = directory._connection
+    assert protocol is not None
+    protocol.dataReceived(reply)
+
+
+def test_a_connection_logs_in_and_chooses_the_database_before_it_is_used() -> None:
+    directory, endpoint, _ = start_redis_directory()
+    transport, redis = endpoint.transports[0], endpoint.protocols[0]
+    assert commands(transport) == [[b"AUTH", b"pw"]]
+    assert not directory.connected
+    redis.dataReceived(b"+OK\r\n")
+    assert commands(transport) == [[b"SELECT", b"3"]]
+    redis.dataReceived(b"+OK\r\n")
+    assert commands(transport) == [[b"PING"]]
+    redis.dataReceived(b"+PONG\r\n")
+    assert directory.connected
+
+
+def connected(url: str = "redis://cache") -> tuple[RedisDirectory, FakeRedisEndpoint,
+                                                    MemoryReactorClock, StringTransport]:
+    directory, endpoint, reactor = start_redis_directory(url)
+    transport = endpoint.transports[0]
+    commands(transport)
+    endpoint.protocols[0].dataReceived(b"+PONG\r\n")
+    assert directory.connected
+    return directory, endpoint, reactor, transport
+
+
+def test_claims_lookups_and_releases_are_one_command_each() -> None:
+    directory, endpoint, _, transport = connected()
+    redis = endpoint.protocols[0]
+    claimed = directory.claim("live", "cam", "http://10.0.0.5:8501")
+    (claim,) = commands(transport)
+    assert claim[0] == b"EVAL" and claim[2:] == [
+        b"1", b"rtmpd:stream:live/cam", b"http://10.0.0.5:8501", b"6000"]
+    redis.dataReceived(b":1\r\n")
+    assert outcome_of(claimed) is True
+    refused = directory.claim("live", "cam", "http://10.0.0.6:8501")
+    assert commands(transport)[0][0] == b"EVALSHA"  # the script is cached now
+    redis.dataReceived(b":0\r\n")
+    assert outcome_of(refused) is False
+    found = directory.lookup("live", "cam")
+    assert commands(transport) == [[b"GET", b"rtmpd:stream:live/cam"]]
+    redis.dataReceived(b"$20\r\nhttp://10.0.0.5:8501\r\n")
+    assert outcome_of(found) == "http://10.0.0.5:8501"
+    missing = directory.lookup("live", "other")
+    assert commands(transport) == [[b"GET", b"rtmpd:stream:live/other"]]
+    redis.dataReceived(b"$-1\r\n")
+    assert outcome_of(missing) is None
+    released = directory.release("live", "cam", "http://10.0.0.5:8501")
+    assert commands(transport)[0][0] in (b"EVAL", b"EVALSHA")
+    redis.dataReceived(b":1\r\n")
+    assert outcome_of(released) is None
+
+
+def test_a_redis_that_does_not_answer_fails_the_command_and_is_reconnected() -> None:
+    directory, endpoint, reactor, transport = connected()
+    redis = endpoint.protocols[0]
+    d = directory.lookup("live", "cam")
+    reactor.advance(1.0)  # COMMAND_TIMEOUT_S
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(DirectoryUnavailable)
+    assert "did not answer within 1 s" in failures[0].getErrorMessage()
+    assert transport.disconnecting or transport.disconnected  # aborted
+    redis.connectionLost(Failure(ConnectionDone()))
+    assert not directory.connected
+    reactor.advance(10)
+    assert len(endpoint.transports) == 2
+
+
+def test_a_refused_login_closes_the_connection_and_tries_again_later() -> None:
+    directory, endpoint, reactor = start_redis_directory()
+    transport, redis = endpoint.transports[0], endpoint.protocols[0]
+    redis.dataReceived(b"-WRONGPASS invalid username-password pair\r\n")
+    assert not directory.connected and transport.disconnecting
+    redis.connectionLost(Failure(ConnectionDone()))
+    reactor.advance(10)
+    assert len(endpoint.transports) == 2
+
+
+def outcome_of(d: defer.Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
