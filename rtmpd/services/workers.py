@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -349,19 +350,27 @@ class WorkerPool(service.Service):
     """The parent's workers: started with the service, restarted when they
     die, stopped (``SIGTERM``, then ``SIGKILL`` after :data:`STOP_TIMEOUT_S`)
     with it. ``argv`` is the ``twistd rtmpd`` command line each worker gets,
-    with its ``--worker INDEX:RUN_DIR`` added."""
+    with its ``--worker INDEX:RUN_DIR`` added.
+
+    The run directory (a new private one in ``$TMPDIR`` unless ``run_dir``
+    is given) and the directory's socket in it are made when the service
+    starts, that is after twistd's ``--uid``/``--gid`` switch, so the
+    workers, which run as that user, can reach them; it is removed once
+    every worker has stopped."""
 
     name = "workers"
 
     def __init__(
-        self, reactor: Any, count: int, argv: Sequence[str], run_dir: str,
-        directory: DirectoryServer, *, listeners: Sequence[tuple[str, str]] = (),
+        self, reactor: Any, count: int, argv: Sequence[str], directory: DirectoryServer,
+        *, run_dir: str | None = None, listeners: Sequence[tuple[str, str]] = (),
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
         self.reactor = reactor
         self.count = count
         self.argv = list(argv)
-        self.run_dir = run_dir
+        self.run_dir = run_dir or ""
+        self._own_run_dir = run_dir is None
+        self._directory_port: Any = None
         self.directory = directory
         directory.on_hello = self.worker_ready
         #: The ``(option, endpoint)`` listeners the workers will share.
@@ -402,6 +411,11 @@ class WorkerPool(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._own_run_dir:
+            # mkdtemp makes it 0700: only this user reaches the sockets in it.
+            self.run_dir = tempfile.mkdtemp(prefix="rtmpd-")
+        self._directory_port = self.reactor.listenUNIX(
+            os.path.join(self.run_dir, DIRECTORY_SOCKET), self.directory, mode=0o600)
         log.info("starting {count} workers (run directory {run_dir})",
                  count=self.count, run_dir=self.run_dir)
         for index in range(1, self.count + 1):
@@ -471,21 +485,11 @@ class WorkerPool(service.Service):
         timer, self._kill_timer = self._kill_timer, None
         if timer is not None and timer.active():
             timer.cancel()
+        port, self._directory_port = self._directory_port, None
+        if port is not None:
+            port.stopListening()
+        if self._own_run_dir and self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         stopped = self._stopped
         if stopped is not None and not stopped.called:
             stopped.callback(None)
-
-
-class RunDirectory(service.Service):
-    """The parent's private run directory (mode 0700: the sockets in it
-    serve anyone who can reach them), removed when the parent stops (add it
-    first, so it stops last)."""
-
-    name = "run-directory"
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def stopService(self) -> None:
-        super().stopService()
-        shutil.rmtree(self.path, ignore_errors=True)

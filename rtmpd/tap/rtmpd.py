@@ -927,27 +927,18 @@ def makeService(
 
 
 def make_parent(options: Options | dict[str, Any], reactor: Any) -> service.MultiService:
-    """The service tree of the parent of ``--workers N``: the box's stream
-    directory on a Unix socket, and the workers (:mod:`rtmpd.services.workers`)."""
-    import tempfile
-
-    from twisted.internet.endpoints import UNIXServerEndpoint
-
-    from rtmpd.services.workers import DIRECTORY_SOCKET, RunDirectory, WorkerPool
+    """The service tree of the parent of ``--workers N``: the workers and
+    the box's stream directory they share (:mod:`rtmpd.services.workers`)."""
+    from rtmpd.services.workers import WorkerPool
     from rtmpd.workerdirectory import DirectoryServer, SharedDirectory
 
     count = int(options["workers"])
-    # mkdtemp makes it 0700: only this user reaches the sockets in it.
-    run_dir = tempfile.mkdtemp(prefix="rtmpd-")
     top = service.MultiService()
     top.setName("rtmpd")
-    RunDirectory(run_dir).setServiceParent(top)
     directory = DirectoryServer(SharedDirectory())
-    endpoint = UNIXServerEndpoint(reactor, os.path.join(run_dir, DIRECTORY_SOCKET), mode=0o600)
-    internet.StreamServerEndpointService(endpoint, directory).setServiceParent(top)
     listeners = [(name, str(options[name])) for name in ("rtmp", "http", "web", *TLS_TWINS)
                  if options.get(name)]
-    pool = WorkerPool(reactor, count, getattr(options, "argv", []), run_dir, directory,
+    pool = WorkerPool(reactor, count, getattr(options, "argv", []), directory,
                       listeners=listeners)
     pool.setServiceParent(top)
     log.info("rtmpd {version}: {count} workers on rtmp {rtmp}, http {http}, web {web}",

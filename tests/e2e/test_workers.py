@@ -67,9 +67,13 @@ def plays_by_worker(server: Server, name: str) -> Counter[int]:
 
 
 def holder(server: Server, name: str) -> int:
-    """The worker the publisher of ``live/name`` reached."""
-    [worker] = re.findall(rf"worker (\d+): publish live/{name} by rtmp", server.log())[-1:]
-    return int(worker)
+    """The worker the latest publisher of ``live/name`` reached (its line
+    reaches the parent's log through a pipe, maybe after the stream is live)."""
+    def found() -> list[str]:
+        return re.findall(rf"worker (\d+): publish live/{name} by rtmp", server.log())
+
+    wait_for(found, f"no publish line for live/{name}", server)
+    return int(found()[-1])
 
 
 def api_by_worker(server: Server, path: str) -> dict[int, dict[str, Any]]:
@@ -134,10 +138,14 @@ def test_a_second_publisher_is_refused_whichever_worker_it_reaches(
                       "-f", "flv", workers.rtmp_url("once")], timeout=WAIT_S)
         assert second.returncode != 0
         assert "already has a publisher" in second.stderr, second.stderr
-    refused = Counter(int(w) for w in re.findall(
-        r"worker (\d+): publish live/once by rtmp \S+ refused: stream live/once already has "
-        r"a publisher", workers.log()))
-    assert sum(refused.values()) == ATTEMPTS and set(refused) == {1, 2}, refused
+
+    def refused() -> Counter[int]:
+        return Counter(int(w) for w in re.findall(
+            r"worker (\d+): publish live/once by rtmp \S+ refused: stream live/once already "
+            r"has a publisher", workers.log()))
+
+    wait_for(lambda: sum(refused().values()) == ATTEMPTS, "refusals missing", workers)
+    assert set(refused()) == {1, 2}, refused()
     assert workers.is_live("once")
 
 

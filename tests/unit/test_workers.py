@@ -6,6 +6,7 @@ worker processes faked, time on a ``task.Clock``."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -222,12 +223,24 @@ class FakeProcessTransport:
         self.signals.append(name)
 
 
+class FakePort:
+    listening = True
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+
 class ProcessReactor(task.Clock):
     """A clock that records the processes it is asked to start."""
 
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[tuple[WorkerProcess, list[str], FakeProcessTransport]] = []
+        self.unix: list[tuple[str, object, int]] = []
+
+    def listenUNIX(self, path: str, factory: object, mode: int) -> FakePort:
+        self.unix.append((path, factory, mode))
+        return FakePort()
 
     def spawnProcess(self, process: WorkerProcess, executable: str, args: list[str],
                      env: Any = None, path: Any = None) -> FakeProcessTransport:
@@ -246,14 +259,16 @@ def ended(process: WorkerProcess, *, signal: int | None = None, code: int = 0) -
 @pytest.fixture
 def pool(parent: DirectoryServer, tmp_path: Any) -> tuple[WorkerPool, ProcessReactor]:
     reactor = ProcessReactor()
-    workers = WorkerPool(reactor, 2, ["--rtmp", "tcp:1935"], str(tmp_path), parent)
+    workers = WorkerPool(reactor, 2, ["--rtmp", "tcp:1935"], parent, run_dir=str(tmp_path))
     workers.startService()
     return workers, reactor
 
 
 def test_each_worker_runs_twistd_rtmpd_with_the_same_options_and_its_index(
-        pool: tuple[WorkerPool, ProcessReactor], tmp_path: Any) -> None:
+        pool: tuple[WorkerPool, ProcessReactor], parent: DirectoryServer,
+        tmp_path: Any) -> None:
     _, reactor = pool
+    assert reactor.unix == [(str(tmp_path / "directory.sock"), parent, 0o600)]
     assert [p.index for p, _, _ in reactor.spawned] == [1, 2]
     _, args, _ = reactor.spawned[1]
     assert args[args.index("rtmpd"):] == ["rtmpd", "--rtmp", "tcp:1935",
@@ -340,3 +355,17 @@ def test_a_workers_log_events_are_logged_by_the_parent_with_its_index(
     assert "worker 2: Traceback (most recent call last):" in texts
     assert "worker 2:   File" in texts
     json.dumps([str(t) for t in texts])
+
+
+def test_the_run_directory_is_private_and_removed_once_the_workers_stopped(
+        parent: DirectoryServer) -> None:
+    reactor = ProcessReactor()
+    workers = WorkerPool(reactor, 1, [], parent)
+    workers.startService()
+    run_dir = workers.run_dir
+    assert os.stat(run_dir).st_mode & 0o777 == 0o700
+    assert reactor.spawned[0][1][-1] == f"1:{run_dir}"
+    workers.stopService()
+    assert os.path.isdir(run_dir)  # the worker may still use it
+    ended(reactor.spawned[0][0], signal=15)
+    assert not os.path.exists(run_dir)
