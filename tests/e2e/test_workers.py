@@ -211,3 +211,25 @@ def test_tls_listeners_are_shared_by_the_workers_too(tmp_path: Path, clip: Path)
         assert set(plays_by_worker(server, "secure") - before) == {1, 2}
     finally:
         stop_server(server)
+
+
+def test_a_port_in_use_stops_the_parent_before_any_worker_starts(tmp_path: Path) -> None:
+    """Another server on the port (rtmpd with --workers included) would share it silently."""
+    import socket
+
+    from tests.e2e.conftest import VENV_BIN, free_ports
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        [rtmp_port, web_port] = free_ports(2)
+        result = run([str(VENV_BIN / "twistd"), "--nodaemon", "--pidfile=", "--logfile=-",
+                      "rtmpd", "--workers", "2", "--root", str(tmp_path / "media"),
+                      "--rtmp", f"tcp:{rtmp_port}:interface=127.0.0.1",
+                      "--http", f"tcp:{port}:interface=127.0.0.1",
+                      "--web", f"tcp:{web_port}:interface=127.0.0.1"], timeout=WAIT_S)
+    assert result.returncode == 1
+    assert (f"rtmpd: cannot listen on --http tcp:{port}:interface=127.0.0.1: "
+            "Address already in use") in result.stdout
+    assert "started worker" not in result.stdout
