@@ -380,8 +380,8 @@ class Options(ShortUsageOnError):
             "workers", None, "1",
             "Processes serving the ports: 1 (one process, one core), a number, or 'auto' "
             "(one per core). Each worker listens on every port (SO_REUSEPORT, Linux; tcp:, "
-            "tcp6: and ssl: listeners) and plays the streams published to the others by "
-            "relaying them; --pull is not supported with more than one.",
+            "tcp6: and ssl: listeners, TLS included) and plays the streams published to the "
+            "others by relaying them; --pull and --directory are refused with more than one.",
         ],
         [
             "worker", None, None,
