@@ -73,9 +73,9 @@ class StreamConfig:
     viewer_queue_bytes: int = 1_500_000
     #: ``None`` means adaptive (:meth:`Stream.send_window_ms`).
     merge_ms: int | None = None
-    #: A publisher's socket is read at most once per this many ms, so the
-    #: reactor wakes once per batch of tags rather than per tag (0: at once;
-    #: :mod:`rtmpd.protocols.readpacing`).
+    #: While a stream has no viewers, its publisher's socket is read at most
+    #: once per this many ms, so the reactor wakes once per batch of tags rather
+    #: than per tag (0: at once; :mod:`rtmpd.protocols.readpacing`).
     publish_read_ms: float = 0
 
 

@@ -296,7 +296,7 @@ class RtmpServerProtocol(protocol.Protocol):
         self._quiet_close = False
         #: Inside _drain: a decision made synchronously must not drain again.
         self._draining = False
-        #: Batches a publisher's reads (--publish-read-ms), once it publishes.
+        #: Batches a publisher's reads while nobody watches (--publish-read-ms).
         self._pacer: ReadPacer | None = None
 
     @property
@@ -350,8 +350,14 @@ class RtmpServerProtocol(protocol.Protocol):
             self.close(f"protocol error: {e}", abort=False)
             return
         self._drain()
-        if self._pacer is not None and self.publishing:
+        if self._pacer is not None and self.publishing and not self._watched_live():
             self._pacer.after_read(len(data))
+
+    def _watched_live(self) -> bool:
+        """Whether a stream this connection publishes has viewers (forwards and
+        gateway pulls included): then every read is at once, since they would
+        see the pause. Recorders do not mind it."""
+        return any(publisher.stream.viewers for publisher in self.publishing.values())
 
     def _drain(self) -> None:
         """Handle the events the codec has, until it needs more data (or

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from rtmpd.admission import Admission
-from rtmpd.protocols.readpacing import FULL_READ_BYTES, MAX_INTERVAL_MS, ReadPacer
+from rtmpd.protocols.readpacing import BATCH_BYTES, FULL_READ_BYTES, MAX_INTERVAL_MS, ReadPacer
 from rtmpd.protocols.rtmp import RtmpServerFactory
 from rtmpd.registry import StreamConfig, StreamRegistry
 from tests.unit.test_protocols import AVC_HEADER, INTER, KEYFRAME, Peer
@@ -37,6 +37,23 @@ def test_full_read_is_not_followed_by_a_pause() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_pause_shrinks_to_gather_one_batch_at_the_publishers_rate() -> None:
+    """At ~10 Mbit/s a 100 ms pause would gather twice BATCH_BYTES: it is halved."""
+    clock = Clock()
+    transport = StringTransport()
+    pacer = ReadPacer(transport, clock, 100)
+    pacer.after_read(500)
+    clock.advance(0.1)
+    pacer.after_read(FULL_READ_BYTES)  # full: read on at once
+    assert transport.producerState == "producing"
+    pacer.after_read(2 * BATCH_BYTES - FULL_READ_BYTES - 500)  # 2 x BATCH_BYTES in 100 ms
+    assert transport.producerState == "paused"
+    clock.advance(0.049)
+    assert transport.producerState == "paused"
+    clock.advance(0.002)
+    assert transport.producerState == "producing"
+
+
 def test_stop_cancels_the_pending_resume() -> None:
     clock = Clock()
     pacer = ReadPacer(StringTransport(), clock, 40)
@@ -51,7 +68,7 @@ def test_interval_out_of_range_is_refused(interval_ms: float) -> None:
         ReadPacer(StringTransport(), Clock(), interval_ms)
 
 
-def test_rtmp_publisher_reads_are_paced_and_viewers_are_not() -> None:
+def test_rtmp_publisher_is_paced_only_while_nobody_watches() -> None:
     clock = Clock()
     registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=40))
     factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
@@ -63,7 +80,7 @@ def test_rtmp_publisher_reads_are_paced_and_viewers_are_not() -> None:
     for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), (40, INTER)):
         publisher.client.send_media(sid, 9, ts, body)
     publisher.pump()
-    assert publisher.transport.producerState == "paused"
+    assert publisher.transport.producerState == "paused"  # recorders only: batched
     clock.advance(0.04)
     assert publisher.transport.producerState == "producing"
 
@@ -71,8 +88,13 @@ def test_rtmp_publisher_reads_are_paced_and_viewers_are_not() -> None:
     vsid = viewer.open_stream()
     viewer.client.play(vsid, "cam")
     viewer.pump()
-    assert viewer.transport.producerState == "producing"
+    assert viewer.transport.producerState == "producing"  # a viewer is never paced
     publisher.client.send_media(sid, 9, 80, INTER)
+    publisher.pump()
+    assert publisher.transport.producerState == "producing"  # watched: read at once
+
+    viewer.server.connectionLost()
+    publisher.client.send_media(sid, 9, 120, INTER)
     publisher.pump()
     assert publisher.transport.producerState == "paused"
     publisher.server.connectionLost()
