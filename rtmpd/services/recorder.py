@@ -94,7 +94,7 @@ RECORDED_AUDIO_CODECS = frozenset(
 )
 
 
-def codec_data(frame: Frame) -> bytes | None:
+def _parse_codec_data(frame: Frame) -> bytes | None:
     """The codec bytes of a recorded codec's tag after its FLV headers.
 
     For a sequence header: the decoder configuration record (avcC, hvcC, av1C
@@ -126,6 +126,23 @@ def codec_data(frame: Frame) -> bytes | None:
     if frame.sequence_header:
         return packet.data  # an empty Opus SequenceStart means the default head
     return packet.data if packet.coded_frames and packet.data else None
+
+
+#: The last frame :func:`codec_data` parsed and its answer. Every recorder of
+#: a stream asks for the same frame in turn (an fMP4 recorder twice), so one
+#: entry saves all but the first FLV header parse; frames are immutable, and
+#: recorders run on the reactor thread only.
+_last_parsed: tuple[Frame | None, bytes | None] = (None, None)
+
+
+def codec_data(frame: Frame) -> bytes | None:
+    """:func:`_parse_codec_data` of ``frame``, parsed once for all recorders."""
+    global _last_parsed
+    last, data = _last_parsed
+    if last is not frame:
+        data = _parse_codec_data(frame)
+        _last_parsed = (frame, data)
+    return data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
