@@ -6,8 +6,12 @@ the GOP burst; for HTTP-FLV and WS-FLV the request (and upgrade) and the
 burst. Run from the project root with the venv:
 
     .venv/bin/python benchmarks/joincost.py rtmp|http|ws [N] [--profile] [--memory]
+        [--gc paced|default]
 
-``--memory`` says what the viewers that joined still hold (tracemalloc,
+``--gc`` says how long Python's garbage collections held the N joins up
+(what a join storm's viewers wait behind): ``default`` is CPython's own
+pacing, ``paced`` is rtmpd's (``rtmpd.gcpacing``: no automatic full
+collection). ``--memory`` says what the viewers that joined still hold (tracemalloc,
 after a collection), per viewer and by the line that allocated it: the
 Python part of the server's RSS per viewer (the kernel's socket buffers are
 not in RSS).
@@ -65,6 +69,7 @@ def rtmp_joiner():
         vsid = viewer.open_stream()
         viewer.client.play(vsid, "bench")
         viewer.pump()
+        viewer.events.clear()  # the test client's copy of the burst
         return viewer
 
     return join, spent
@@ -102,11 +107,44 @@ def web_joiner(ws: bool):
         transport.protocol = proto  # Autobahn's resource looks for it
         proto.dataReceived(req)
         spent[0] += time.perf_counter() - t
+        transport.clear()  # a socket keeps nothing of what was sent
         # Keep what the connection keeps: after an upgrade the WebSocket
         # protocol, not the HTTP channel it came on.
         return transport.protocol, transport
 
     return join, spent
+
+
+def collections_during(join, n: int, *, paced: bool) -> list:
+    """Join ``n`` viewers with the collector on; print what it cost, by generation."""
+    from rtmpd.gcpacing import NEVER
+
+    old = gc.get_threshold()
+    if paced:
+        gc.set_threshold(old[0], old[1], NEVER)
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started = [0.0]
+
+    def timer(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses[info["generation"]].append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(timer)
+    try:
+        t = time.perf_counter()
+        joined = [join() for _ in range(n)]
+        wall = time.perf_counter() - t
+    finally:
+        gc.callbacks.remove(timer)
+        gc.set_threshold(*old)
+    print(f"{n} joins in {wall:.2f} s with the {'paced' if paced else 'default'} collector:")
+    for generation, times in pauses.items():
+        if times:
+            print(f"  generation {generation}: {len(times)} collections, {sum(times) * 1000:.0f} ms "
+                  f"in all, longest {max(times) * 1000:.1f} ms")
+    return joined
 
 
 def memory(join, keep: list, n: int) -> None:
@@ -140,14 +178,18 @@ def main() -> None:
     ap.add_argument("n", nargs="?", type=int, default=1000)
     ap.add_argument("--profile", action="store_true", help="cProfile 300 more joins")
     ap.add_argument("--memory", action="store_true", help="what each joined viewer still holds (tracemalloc)")
+    ap.add_argument("--gc", choices=["paced", "default"], help="time the garbage collections during the joins")
     a = ap.parse_args()
     join, spent = rtmp_joiner() if a.proto == "rtmp" else web_joiner(a.proto == "ws")
     keep = [join() for _ in range(100)]  # warm up
     spent[0] = 0.0
     gc.collect()
-    gc.disable()
-    keep += [join() for _ in range(a.n)]
-    gc.enable()
+    if a.gc:
+        keep += collections_during(join, a.n, paced=a.gc == "paced")
+    else:
+        gc.disable()
+        keep += [join() for _ in range(a.n)]
+        gc.enable()
     print(f"{a.proto}: {spent[0] / a.n * 1e6:.0f} us of server-side Python per join ({a.n} joins)")
     if a.memory:
         memory(join, keep, a.n)

@@ -101,6 +101,23 @@ def _write_rest(transport: Any, chunks: Sequence[bytes], start: int, written: in
         transport.writeSequence(chunks[index:])
 
 
+def discard_unsent(transport: object) -> None:
+    """Let go of what a closed TCP transport still held to send.
+
+    Twisted keeps a closed connection's buffers for as long as the
+    transport lives, and a viewer's protocol and transport refer to each
+    other, so they live until a full garbage collection: up to a few
+    hundred KiB for a viewer dropped for lagging (see
+    :mod:`rtmpd.gcpacing`). Does nothing while the connection is open."""
+    if not isinstance(transport, tcp.Connection) or transport.connected:
+        return
+    t: Any = transport
+    t.dataBuffer = b""
+    t.offset = 0
+    t._tempDataBuffer = []
+    t._tempDataLen = 0
+
+
 class DirectWrites:
     """The fan-out's per-viewer hot path, as a base class of
     :class:`rtmpd.fanout.ViewerOutput` (a method, not a helper it calls:

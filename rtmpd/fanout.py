@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rtmpd._twisted import DirectWrites, queued_bytes, socket_fd, write_now
+from rtmpd._twisted import DirectWrites, discard_unsent, queued_bytes, socket_fd, write_now
 from rtmpd.interfaces import IViewer
 from rtmpd.media import Frame
 
@@ -193,6 +193,7 @@ class ViewerOutput(DirectWrites):
     def finish(self, why: str, *, dropped: bool = False) -> None:
         """The viewer is gone: leave the stream, write the one stop line,
         count it. Idempotent; adapters call it however the viewer ends."""
+        discard_unsent(self.transport)
         if self.finished:
             return
         self.finished = True

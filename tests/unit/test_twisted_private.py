@@ -168,3 +168,18 @@ def test_connection_pools_keep_the_factory_class_quiet_pool_replaces() -> None:
     assert pool._factory.noisy is False
     # Other pools keep Twisted's class.
     assert HTTPConnectionPool(Clock())._factory is original
+
+
+def test_discard_unsent_empties_only_a_closed_tcp_transports_buffers() -> None:
+    from twisted.internet import tcp
+
+    from rtmpd._twisted import discard_unsent
+
+    t = tcp.Connection.__new__(tcp.Connection)
+    t.dataBuffer, t.offset, t._tempDataBuffer, t._tempDataLen = b"x" * 10, 4, [b"yy"], 2
+    t.connected = 1
+    discard_unsent(t)
+    assert t.dataBuffer == b"x" * 10 and t._tempDataLen == 2
+    t.connected = 0
+    discard_unsent(t)
+    assert (t.dataBuffer, t.offset, t._tempDataBuffer, t._tempDataLen) == (b"", 0, [], 0)
