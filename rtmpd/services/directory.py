@@ -13,6 +13,11 @@ admission path, so whatever the protocol:
   ``--workers``, every worker claims its streams at the box's one location,
   after which the box's own directory (the next authorizer) decides between
   the workers;
+* with ``--workers`` (``shared``), a stream that starts claims its name
+  once more: the box's directory let it start only after the stream's last
+  holder on another worker had ended, and that worker's release of the
+  box's location in this directory, sent before, must not leave the new
+  stream unclaimed until the next refresh;
 * the names of the streams live here are claimed again every
   ``refresh_s``: that is what keeps them in a directory whose entries
   expire (Redis), and what claims, once the directory is back, a stream
@@ -79,14 +84,17 @@ class DirectoryClaims(service.Service):
     def __init__(
         self, admission: Admission, directory: IStreamDirectory, location: str,
         clock: IReactorTime, *, refresh_s: float = REFRESH_S,
-        release_timeout_s: float = RELEASE_TIMEOUT_S,
+        release_timeout_s: float = RELEASE_TIMEOUT_S, shared: bool = False,
     ) -> None:
+        """``shared``: other processes (the workers of this box) claim at
+        this same ``location`` too."""
         self.admission = admission
         self.directory = directory
         self.location = location
         self.clock = clock
         self.refresh_s = refresh_s
         self.release_timeout_s = release_timeout_s
+        self.shared = shared
         #: Names of streams live here, published through admission.
         self.held: set[Key] = set()
         #: Publishes allowed here and not started or refused yet.
@@ -146,7 +154,13 @@ class DirectoryClaims(service.Service):
 
     def started(self, request: object) -> None:
         if isinstance(request, AdmissionRequest) and self._take_pending(request):
-            self.held.add((request.app, request.stream))
+            key = (request.app, request.stream)
+            self.held.add(key)
+            if self.shared:
+                # A sibling's release of this location may have reached the
+                # directory after this publish's claim (see the module's
+                # docstring); a failure is the next refresh's to report.
+                self._refresh_one(key).addErrback(lambda _: None)
 
     def ended(self, request: object, why: str) -> None:
         if not isinstance(request, AdmissionRequest) or request.action is not Action.PUBLISH:

@@ -160,10 +160,12 @@ def make_directory(options: Any, reactor: Any, *, ttl_s: float | None = None,
 
 def add_origin_directory(
     top: service.MultiService, admission: Admission, options: Any, reactor: Any,
+    *, shared: bool = False,
 ) -> str:
     """An origin's ``--directory``: the Redis directory and the claims of
     the streams published here (both children of ``top``). Returns the
-    location its streams are claimed at."""
+    location its streams are claimed at. ``shared``: this is one of the
+    ``--workers`` of a box, which all claim at the box's location."""
     from rtmpd.redisdirectory import DEFAULT_TTL_S
     from rtmpd.services.directory import DirectoryClaims
 
@@ -185,7 +187,7 @@ def add_origin_directory(
     # on a clean stop go out before its connection closes.
     directory.setServiceParent(top)
     DirectoryClaims(admission, directory, str(location), reactor,
-                    refresh_s=ttl_s / 3).setServiceParent(top)
+                    refresh_s=ttl_s / 3, shared=shared).setServiceParent(top)
     log.info("stream directory {url}: this origin's streams are claimed at {location} "
              "(entries live {ttl:g} s unrefreshed)", url=directory.url, location=location,
              ttl=ttl_s)

@@ -382,7 +382,7 @@ class Options(ShortUsageOnError):
             "Processes serving the ports: 1 (one process, one core), a number, or 'auto' "
             "(one per core). Each worker listens on every port (SO_REUSEPORT, Linux; tcp:, "
             "tcp6: and ssl: listeners, TLS included) and plays the streams published to the "
-            "others by relaying them; --pull and --directory are refused with more than one.",
+            "others by relaying them; --pull is refused with more than one.",
         ],
         [
             "worker", None, None,
@@ -614,10 +614,6 @@ def check_workers(options: Any) -> None:
         raise usage.UsageError(
             "--pull works with one process only (each worker would pull and record it): "
             "drop --workers or --pull")
-    if options.get("directory"):
-        raise usage.UsageError(
-            "--directory works with one process only for now (the workers share the box's "
-            "own directory): drop --workers or --directory")
     if options["worker"]:
         from rtmpd.services.workers import parse_worker
 
@@ -831,8 +827,11 @@ def makeService(
         if metrics is not None:
             metrics.add_collector(upstream)
     if options.get("directory"):
-        # --directory: this origin's streams are claimed in Redis for the gateways.
-        directory_tap.add_origin_directory(top, admission, options, reactor)
+        # --directory: this origin's streams are claimed in Redis for the
+        # gateways; with --workers, by the worker holding each, at the box's
+        # one location (any worker serves a pull of it, relaying if need be).
+        directory_tap.add_origin_directory(top, admission, options, reactor,
+                                           shared=worker is not None)
 
     rtmp_factory = RtmpServerFactory(
         admission,
@@ -901,11 +900,16 @@ def makeService(
     if worker is not None:
         # After the publishers' stop, so it stops first: the names are free
         # before the publishers are asked to reconnect (to another worker).
+        # And after --directory's claims, as an authorizer: Redis knows the
+        # box by one location, so the box's own directory decides between
+        # the workers last, and its busy leaves the Redis claim to the
+        # worker that holds the stream (DirectoryClaims.refused).
         from rtmpd.services.directory import DirectoryClaims
         from rtmpd.workerdirectory import worker_location
 
         claims = DirectoryClaims(admission, top.getServiceNamed("parent-link").directory,
                                  worker_location(worker[0]), reactor)
+        claims.setName("box-directory-claims")  # beside --directory's
         claims.setServiceParent(top)
     twins = "".join(
         f", {twin} {options[twin]}" for twin in TLS_TWINS if options.get(twin)

@@ -12,6 +12,7 @@ unclaimed (a warning) and are claimed once it is back, gateways answer 502.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -303,6 +304,68 @@ def test_publishes_go_on_while_the_directory_is_down_and_are_claimed_once_it_is_
         if origin.process.poll() is None:
             stop_server(origin)
         redis.stop()
+
+
+def test_an_origin_with_workers_claims_its_one_location_and_any_worker_serves_its_pulls(
+    redis: Redis, clip: Path, tmp_path: Path
+) -> None:
+    """``--workers 2 --directory``: the worker holding the publisher claims
+    the name at the box's location; a gateway's pull of it lands on either
+    worker, the other one relaying; a publish refused busy on the other
+    worker leaves the claim alone; a killed worker's claim stays until its
+    TTL while the box frees the name at once, and a republish, on whichever
+    worker, claims it again at the same location."""
+    from tests.e2e.test_workers import holder, plays_by_worker, start_workers, workers_up
+
+    origin = start_workers(tmp_path, "--directory", redis.url, "--directory-ttl", str(TTL_S),
+                           "--record", "none")
+    gateway = start_directory_gateway(tmp_path, redis.url)
+    location = f"http://127.0.0.1:{origin.http_port}"
+    try:
+        origin.publish(clip, "box")
+        origin.wait_live("box")
+        publisher = holder(origin, "box")
+        wait_until(lambda: redis.get("box") == location, "the claim at the box's location")
+        # The gateway's pulls (one per play once the last one lingered out)
+        # reach both workers: the one without the publisher relays it.
+        for _ in range(14):
+            assert check_clean(gateway.flv_url("box")) == {"h264", "aac"}
+            if set(plays_by_worker(origin, "box")) == {1, 2}:
+                break
+            time.sleep(1.5)  # the gateway's --linger 1
+        assert set(plays_by_worker(origin, "box")) == {1, 2}
+        assert (f"worker {3 - publisher}: publish live/box by upstream worker-{publisher}"
+                in origin.log())
+        # Second publishers, refused busy on either worker, release nothing.
+        for _ in range(6):
+            busy = run(["ffmpeg", "-v", "error", "-re", "-i", str(clip), "-t", "1", "-c", "copy",
+                        "-f", "flv", origin.rtmp_url("box")], timeout=WAIT_S)
+            assert "already has a publisher" in busy.stderr, busy.stderr
+        assert redis.get("box") == location
+        assert check_clean(gateway.flv_url("box")) == {"h264", "aac"}
+
+        # The holding worker killed: the box frees the name at once, Redis
+        # keeps the claim until its TTL (nobody refreshes it).
+        pid = workers_up(origin)[publisher]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: f"worker {publisher} is gone: freed 1 stream name(s): live/box"
+                   in origin.log(), "the box freeing the name")
+        origin.children[0].wait(timeout=WAIT_S)
+        assert redis.get("box") == location
+        # A republish (whichever worker it reaches) is this box's again.
+        origin.children.clear()
+        origin.publish(clip, "box")
+        origin.wait_live("box")
+        wait_until(lambda: int(redis.cli("PTTL", "rtmpd:stream:live/box")) > (TTL_S - 1) * 1000,
+                   "the republish renewing the claim")
+        assert redis.get("box") == location
+        assert check_clean(gateway.flv_url("box")) == {"h264", "aac"}
+        assert "Traceback" not in origin.log() + gateway.log()
+    finally:
+        gateway.stop()
+        stop_server(origin)
+    # A clean stop releases the name at once.
+    assert redis.get("box") == ""
 
 
 def test_the_example_haproxy_config_is_valid() -> None:

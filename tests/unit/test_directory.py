@@ -229,6 +229,54 @@ def test_busy_after_the_claim_leaves_the_name_to_its_holder_at_this_location() -
     assert holder(directory) == HERE and other_worker.held == set()
 
 
+def make_worker(redis: Any, box: Any, index: int) -> tuple[DirectoryClaims, Admission]:
+    """One worker of a box with ``--directory``: its claims in Redis at the
+    box's location (shared), then in the box's directory at its own."""
+    clock = Clock()
+    admission = Admission(StreamRegistry(clock, StreamConfig(merge_ms=0)),
+                          publisher_timeout_s=0)
+    claims = DirectoryClaims(admission, redis, HERE, clock, shared=True)
+    DirectoryClaims(admission, box, f"http://worker-{index}", clock).startService()
+    claims.startService()
+    return claims, admission
+
+
+def test_workers_of_one_box_claim_its_location_and_the_holder_alone_refreshes_it() -> None:
+    redis, box = MemoryDirectory(), MemoryDirectory()
+    first, one = make_worker(redis, box, 1)
+    second, two = make_worker(redis, box, 2)
+    publisher = outcome(one.publish(publish_request(), Source()))
+    assert holder(redis) == HERE and holder(box) == "http://worker-1"
+    # The second worker's publisher is busy (the box's directory), and the
+    # first one's stream stays claimed in Redis.
+    assert refusal_of(two.publish(publish_request(), Source())) is Refusal.BUSY
+    assert holder(redis) == HERE and first.held == {("live", "cam")} and second.held == set()
+    publisher.end("disconnected")
+    assert holder(redis) is None and holder(box) is None
+    # Once free, the name goes to whichever worker: at the same location.
+    outcome(two.publish(publish_request(), Source()))
+    assert holder(redis) == HERE and second.held == {("live", "cam")} and first.held == set()
+
+
+def test_a_stream_starting_on_a_worker_claims_again_after_its_siblings_release() -> None:
+    """Worker 2's publish claims in Redis (the box's location: yes) while
+    worker 1's stream of that name ends; worker 1's release reaches Redis
+    after that claim, and the box lets worker 2 start: the start claims the
+    name again, rather than leaving it out of Redis until the next refresh."""
+    redis, box = ControlledDirectory(), ControlledDirectory()
+    _, one = make_worker(redis, box, 1)
+    second, two = make_worker(redis, box, 2)
+    publisher = outcome(one.publish(publish_request(), Source()))
+    box.hold = True
+    d = two.publish(publish_request(), Source())  # claimed in Redis, asking the box
+    box.hold = False
+    publisher.end("disconnected")  # worker 1 releases, in Redis and in the box
+    assert holder(redis) is None and holder(box) is None
+    box.answer_all()  # then the box answers worker 2's claim
+    assert isinstance(outcome(d), Publisher)
+    assert holder(redis) == HERE and second.held == {("live", "cam")}
+
+
 def test_a_takeover_keeps_the_name() -> None:
     claims, admission, directory, _ = make_origin(takeover=True)
     old = outcome(admission.publish(publish_request(), Source()))

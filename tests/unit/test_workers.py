@@ -196,7 +196,6 @@ def test_workers_option(tmp_path: Any) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--http", "unix:/tmp/x.sock"], "listeners must be tcp:, tcp6:, ssl:"),
     (["--pull", "live/a=http://origin:8501/live/a.flv"], "--pull works with one process"),
-    (["--directory", "redis://127.0.0.1:6379/0"], "--directory works with one process"),
 ])
 def test_what_workers_cannot_do_is_refused(args: list[str], message: str) -> None:
     options = Options()
