@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python import usage
 
 from rtmpd.admission import Admission
 from rtmpd.protocols.readpacing import BATCH_BYTES, FULL_READ_BYTES, MAX_INTERVAL_MS, ReadPacer
 from rtmpd.protocols.rtmp import RtmpServerFactory
 from rtmpd.registry import StreamConfig, StreamRegistry
+from rtmpd.tap.rtmpd import Options, stream_config
 from tests.unit.test_protocols import AVC_HEADER, INTER, KEYFRAME, Peer
 
 
@@ -100,3 +102,18 @@ def test_rtmp_publisher_is_paced_only_while_nobody_watches() -> None:
     publisher.server.connectionLost()
     clock.advance(0.04)  # the cancelled resume does not touch the closed transport
     assert publisher.transport.producerState == "paused"
+
+
+def test_publish_read_ms_option_reaches_the_stream_config() -> None:
+    defaults = Options()
+    defaults.parseOptions([])
+    assert stream_config(defaults).publish_read_ms == 100
+    off = Options()
+    off.parseOptions(["--publish-read-ms", "0"])
+    assert stream_config(off).publish_read_ms == 0
+
+
+@pytest.mark.parametrize("value", ["-1", str(MAX_INTERVAL_MS + 1), "soon"])
+def test_publish_read_ms_out_of_range_is_a_usage_error(value: str) -> None:
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--publish-read-ms", value])
