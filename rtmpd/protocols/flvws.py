@@ -132,6 +132,18 @@ class WsFlvViewer(ViewerOutput):
             transport.abortConnection()
 
 
+class SendQueue(list[Any]):
+    """Autobahn's queue of frames sent in order across reactor turns (only
+    with ``sync`` or ``chopsize``, which rtmpd never asks for): the same
+    three operations on a list. An empty deque takes 760 bytes, an empty
+    list 56, and every WS-FLV viewer holds one for hours."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 class WsFlvProtocol(WebSocketServerProtocol):
     """One WS-FLV connection, playing or publishing."""
 
@@ -157,6 +169,7 @@ class WsFlvProtocol(WebSocketServerProtocol):
         if self.client_id:
             self.factory.admission.rebind_connection(self.client_id, "ws", self._kick)
         super().connectionMade()
+        self.send_queue = SendQueue()  # type: ignore[assignment]
 
     def _kick(self, reason: str) -> None:
         self.close_reason = reason

@@ -28,3 +28,13 @@ def test_ws_protocols_carry_their_options_so_autobahn_copies_and_prints_none() -
     assert proto.failByDrop is False
     for name in autobahn_protocol.WebSocketServerProtocol.CONFIG_ATTRS:
         assert hasattr(type(proto), name), name
+
+
+def test_send_queue_is_the_fifo_autobahn_expects() -> None:
+    from rtmpd.protocols.flvws import SendQueue
+
+    queue = SendQueue()
+    assert len(queue) == 0
+    queue.append((b"a", True))
+    queue.append((b"b", False))
+    assert queue.popleft() == (b"a", True) and len(queue) == 1
