@@ -12,6 +12,10 @@
 Every answer, errors included, is JSON (``{"error": "..."}``) and is not to
 be cached. A wrong method is 405 with ``Allow``.
 
+Under ``--workers`` the lists, and ``/metrics``, are the whole box's,
+gathered from the other workers (:mod:`rtmpd.protocols.siblings`); the
+rest acts on the worker that answers.
+
 Access (:func:`access_denied`, the same for both): with ``--api-token`` a
 request needs ``Authorization: Bearer TOKEN`` (401 otherwise); without one
 only loopback clients are served (403 otherwise). A reverse proxy on the
@@ -25,7 +29,7 @@ import hmac
 import ipaddress
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
@@ -33,6 +37,9 @@ from twisted.web import http, resource, server
 
 from rtmpd.admission import Admission
 from rtmpd.services.stats import Metrics, StatsSampler, stream_detail, stream_summary
+
+if TYPE_CHECKING:
+    from rtmpd.protocols.siblings import Siblings
 
 log = Logger()
 
@@ -153,8 +160,30 @@ def _peer(request: server.Request) -> str:
     return f"{host}:{getattr(address, 'port', 0)}" if host else str(address)
 
 
-#: A route's handler: (request, the path's variable parts) -> body.
-_Handler = Callable[[server.Request, list[str]], bytes]
+#: A route's handler: (request, the path's variable parts) -> body, or
+#: NOT_DONE_YET (an answer gathered from the other workers).
+_Handler = Callable[[server.Request, list[str]], bytes | int]
+
+
+def stream_list(admission: Admission, sampler: StatsSampler | None) -> list[dict[str, Any]]:
+    """The live streams as ``GET /api/streams`` lists them."""
+    streams = sorted(admission.registry.streams.values(), key=lambda s: s.path)
+    return [stream_summary(s, admission, sampler) for s in streams]
+
+
+def client_list(admission: Admission) -> list[dict[str, Any]]:
+    """The open connections as ``GET /api/clients`` lists them."""
+    now = admission.clock.seconds()
+    return [
+        {
+            "id": c.client_id,
+            "protocol": c.protocol,
+            "address": c.host,
+            "port": c.port,
+            "connected_s": round(now - c.opened_at, 3),
+        }
+        for c in sorted(admission.clients.values(), key=lambda c: c.client_id)
+    ]
 
 
 class ApiResource(resource.Resource):
@@ -165,16 +194,19 @@ class ApiResource(resource.Resource):
     def __init__(
         self, admission: Admission, sampler: StatsSampler | None = None,
         *, token: str | None, worker: dict[str, int] | None = None,
+        siblings: Siblings | None = None,
     ) -> None:
         """``worker``: under ``--workers``, which worker this is (``index``,
-        ``pid``); the lists say so, since each worker answers for itself."""
+        ``pid``), which the lists say; with ``siblings`` they are the whole
+        box's, gathered from the other workers (:mod:`rtmpd.protocols.siblings`)."""
         super().__init__()
         self.admission = admission
         self.sampler = sampler
         self.token = _check_token(token)
         self.worker = worker
+        self.siblings = siblings
 
-    def render(self, request: server.Request) -> bytes:
+    def render(self, request: server.Request) -> bytes | int:
         denied = access_denied(request, self.token)
         if denied is not None:
             return denied
@@ -212,17 +244,18 @@ class ApiResource(resource.Resource):
 
     # -- handlers ------------------------------------------------------------
 
-    def _list_streams(self, request: server.Request, parts: list[str]) -> bytes:
-        streams = sorted(self.admission.registry.streams.values(), key=lambda s: s.path)
-        return json_body(request, http.OK, self._answer({
-            "streams": [stream_summary(s, self.admission, self.sampler) for s in streams]
-        }))
+    def _list_streams(self, request: server.Request, parts: list[str]) -> bytes | int:
+        return self._list(request, "streams", stream_list(self.admission, self.sampler))
 
-    def _answer(self, value: dict[str, Any]) -> dict[str, Any]:
-        """A list answer, with the worker that gave it under ``--workers``."""
-        if self.worker is not None:
-            value["worker"] = self.worker
-        return value
+    def _list(self, request: server.Request, part: str,
+              items: list[dict[str, Any]]) -> bytes | int:
+        """A list answer (this worker's ``items``, or the box's), with the
+        worker that gave it under ``--workers``."""
+        top: dict[str, Any] = {} if self.worker is None else {"worker": self.worker}
+        if self.siblings is not None:
+            return self.siblings.list_answer(
+                part, items, lambda r, value: json_body(r, http.OK, value), request, top)
+        return json_body(request, http.OK, {part: items, **top})
 
     def _show_stream(self, request: server.Request, parts: list[str]) -> bytes:
         _, app, name = parts
@@ -240,19 +273,8 @@ class ApiResource(resource.Resource):
                  peer=_peer(request))
         return no_content(request)
 
-    def _list_clients(self, request: server.Request, parts: list[str]) -> bytes:
-        now = self.admission.clock.seconds()
-        clients: list[dict[str, Any]] = [
-            {
-                "id": c.client_id,
-                "protocol": c.protocol,
-                "address": c.host,
-                "port": c.port,
-                "connected_s": round(now - c.opened_at, 3),
-            }
-            for c in sorted(self.admission.clients.values(), key=lambda c: c.client_id)
-        ]
-        return json_body(request, http.OK, self._answer({"clients": clients}))
+    def _list_clients(self, request: server.Request, parts: list[str]) -> bytes | int:
+        return self._list(request, "clients", client_list(self.admission))
 
     def _kick_client(self, request: server.Request, parts: list[str]) -> bytes:
         raw = parts[1]
@@ -270,12 +292,16 @@ class MetricsResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, metrics: Metrics, *, token: str | None) -> None:
+    def __init__(self, metrics: Metrics, *, token: str | None,
+                 siblings: Siblings | None = None) -> None:
+        """With ``siblings`` (``--workers``), the whole box's metrics, each
+        sample labelled with its ``worker``."""
         super().__init__()
         self.metrics = metrics
         self.token = _check_token(token)
+        self.siblings = siblings
 
-    def render(self, request: server.Request) -> bytes:
+    def render(self, request: server.Request) -> bytes | int:
         denied = access_denied(request, self.token)
         if denied is not None:
             return denied
@@ -284,6 +310,8 @@ class MetricsResource(resource.Resource):
         if request.method not in (b"GET", b"HEAD"):
             return _method_not_allowed(request, (b"GET", b"HEAD"))
         body, content_type = self.metrics.render()
+        if self.siblings is not None:
+            return self.siblings.metrics_answer(body, request)
         request.setResponseCode(http.OK)
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")

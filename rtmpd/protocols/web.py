@@ -36,6 +36,7 @@ from rtmpd.protocols.pages import (
 
 if TYPE_CHECKING:
     from rtmpd.admission import Admission
+    from rtmpd.protocols.siblings import Siblings
     from rtmpd.services.stats import Metrics, StatsSampler
 
 #: Bytes of request body the web port reads: nothing it serves takes a
@@ -177,6 +178,7 @@ def make_web_site(
     pages: str | None = None,
     config: dict[str, Any] | None = None,
     worker: dict[str, int] | None = None,
+    siblings: Siblings | None = None,
 ) -> server.Site:
     """A Site serving ``root`` read-only, with ``/api`` when given an
     ``admission`` and ``/metrics`` when given ``metrics``; both follow
@@ -185,7 +187,9 @@ def make_web_site(
     ``pages`` is the directory of the page files (``web/``), served at
     ``/`` in front of ``root``; ``config`` is ``/config.json``.
     ``/recordings.json`` lists the recordings under ``root``. ``worker``:
-    which ``--workers`` worker serves it, for ``/api``'s answers.
+    which ``--workers`` worker serves it, for ``/api``'s answers;
+    ``siblings``: the other workers, whose answers ``/api``'s lists and
+    ``/metrics`` gather.
 
     Without a ``sampler`` one is made on ``reactor`` (else the registry's
     clock) and runs while the site listens; a given one is the caller's to
@@ -209,9 +213,10 @@ def make_web_site(
                 clock = reactor if reactor is not None else admission.clock
                 sampler = owned = StatsSampler(admission.registry, clock)
             top.putChild(b"api", ApiResource(admission, sampler, token=api_token,
-                                             worker=worker))
+                                             worker=worker, siblings=siblings))
         if metrics is not None:
-            top.putChild(b"metrics", MetricsResource(metrics, token=api_token))
+            top.putChild(b"metrics", MetricsResource(metrics, token=api_token,
+                                                     siblings=siblings))
     return make_file_site(
         top, reactor=reactor, owned_sampler=owned, max_connections=max_connections,
         header_timeout=header_timeout, max_header_bytes=max_header_bytes,

@@ -33,7 +33,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -76,6 +76,13 @@ RECORD_SEPARATOR = b"\x1e"
 def worker_socket(run_dir: str, index: int) -> str:
     """The Unix socket worker ``index`` serves HTTP-FLV relays on."""
     return os.path.join(run_dir, f"worker-{index}.sock")
+
+
+def view_socket(run_dir: str, index: int) -> str:
+    """The Unix socket worker ``index`` serves its own ``/api`` lists and
+    ``/metrics`` on, for the others (:mod:`rtmpd.protocols.siblings`): apart
+    from the relays' socket, whose connections count as the worker's clients."""
+    return os.path.join(run_dir, f"worker-{index}.view.sock")
 
 
 def parse_worker(value: str) -> tuple[int, str]:
@@ -170,29 +177,34 @@ class PortProbe:
 @implementer(IAgentEndpointFactory)
 class WorkerEndpoints:
     """Maps the host of a worker location (``worker-N``) to that worker's
-    Unix socket; no other host is reachable."""
+    Unix socket (``socket(run_dir, N)``: its relays' by default); no other
+    host is reachable."""
 
-    def __init__(self, reactor: Any, run_dir: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, reactor: Any, run_dir: str, *, timeout: float = 10.0,
+                 socket: Callable[[str, int], str] = worker_socket) -> None:
         self.reactor = reactor
         self.run_dir = run_dir
         self.timeout = timeout
+        self.socket = socket
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii", "replace")
         prefix, _, index = host.partition("-")
         if prefix != "worker" or not index.isdigit():
             raise ValueError(f"{host!r} is not a worker of this box")
-        return UNIXClientEndpoint(self.reactor, worker_socket(self.run_dir, int(index)),
+        return UNIXClientEndpoint(self.reactor, self.socket(self.run_dir, int(index)),
                                   timeout=self.timeout)
 
 
-def relay_agent(reactor: Any, run_dir: str, *, connect_timeout: float = 10.0) -> IAgent:
+def relay_agent(reactor: Any, run_dir: str, *, connect_timeout: float = 10.0,
+                socket: Callable[[str, int], str] = worker_socket) -> IAgent:
     """The Agent of a worker's relays: plain HTTP to the other workers'
-    Unix sockets, no connection reuse (a pull holds its connection while the
-    stream lasts)."""
+    Unix sockets (``socket``: their relays' by default), no connection reuse
+    (a pull holds its connection while the stream lasts)."""
     pool = quiet_pool(HTTPConnectionPool(reactor, persistent=False))
     agent: IAgent = Agent.usingEndpointFactory(
-        reactor, WorkerEndpoints(reactor, run_dir, timeout=connect_timeout), pool=pool)
+        reactor, WorkerEndpoints(reactor, run_dir, timeout=connect_timeout, socket=socket),
+        pool=pool)
     return agent
 
 

@@ -799,9 +799,12 @@ def makeService(
     if metrics is not None:
         metrics.attach(admission)
     relayed = None
+    sampler = siblings = None
     if worker is not None:
         relayed = add_worker_services(top, admission, metrics, admission_listeners, worker,
                                       reactor)
+        sampler, siblings = add_sibling_view(top, registry, worker,
+                                             int(options.get("workers", 1)), reactor)
     # Relay: forwards out (--forward, and those an on-publish hook's answer
     # names) and pulls in (--pull).
     forwarder = None
@@ -859,6 +862,7 @@ def makeService(
         pages=pages_directory(),
         config=page_config(options, __version__.public()),
         worker=None if worker is None else {"index": worker[0], "pid": os.getpid()},
+        sampler=sampler, siblings=siblings,
     )
 
     factories = {"rtmp": rtmp_factory, "http": http_site, "web": web_site}
@@ -868,6 +872,7 @@ def makeService(
 
         listen_with = ReusePortReactor(reactor)
         add_relay_listener(top, admission, worker, options, reactor)
+        add_view_listener(top, admission, sampler, metrics, worker, reactor)
     for name, factory in factories.items():
         add_listener(top, name, options[name], factory, listen_with)
     for twin, name in TLS_TWINS.items():
@@ -985,6 +990,58 @@ def add_worker_services(
         return IUpstreamSource.providedBy(stream.source)
 
     return relayed
+
+
+def add_sibling_view(
+    top: service.MultiService, registry: StreamRegistry, worker: tuple[int, str],
+    count: int, reactor: Any,
+) -> tuple[Any, Any]:
+    """What a worker's ``/api`` and ``/metrics`` gather the box's answers
+    with (:mod:`rtmpd.protocols.siblings`): the bitrate sampler its web port
+    and its Unix socket share (run while the worker runs), and its siblings."""
+    from rtmpd.protocols.siblings import GATHER_TIMEOUT_S, Siblings
+    from rtmpd.services.stats import StatsSampler
+    from rtmpd.services.workers import relay_agent, view_socket
+    from rtmpd.tap.flvgateway import SamplerService
+
+    sampler = StatsSampler(registry, reactor)
+    SamplerService(sampler).setServiceParent(top)
+    agent = relay_agent(reactor, worker[1], connect_timeout=GATHER_TIMEOUT_S,
+                        socket=view_socket)
+    return sampler, Siblings(agent, reactor, worker[0], count)
+
+
+def add_view_listener(
+    top: service.MultiService, admission: Any, sampler: Any, metrics: Any,
+    worker: tuple[int, str], reactor: Any,
+) -> None:
+    """This worker's own ``/api`` lists and ``/metrics``, for its siblings,
+    on a Unix socket of its own (:func:`rtmpd.services.workers.view_socket`)."""
+    from twisted.internet.endpoints import UNIXServerEndpoint
+    from twisted.web import resource, server
+
+    from rtmpd.protocols.api import client_list, stream_list
+    from rtmpd.protocols.siblings import INTERNAL, SiblingResource
+    from rtmpd.services.workers import view_socket
+
+    def lists(part: str) -> list[dict[str, Any]]:
+        if part == "streams":
+            return stream_list(admission, sampler)
+        return client_list(admission)
+
+    root = resource.Resource()
+    root.putChild(INTERNAL, SiblingResource(
+        lists, None if metrics is None else lambda: metrics.render()[0]))
+    site = server.Site(root, reactor=reactor)
+    site.noisy = False
+    site.displayTracebacks = False
+    path = view_socket(worker[1], worker[0])
+    if os.path.exists(path):
+        os.unlink(path)  # left by this worker's previous process
+    listener = ListenerService("worker", path, UNIXServerEndpoint(reactor, path, mode=0o600),
+                               site)
+    listener.setName("view")
+    listener.setServiceParent(top)
 
 
 def add_relay_listener(

@@ -2,7 +2,8 @@
 (SO_REUSEPORT), a viewer on the worker without the stream is relayed from
 the one with its publisher, a name is published once on the whole box, a
 killed worker is restarted with its names freed, and SIGTERM to the parent
-stops everything cleanly.
+stops everything cleanly, and /metrics and /api lists answer for the whole
+box whichever worker a request reaches.
 
 Which worker a connection reaches is the kernel's choice (a hash of the
 client's port), so tests that need both make enough connections that all
@@ -116,13 +117,16 @@ def test_viewers_on_both_workers_all_decode_a_stream_published_to_one(
     # from the publisher's worker socket; only the publisher's worker records.
     relays = re.findall(rf"worker (\d+): publish live/box by upstream worker-{publisher}", log)
     assert relays == [str(other)]
-    # Each worker's /api answers for itself and says which it is (the
-    # relay lingers a few seconds after its last viewer).
+    # Either worker's /api lists the box's streams, each with its worker:
+    # the publish and the other's relay of it (which lingers a few seconds
+    # after its last viewer).
     answers = api_by_worker(workers, "api/streams")
-    [published] = answers[publisher]["streams"]
-    [relayed] = answers[other]["streams"]
-    assert published["upstream"] is None
-    assert relayed["upstream"]["url"] == f"http://worker-{publisher}/live/box.flv"
+    for answer in answers.values():
+        by_worker = {s["worker"]: s for s in answer["streams"]}
+        assert set(by_worker) == {1, 2}, answer
+        assert by_worker[publisher]["upstream"] is None
+        assert (by_worker[other]["upstream"]["url"]
+                == f"http://worker-{publisher}/live/box.flv")
     stop_server(workers)
     recorded = re.findall(r"worker (\d+): hls recording of live/box finalised", workers.log())
     assert recorded == [str(publisher)]
@@ -233,3 +237,75 @@ def test_a_port_in_use_stops_the_parent_before_any_worker_starts(tmp_path: Path)
     assert (f"rtmpd: cannot listen on --http tcp:{port}:interface=127.0.0.1: "
             "Address already in use") in result.stdout
     assert "started worker" not in result.stdout
+
+
+def get(server: Server, path: str, timeout_s: float = WAIT_S) -> tuple[dict[str, str], bytes]:
+    """``GET path`` on the web port, on a new connection: its headers and body."""
+    with urllib.request.urlopen(server.web_url(path), timeout=timeout_s) as response:
+        return dict(response.headers), response.read()
+
+
+def test_metrics_and_api_lists_answer_for_the_whole_box_whichever_worker_answers(
+        workers: Server, clip: Path) -> None:
+    """Each answer (several, so both workers give some) has every worker's
+    streams, clients and metrics, gathered from the other worker."""
+    workers.publish(clip, "one")
+    workers.publish(clip, "two")
+    workers.wait_live("one")
+    workers.wait_live("two")
+    publishers = {name: holder(workers, name) for name in ("one", "two")}
+    answering: set[int] = set()
+    for _ in range(ATTEMPTS):
+        headers, body = get(workers, "api/streams")
+        answer = json.loads(body)
+        answering.add(answer["worker"]["index"])
+        assert answer["workers"] == {"count": 2, "answered": [1, 2], "missing": []}
+        assert "X-Rtmpd-Workers-Missing" not in headers
+        # Each publish is listed once, by the worker that holds it (relays,
+        # with an upstream, are listed by the worker relaying).
+        published = {s["name"]: s["worker"] for s in answer["streams"] if s["upstream"] is None}
+        assert published == publishers, answer
+        # The publishers' connections, on their workers.
+        clients = json.loads(get(workers, "api/clients")[1])["clients"]
+        rtmp = sorted(c["worker"] for c in clients if c["protocol"] == "rtmp")
+        assert rtmp == sorted(publishers.values()), clients
+
+        headers, body = get(workers, "metrics")
+        text = body.decode()
+        assert "rtmpd_workers 2.0" in text and "rtmpd_workers_up 2.0" in text, text
+        streams = dict(re.findall(r'rtmpd_streams\{worker="(\d)"\} (\S+)', text))
+        assert set(streams) == {"1", "2"}, text
+        # Every sample is labelled with its worker.
+        for line in text.splitlines():
+            if line and not line.startswith("#") and not line.startswith("rtmpd_workers"):
+                assert 'worker="' in line, line
+    assert answering == {1, 2}, answering
+
+
+def test_a_worker_that_does_not_answer_is_left_out_and_named(workers: Server) -> None:
+    """A stopped worker (SIGSTOP) takes connections and never answers: the
+    other one answers without it, after the gathering's timeout, and says so."""
+    pids = workers_up(workers)
+    os.kill(pids[2], signal.SIGSTOP)  # stuck: its socket takes the request, never answers
+    answered = []
+    try:
+        for path in ["metrics", "api/streams"] * ATTEMPTS:
+            try:
+                headers, body = get(workers, path, timeout_s=5)
+            except OSError:
+                continue  # the connection reached the stopped worker
+            # Worker 1 answered, after the gathering's timeout, without 2.
+            assert headers["X-Rtmpd-Workers-Missing"] == "2"
+            if path == "metrics":
+                assert "rtmpd_workers_up 1.0" in body.decode()
+                assert 'worker="2"' not in body.decode()
+            else:
+                assert json.loads(body)["workers"] == {
+                    "count": 2, "answered": [1], "missing": [2]}
+            answered.append(path)
+            if len(set(answered)) == 2:
+                break
+        assert set(answered) == {"metrics", "api/streams"}
+    finally:
+        os.kill(pids[2], signal.SIGCONT)
+    assert "Traceback" not in workers.log()
