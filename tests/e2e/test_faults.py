@@ -767,6 +767,8 @@ def test_stalled_then_slow_disk_keeps_live_play_going_and_loses_no_recording(
             for fmt in ("hls", "flv", "fmp4", "fmp4-separate"):
                 wait_log(server, f"{fmt} recording of live/{name} finalised")
     finally:
+        if slow_disk.process.poll() is None:
+            slow_disk.process.send_signal(signal.SIGUSR2)  # never stop rtmpd on a held disk
         stop_server(server)
     assert "failed" not in server.log(), server.log()[-3000:]
     for name in ("slow", "second"):
