@@ -300,3 +300,20 @@ class SiblingResource(resource.Resource):
             return b""
         request.setHeader(b"Content-Length", b"%d" % len(body))
         return body
+
+
+class SiblingSite(server.Site):
+    """The site of a worker's view socket: no access log, since the public
+    request each of its requests serves is logged by the worker it reached,
+    and a scrape would otherwise add a line per sibling."""
+
+    noisy = False
+    displayTracebacks = False
+
+    def __init__(self, view: SiblingResource, *, reactor: IReactorTime) -> None:
+        root = resource.Resource()
+        root.putChild(INTERNAL, view)
+        super().__init__(root, reactor=reactor)
+
+    def log(self, request: object) -> None:
+        pass

@@ -1018,10 +1018,9 @@ def add_view_listener(
     """This worker's own ``/api`` lists and ``/metrics``, for its siblings,
     on a Unix socket of its own (:func:`rtmpd.services.workers.view_socket`)."""
     from twisted.internet.endpoints import UNIXServerEndpoint
-    from twisted.web import resource, server
 
     from rtmpd.protocols.api import client_list, stream_list
-    from rtmpd.protocols.siblings import INTERNAL, SiblingResource
+    from rtmpd.protocols.siblings import SiblingResource, SiblingSite
     from rtmpd.services.workers import view_socket
 
     def lists(part: str) -> list[dict[str, Any]]:
@@ -1029,12 +1028,8 @@ def add_view_listener(
             return stream_list(admission, sampler)
         return client_list(admission)
 
-    root = resource.Resource()
-    root.putChild(INTERNAL, SiblingResource(
-        lists, None if metrics is None else lambda: metrics.render()[0]))
-    site = server.Site(root, reactor=reactor)
-    site.noisy = False
-    site.displayTracebacks = False
+    site = SiblingSite(SiblingResource(
+        lists, None if metrics is None else lambda: metrics.render()[0]), reactor=reactor)
     path = view_socket(worker[1], worker[0])
     if os.path.exists(path):
         os.unlink(path)  # left by this worker's previous process

@@ -280,6 +280,8 @@ def test_metrics_and_api_lists_answer_for_the_whole_box_whichever_worker_answers
             if line and not line.startswith("#") and not line.startswith("rtmpd_workers"):
                 assert 'worker="' in line, line
     assert answering == {1, 2}, answering
+    # The public requests are in the log, the siblings' internal ones not.
+    assert "GET /metrics" in workers.log() and "/.worker/" not in workers.log()
 
 
 def test_a_worker_that_does_not_answer_is_left_out_and_named(workers: Server) -> None:

@@ -19,7 +19,13 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from rtmpd.protocols.api import ApiResource, MetricsResource
-from rtmpd.protocols.siblings import GATHER_TIMEOUT_S, MISSING_HEADER, SiblingResource, Siblings
+from rtmpd.protocols.siblings import (
+    GATHER_TIMEOUT_S,
+    MISSING_HEADER,
+    SiblingResource,
+    Siblings,
+    SiblingSite,
+)
 from rtmpd.services.stats import Metrics
 from tests.unit.test_api import Server, header
 
@@ -147,6 +153,8 @@ def test_a_worker_serves_its_own_lists_and_metrics_to_its_siblings() -> None:
     assert get(page, "nothing").responseCode == 404
     without_metrics = SiblingResource(lambda part: lists[part], None)
     assert get(without_metrics, "metrics").responseCode == 404
+    site = SiblingSite(page, reactor=Clock())
+    assert site.getResourceFor(DummyRequest([b".worker", b"streams"])) is page
 
 
 def test_without_siblings_the_answer_is_this_workers_alone() -> None:
