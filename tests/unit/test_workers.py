@@ -203,6 +203,32 @@ def test_what_workers_cannot_do_is_refused(args: list[str], message: str) -> Non
         options.parseOptions(["--workers", "2", *args])
 
 
+def test_a_worker_with_directory_claims_at_the_boxs_location_before_the_boxs_directory(
+        tmp_path: Any) -> None:
+    """The box's directory is the last authorizer: Redis says whether the
+    box may have the name, then the box which worker; its busy leaves the
+    Redis claim alone. And the worker's /api and /metrics gather the box's."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from rtmpd.protocols.siblings import Siblings
+    from rtmpd.services.directory import DirectoryClaims
+    from rtmpd.tap.rtmpd import makeService
+
+    options = Options()
+    options.parseOptions([
+        "--workers", "2", "--worker", f"1:{tmp_path}", "--record", "none",
+        "--root", str(tmp_path / "media"), "--http", "tcp:8501:interface=10.0.0.5",
+        "--directory", "redis://127.0.0.1:6379/0"])
+    top = makeService(options, MemoryReactorClock())
+    claims = [a for a in top.admission.authorizers  # type: ignore[attr-defined]
+              if isinstance(a, DirectoryClaims)]
+    assert [(c.location, c.shared) for c in claims] == [
+        ("http://10.0.0.5:8501", True), ("http://worker-1", False)]
+    assert top.admission.authorizers[-1] is claims[1]  # type: ignore[attr-defined]
+    siblings = top.getServiceNamed("web").factory.resource.children[b"api"].siblings
+    assert isinstance(siblings, Siblings) and (siblings.index, siblings.count) == (1, 2)
+
+
 def test_worker_option_names_an_index_and_a_run_directory(tmp_path: Any) -> None:
     assert parse_worker(f"3:{tmp_path}") == (3, str(tmp_path))
     for bad in ("3", f"0:{tmp_path}", f"x:{tmp_path}", "2:/no/such/dir"):
