@@ -169,8 +169,9 @@ class Siblings:
             for index in sorted(gathered.answers):
                 try:
                     listed = json.loads(gathered.answers[index])[part]
-                    if not isinstance(listed, list):
-                        raise TypeError(f"{part} is not a list")
+                    if not isinstance(listed, list) or not all(
+                            isinstance(item, dict) for item in listed):
+                        raise TypeError(f"{part} is not a list of objects")
                 except (ValueError, TypeError, KeyError) as e:
                     log.warn("worker {worker}'s {part} answer is unusable ({error}); left out",
                              worker=index, part=part, error=e)
@@ -197,7 +198,7 @@ class Siblings:
                 try:
                     parsed = list(text_string_to_metric_families(
                         gathered.answers[index].decode("utf-8")))
-                except (ValueError, UnicodeDecodeError) as e:
+                except Exception as e:  # the parser's errors are not all ValueError
                     log.warn("worker {worker}'s metrics are unusable ({error}); left out",
                              worker=index, error=e)
                     gathered = gathered.without(index)

@@ -99,15 +99,16 @@ def test_a_sibling_that_does_not_answer_in_time_is_left_out_and_named() -> None:
         "http://worker-3/.worker/clients": Failure(ConnectionRefusedError()),
         "http://worker-4/.worker/clients": Response(500, b"oops"),
         "http://worker-5/.worker/clients": Response(200, b"not json"),
+        "http://worker-6/.worker/clients": Response(200, b'{"clients": [1, 2]}'),
     })  # worker 2 never answers
     api = ApiResource(box.admission, box.sampler, token=None,
-                      siblings=Siblings(agent, clock, 1, 5))
+                      siblings=Siblings(agent, clock, 1, 6))
     request = get(api, "clients")
     assert not request.finished
     clock.advance(GATHER_TIMEOUT_S)
     answer = json_of(request)
-    assert answer["workers"] == {"count": 5, "answered": [1], "missing": [2, 3, 4, 5]}
-    assert header(request, MISSING_HEADER) == b"2,3,4,5"
+    assert answer["workers"] == {"count": 6, "answered": [1], "missing": [2, 3, 4, 5, 6]}
+    assert header(request, MISSING_HEADER) == b"2,3,4,5,6"
     assert {c["worker"] for c in answer["clients"]} == {1}
     assert len(answer["clients"]) == len(box.admission.clients)
 
@@ -117,19 +118,20 @@ def test_metrics_label_every_sample_with_its_worker_and_count_the_workers_up() -
     other = Metrics(box.registry)  # a sibling's exposition: same families
     agent = FakeAgent({
         "http://worker-1/.worker/metrics": Response(200, other.render()[0]),
+        "http://worker-4/.worker/metrics": Response(200, b"rtmpd_streams{{{ 1\n"),
     })
     clock = Clock()
-    page = MetricsResource(box.metrics, token=None, siblings=Siblings(agent, clock, 2, 3))
+    page = MetricsResource(box.metrics, token=None, siblings=Siblings(agent, clock, 2, 4))
     request = get(page, "")
-    clock.advance(GATHER_TIMEOUT_S)  # worker 3 never answers
-    assert header(request, MISSING_HEADER) == b"3"
+    clock.advance(GATHER_TIMEOUT_S)  # worker 3 never answers, 4's answer is unusable
+    assert header(request, MISSING_HEADER) == b"3,4"
     families = {f.name: f for f in text_string_to_metric_families(
         b"".join(request.written).decode())}
     assert {s.labels["worker"] for s in families["rtmpd_streams"].samples} == {"1", "2"}
     for name, family in families.items():
         if not name.startswith("rtmpd_workers"):
             assert all(s.labels.get("worker") in ("1", "2") for s in family.samples), name
-    assert families["rtmpd_workers"].samples[0].value == 3
+    assert families["rtmpd_workers"].samples[0].value == 4
     assert families["rtmpd_workers_up"].samples[0].value == 2
 
 
