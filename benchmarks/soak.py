@@ -289,6 +289,17 @@ def fit(samples: list[Sample], warmup_s: float) -> dict[str, float | bool | int]
     se = sd / math.sqrt(sxx)
     span_h = pts[-1][0] - pts[0][0]
     growth = slope * span_h
+    # The same line through the second half alone: a leak grows in both halves,
+    # memory still settling (allocator arenas reaching their high-water mark)
+    # only in the first.
+    late = pts[n // 2 :]
+    lx = sum(x for x, _ in late) / len(late)
+    ly = sum(y for _, y in late) / len(late)
+    lxx = sum((x - lx) ** 2 for x, _ in late)
+    late_slope = sum((x - lx) * (y - ly) for x, y in late) / lxx if lxx else 0.0
+    late_sd = math.sqrt(
+        sum((y - ly - late_slope * (x - lx)) ** 2 for x, y in late) / max(1, len(late) - 2)
+    )
     return {
         "samples": n, "span_min": round(span_h * 60, 1),
         "slope_mib_per_h": round(slope, 2), "slope_se_mib_per_h": round(se, 2),
@@ -296,6 +307,8 @@ def fit(samples: list[Sample], warmup_s: float) -> dict[str, float | bool | int]
         "rss_mib_min": round(min(y for _, y in pts), 1),
         "rss_mib_max": round(max(y for _, y in pts), 1),
         "flat": growth <= max(3 * se * span_h, 2 * sd, MIN_GROWTH_MIB),
+        "late_half_slope_mib_per_h": round(late_slope, 2),
+        "late_half_slope_se_mib_per_h": round(late_sd / math.sqrt(lxx), 2) if lxx else None,
     }  # fmt: skip
 
 
@@ -648,7 +661,8 @@ def write_markdown(r: dict, path: str, png: bool) -> None:
         f"* trend after warm-up ({t.get('samples')} samples over {t.get('span_min')} min): "
         f"{t.get('slope_mib_per_h')} ± {t.get('slope_se_mib_per_h')} MiB/h, predicted growth "
         f"{t.get('growth_mib')} MiB, spread around the line {t.get('resid_sd_mib')} MiB: "
-        f"**{'flat' if t.get('flat') else 'GROWING'}**",
+        f"**{'flat' if t.get('flat') else 'GROWING'}**; over its second half alone "
+        f"{t.get('late_half_slope_mib_per_h')} ± {t.get('late_half_slope_se_mib_per_h')} MiB/h",
         f"* CPU after warm-up: rtmpd {r['server_cpu_pct_mean']} % of a core; publisher + loadgens "
         f"{r['others_cpu_pct_mean']} %",
         f"* tracebacks/unhandled errors in the log: {r['exceptions_in_log']}",
