@@ -327,3 +327,14 @@ def test_corrupted_golden_metadata_gives_samples_or_remote_protocol_error(
         start, end = ranges[pos % len(ranges)]
         data[start + pos % (end - start)] = value
     _try_demux(bytes(data))
+
+
+@pytest.mark.parametrize("seed", ["slow-trun-zero-size-1", "slow-trun-zero-size-2"])
+def test_trun_of_zero_byte_samples_is_refused_before_it_is_expanded(seed: str) -> None:
+    # Found by `make fuzz TARGET=mp4_demux`: 2-5 KB whose trun declared
+    # millions of samples taking 0-byte default sizes, each appended one by
+    # one (1.7-3.3 s of CPU per file) before anything else was checked.
+    corpus = Path(__file__).parent.parent / "fuzz" / "corpus" / "mp4_demux"
+    with pytest.raises(RemoteProtocolError, match="samples of 0 bytes"):
+        _demux((corpus / seed).read_bytes())
+

@@ -568,6 +568,14 @@ class Mp4Demuxer:
                 tflags & (_TRUN_DURATION | _TRUN_SIZE | _TRUN_FLAGS | _TRUN_CTS)
             ).count("1")
             r.need(per_sample * count)
+            if not tflags & _TRUN_SIZE and count:
+                # Sizes from the defaults: checked as one run here, so a few
+                # bytes of trun cannot stand for millions of samples.
+                if default_size == 0:
+                    raise RemoteProtocolError(
+                        f"track {tid}: trun of {count} samples of 0 bytes"
+                    )
+                self._check_range(tid, offset, default_size * count)
             self._add_samples(count)
             for i in range(count):
                 duration = r.u32() if tflags & _TRUN_DURATION else default_duration
