@@ -16,7 +16,9 @@ WebSocket close code). In between, in this order:
    which makes it live or says why not;
 4. the stream is looked up again (it may have started or ended while an
    authorizer was thinking), a name held by another publisher is refused or,
-   with takeover, taken over;
+   with takeover, taken over; a holder whose reads were paused
+   (:class:`IPacedSource`) is woken first and the name judged again after
+   :data:`HOLDER_WAKE_S`, so a publisher already gone frees it at once;
 5. the publisher or viewer starts, and the listeners hear of it (done hooks,
    metrics).
 
@@ -40,7 +42,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rtmpd.errors import InvalidStreamName, RtmpdError
-from rtmpd.interfaces import IAdmissionListener, IAuthorizer, IMediaSource, IStreamOrigin
+from rtmpd.interfaces import (
+    IAdmissionListener,
+    IAuthorizer,
+    IMediaSource,
+    IPacedSource,
+    IStreamOrigin,
+)
 from rtmpd.media import Frame
 from rtmpd.registry import Stream, StreamRegistry, validate_name
 
@@ -97,6 +105,12 @@ class Decision:
 
 #: The answer of an authorizer that lets a request through.
 ALLOW = Decision(True)
+
+
+#: How long a publish waits, s, after waking a paused holder of its name
+#: before judging it busy again: a gone holder's last data, then its EOF or
+#: reset, take a reactor turn each; far below a client's patience.
+HOLDER_WAKE_S = 0.05
 
 
 def deny(message: str, refusal: Refusal = Refusal.FORBIDDEN) -> Decision:
@@ -407,13 +421,19 @@ class Admission:
         client left meanwhile: nothing starts (``GONE``). An ``internal``
         publisher (a gateway's upstream, which the server opened itself) is
         not asked for credentials; names, limits and listeners apply."""
+        d: defer.Deferred[Any] = defer.succeed(())
         try:
             self._check_names(request)
             self._check_publish(request)
         except AdmissionRefused as e:
-            return self.refuse(request, e)
-        d: defer.Deferred[Any] = defer.succeed(()) if internal else self._authorize(request)
-        d.addCallback(lambda forward: self._start_publish(request, source, alive, forward))
+            if e.refusal is not Refusal.BUSY or not self._wake_holder(request):
+                return self.refuse(request, e)
+            d = self._after_wake()
+            d.addCallback(lambda _: self._check_publish(request))
+        if not internal:
+            d.addCallback(lambda _: self._authorize(request))
+        d.addCallback(lambda forward: self._start_publish(
+            request, source, alive, forward or ()))
         d.addErrback(self._refusal_errback, request)
         return d
 
@@ -431,6 +451,22 @@ class Admission:
                 f"{len(registry.streams)} streams are live, the limit (--max-streams) is "
                 f"{self.limits.max_streams}",
             )
+
+    def _wake_holder(self, request: AdmissionRequest) -> bool:
+        """Wake the name's publisher if its reads are paused: it may have
+        left without the reactor seeing it yet. Whether it was paused."""
+        holder = self.publishers.get((request.app, request.stream))
+        if holder is None or holder.ended or not IPacedSource.providedBy(holder.source):
+            return False
+        return IPacedSource(holder.source).wake_reading()
+
+    def _after_wake(self) -> defer.Deferred[None]:
+        """Fires :data:`HOLDER_WAKE_S` after the next reactor turn (a call
+        made from a delayed call waits for one poll of the sockets at least),
+        when a woken holder that is gone has been read to its end."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self.clock.callLater(0, self.clock.callLater, HOLDER_WAKE_S, d.callback, None)
+        return d
 
     def _gone(self, request: AdmissionRequest) -> bool:
         """Whether the request's connection has closed (meanwhile)."""

@@ -29,6 +29,16 @@ class IMediaSource(Interface):
         """Stop feeding the stream and close the ingest connection."""
 
 
+class IPacedSource(IMediaSource):
+    """A publisher whose socket may be left unread for a while (batched
+    reads, :mod:`rtmpd.protocols.readpacing`): while it is, its close is not
+    seen, so admission wakes it before refusing its name to another."""
+
+    def wake_reading() -> bool:
+        """Read at once again, so that a peer already gone is noticed within
+        a reactor turn or two. Returns whether reading was paused."""
+
+
 class IStreamOrigin(Interface):
     """Where a played stream that is not live here comes from: a gateway's
     upstream (later, a worker's relay). Admission asks it after the

@@ -19,6 +19,11 @@ so the sender's window never closes: 100 ms up to ~5 Mbit/s, 26 ms at 20.
 
 Publishers only, and only while nobody watches the stream live (the RTMP
 protocol decides): recorders do not see a pause, viewers would.
+
+While reading is paused the reactor does not see the socket close either, so
+a publisher that died holds its name until the pause ends. :meth:`ReadPacer.wake`
+reads at once again, for one interval, so that a publish of the same name can
+learn whether the holder is still there (admission asks it before refusing).
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ BATCH_BYTES = FULL_READ_BYTES
 class ReadPacer:
     """Pauses ``transport`` for up to ``interval_ms`` after each short read."""
 
-    __slots__ = ("_batch_bytes", "_call", "_clock", "_max_s", "_since", "_transport")
+    __slots__ = (
+        "_awake_until", "_batch_bytes", "_call", "_clock", "_max_s", "_since", "_transport",
+    )
 
     def __init__(self, transport: IPushProducer, clock: IReactorTime, interval_ms: float) -> None:
         if not 0 < interval_ms <= MAX_INTERVAL_MS:
@@ -52,6 +59,8 @@ class ReadPacer:
         #: Bytes read since the last pause began, and when it began.
         self._batch_bytes = 0
         self._since = clock.seconds()
+        #: Until when (clock seconds) reads are not paused, after a wake().
+        self._awake_until = 0.0
 
     @property
     def paused(self) -> bool:
@@ -66,6 +75,8 @@ class ReadPacer:
         if size >= FULL_READ_BYTES:
             return
         now = self._clock.seconds()
+        if now < self._awake_until:
+            return
         pause_s = self._max_s
         elapsed = now - self._since
         if elapsed > 0 and self._batch_bytes * pause_s > BATCH_BYTES * elapsed:
@@ -74,6 +85,18 @@ class ReadPacer:
         self._since = now
         self._transport.pauseProducing()
         self._call = self._clock.callLater(pause_s, self._resume)
+
+    def wake(self) -> bool:
+        """Read at once, and without pausing for one interval: whatever the
+        socket holds (data, EOF or a reset) reaches the reactor within a turn
+        or two. Returns whether reading was paused."""
+        self._awake_until = self._clock.seconds() + self._max_s
+        if self._call is None:
+            return False
+        if self._call.active():
+            self._call.cancel()
+        self._resume()
+        return True
 
     def _resume(self) -> None:
         self._call = None

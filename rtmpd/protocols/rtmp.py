@@ -35,7 +35,7 @@ from rtmpd.codec.rtmp.connection import (
 )
 from rtmpd.errors import InvalidStreamName
 from rtmpd.fanout import ViewerOutput, unread_output_excess
-from rtmpd.interfaces import IMediaSource
+from rtmpd.interfaces import IPacedSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.protocols import host_and_port, say_what_is_left_out, set_no_delay
 from rtmpd.protocols.readpacing import ReadPacer
@@ -259,7 +259,7 @@ _PLAY_REFUSALS: dict[Refusal, tuple[str, bool]] = {
 }
 
 
-@implementer(IMediaSource)
+@implementer(IPacedSource)
 class RtmpServerProtocol(protocol.Protocol):
     """One RTMP connection: a publisher, a viewer, or (rarely) several of each
     on separate message streams."""
@@ -352,6 +352,11 @@ class RtmpServerProtocol(protocol.Protocol):
         self._drain()
         if self._pacer is not None and self.publishing and not self._watched_live():
             self._pacer.after_read(len(data))
+
+    def wake_reading(self) -> bool:
+        """See :class:`IPacedSource`: a publish of a name this connection
+        holds asks whether it is still there."""
+        return self._pacer is not None and self._pacer.wake()
 
     def _watched_live(self) -> bool:
         """Whether a stream this connection publishes has viewers (forwards and

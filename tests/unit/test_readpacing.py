@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
-from rtmpd.admission import Admission
+from rtmpd.admission import HOLDER_WAKE_S, Admission
 from rtmpd.protocols.readpacing import BATCH_BYTES, FULL_READ_BYTES, MAX_INTERVAL_MS, ReadPacer
 from rtmpd.protocols.rtmp import RtmpServerFactory
 from rtmpd.registry import StreamConfig, StreamRegistry
@@ -62,6 +62,84 @@ def test_stop_cancels_the_pending_resume() -> None:
     pacer.after_read(10)
     pacer.stop()
     assert clock.getDelayedCalls() == []
+
+
+def test_wake_reads_at_once_and_without_pause_for_one_interval() -> None:
+    """A woken transport reads on: a gone peer's last data, then its EOF,
+    reach the reactor without waiting out another pause."""
+    clock = Clock()
+    transport = StringTransport()
+    pacer = ReadPacer(transport, clock, 40)
+    assert not pacer.wake()  # not paused: nothing to do
+    clock.advance(0.04)
+    pacer.after_read(500)
+    assert pacer.wake()
+    assert transport.producerState == "producing"
+    assert clock.getDelayedCalls() == []
+    pacer.after_read(500)
+    assert transport.producerState == "producing"
+    clock.advance(0.04)
+    pacer.after_read(500)  # the interval is over: batched again
+    assert transport.producerState == "paused"
+
+
+def _paced_publisher(factory: RtmpServerFactory) -> Peer:
+    publisher = Peer(factory)
+    sid = publisher.open_stream()
+    publisher.client.publish(sid, "cam")
+    publisher.pump()
+    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), (40, INTER)):
+        publisher.client.send_media(sid, 9, ts, body)
+    publisher.pump()
+    assert publisher.transport.producerState == "paused"
+    return publisher
+
+
+def test_publish_of_a_name_held_by_a_paused_publisher_that_left_starts() -> None:
+    """While its reads are paused a dead publisher's EOF is not seen: a
+    publish of its name wakes it, and once the reactor has read the close the
+    name is free, for this very publish (no BadName to retry)."""
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=100))
+    factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
+    first = _paced_publisher(factory)
+    second = Peer(factory)
+    sid = second.open_stream()
+    second.client.publish(sid, "cam")
+    second.pump()
+    assert second.statuses() == []  # not judged yet
+    assert first.transport.producerState == "producing"  # woken
+    first.server.connectionLost()  # what the reactor reads once woken: the EOF
+    clock.advance(0)
+    clock.advance(HOLDER_WAKE_S)
+    second.pump()
+    assert second.statuses() == ["NetStream.Publish.Start"]
+    stream = registry.get("live", "cam")
+    assert stream is not None and stream.source is second.server
+
+
+def test_publish_of_a_name_held_by_a_paused_publisher_still_there_is_busy() -> None:
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=100))
+    factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
+    first = _paced_publisher(factory)
+    second = Peer(factory)
+    sid = second.open_stream()
+    second.client.publish(sid, "cam")
+    second.pump()
+    assert first.transport.producerState == "producing"
+    clock.advance(0)
+    clock.advance(HOLDER_WAKE_S)
+    second.pump()
+    assert second.statuses() == ["NetStream.Publish.BadName"]
+    stream = registry.get("live", "cam")
+    assert stream is not None and stream.source is first.server
+    # Reading at once (not paused): a third publish is judged busy at once.
+    third = Peer(factory)
+    tsid = third.open_stream()
+    third.client.publish(tsid, "cam")
+    third.pump()
+    assert third.statuses() == ["NetStream.Publish.BadName"]
 
 
 @pytest.mark.parametrize("interval_ms", [0, -1, MAX_INTERVAL_MS + 1])
