@@ -210,6 +210,13 @@ def answers_http(port: int) -> bool:
     return True
 
 
+#: How long make run may take to end after Ctrl-C, s. An idle twistd stops in
+#: ~20 ms; this bound is for a CI machine loaded by a soak and fuzzers, where
+#: the last failure saw no line at all from twistd within 120 s. A real hang
+#: is still reported, with twistd's stacks.
+CTRL_C_STOP_S = 240
+
+
 def test_make_run_stopped_with_ctrl_c_stops_cleanly(
     checkout: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -220,6 +227,7 @@ def test_make_run_stopped_with_ctrl_c_stops_cleanly(
     args = f"ARGS=--rtmp {rtmp} --http {http} --web {web} --root {tmp_path}/media"
     web_port = int(web.split(":")[1])
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL")}
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps twistd's stacks: a hang says where
     pid, fd = pty.fork()
     if pid == 0:  # the child: make in the foreground of the new terminal
         os.chdir(directory)
@@ -234,15 +242,19 @@ def test_make_run_stopped_with_ctrl_c_stops_cleanly(
         else:
             raise AssertionError(seen.decode(errors="replace"))
         os.write(fd, b"\x03")
-        read_until(fd, b"\0never", seen, 60)  # everything until make is gone
-        for _ in range(120):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
+        deadline = time.monotonic() + CTRL_C_STOP_S
+        read_until(fd, b"\0never", seen, CTRL_C_STOP_S)  # everything until make is gone
+        while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
             time.sleep(0.5)
-        else:
-            raise AssertionError("make run still running after Ctrl-C: "
-                                 + seen.decode(errors="replace"))
+        status = done[1]
+        if not done[0]:
+            load = os.getloadavg()
+            os.killpg(pid, signal.SIGABRT)  # twistd's faulthandler prints every thread's stack
+            read_until(fd, b"\0never", seen, 10)
+            raise AssertionError(
+                f"make run still running {CTRL_C_STOP_S} s after Ctrl-C (load average "
+                f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; the stacks at SIGABRT at the end): "
+                + seen.decode(errors="replace"))
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # make leads the terminal's session
