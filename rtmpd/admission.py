@@ -207,11 +207,15 @@ class Publisher:
     def __init__(
         self, admission: Admission, request: AdmissionRequest, stream: Stream,
         source: IMediaSource, forward_urls: tuple[str, ...] = (),
+        *, yields: bool = False,
     ) -> None:
         self.admission = admission
         self.request = request
         self.stream = stream
         self.source = source
+        #: A relay of a stream found in a directory (a worker's copy of a
+        #: sibling's publish): a publish the authorizers admit here ends it.
+        self.yields = yields
         #: Where the authorizers asked this publish to be forwarded as well.
         self.forward_urls = forward_urls
         self.ended = False
@@ -414,34 +418,41 @@ class Admission:
         *,
         alive: Callable[[], bool] | None = None,
         internal: bool = False,
+        yields: bool = False,
     ) -> defer.Deferred[Publisher]:
         """Admit a publisher. The Deferred fires with its :class:`Publisher`
         (synchronously when no authorizer answers later) or fails with
         AdmissionRefused. ``alive()`` false when the decision comes means the
         client left meanwhile: nothing starts (``GONE``). An ``internal``
         publisher (a gateway's upstream, which the server opened itself) is
-        not asked for credentials; names, limits and listeners apply."""
+        not asked for credentials; names, limits and listeners apply.
+        ``yields``: an internal publisher that relays a stream found in a
+        directory (a worker's relay of a sibling's publish, which the box's
+        directory decides): a publish of its name is not refused busy here
+        but asked of the authorizers, and if they admit it (the sibling's
+        publish is over, its relay here not yet) the relay ends and the
+        publish starts."""
         d: defer.Deferred[Any] = defer.succeed(())
         try:
             self._check_names(request)
-            self._check_publish(request)
+            self._check_publish(request, internal=internal)
         except AdmissionRefused as e:
             if e.refusal is not Refusal.BUSY or not self._wake_holder(request):
                 return self.refuse(request, e)
             d = self._after_wake()
-            d.addCallback(lambda _: self._check_publish(request))
+            d.addCallback(lambda _: self._check_publish(request, internal=internal))
         if not internal:
             d.addCallback(lambda _: self._authorize(request))
         d.addCallback(lambda forward: self._start_publish(
-            request, source, alive, forward or ()))
+            request, source, alive, forward or (), internal=internal, yields=yields))
         d.addErrback(self._refusal_errback, request)
         return d
 
-    def _check_publish(self, request: AdmissionRequest) -> None:
+    def _check_publish(self, request: AdmissionRequest, *, internal: bool) -> None:
         key = (request.app, request.stream)
         registry = self.registry
         if key in registry.streams:
-            if not self.takeover:
+            if not self.takeover and (internal or not self._held_by_relay(key)):
                 raise AdmissionRefused(
                     Refusal.BUSY, f"stream {request.path} already has a publisher"
                 )
@@ -451,6 +462,11 @@ class Admission:
                 f"{len(registry.streams)} streams are live, the limit (--max-streams) is "
                 f"{self.limits.max_streams}",
             )
+
+    def _held_by_relay(self, key: tuple[str, str]) -> bool:
+        """Whether ``key``'s stream here is a relay that a publish replaces."""
+        holder = self.publishers.get(key)
+        return holder is not None and holder.yields and not holder.ended
 
     def _wake_holder(self, request: AdmissionRequest) -> bool:
         """Wake the name's publisher if its reads are paused: it may have
@@ -475,12 +491,22 @@ class Admission:
     def _start_publish(
         self, request: AdmissionRequest, source: IMediaSource,
         alive: Callable[[], bool] | None, forward_urls: tuple[str, ...] = (),
+        *, internal: bool = False, yields: bool = False,
     ) -> Publisher:
         if self._gone(request) or (alive is not None and not alive()):
             raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
-        self._check_publish(request)
+        self._check_publish(request, internal=internal)
         key = (request.app, request.stream)
         old = self.publishers.get(key)
+        if old is not None and not internal and not self.takeover and self._held_by_relay(key):
+            # The authorizers gave the name to this publish: the relay's
+            # source is over (a killed worker, whose names the box freed at
+            # once), though the relay has not seen it yet. Its viewers are
+            # told the stream ended, as they would be a moment later.
+            reason = "replaced by a publisher here (its upstream no longer has the name)"
+            old.end(reason)
+            old.source.stop_publishing(reason)
+            old = None
         if old is not None and old.stream.live:
             # Takeover: the stream goes on with its viewers, recorders, GOP
             # cache and timestamps (rebased if the new encoder starts at 0),
@@ -495,7 +521,7 @@ class Admission:
         else:
             stream = self.registry.publish(request.app, request.stream, source)
             old = None
-        publisher = Publisher(self, request, stream, source, forward_urls)
+        publisher = Publisher(self, request, stream, source, forward_urls, yields=yields)
         self.publishers[key] = publisher
         if old is not None:
             # Last: whatever the old connection does as it closes, the name

@@ -290,7 +290,7 @@ class PulledStream:
             action=Action.PUBLISH, app=self.app, stream=self.name, query="",
             peer_host=self.host, peer_port=self.port, protocol="upstream", client_id=0,
         )
-        d = upstream.admission.publish(request, self, internal=True)
+        d = upstream.admission.publish(request, self, internal=True, yields=self.located)
         d.addCallbacks(self._live, self._not_live, callbackArgs=(pending,))
 
     def _live(self, publisher: Publisher, frames: list[Frame]) -> None:

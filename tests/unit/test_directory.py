@@ -519,3 +519,55 @@ def test_a_reconnect_while_the_directory_does_not_answer_tries_the_same_origin()
     reactor.advance(60)
     assert len(reactor.tcpClients) == connects + 1
     assert pulled.url == b"http://10.0.0.2:8501/live/cam.flv" and viewer.ended == []
+
+
+def make_relaying_worker(box: MemoryDirectory) -> tuple[Upstream, Admission, MemoryReactorClock]:
+    """Worker 2 of a box: the box's directory decides its publishes (an
+    authorizer) and locates its relays of worker 1's streams."""
+    upstream, admission, reactor = make_gateway(box, location="http://worker-2")
+    DirectoryClaims(admission, box, "http://worker-2", reactor).startService()
+    return upstream, admission, reactor
+
+
+def test_a_publish_whose_name_the_box_freed_replaces_the_relay_still_pulling_it() -> None:
+    """Worker 1 killed: the box frees its names at once, but worker 2's
+    relay of its stream is still waiting to reconnect. An encoder
+    reconnecting to worker 2 goes live there (not busy); the relay ends and
+    its viewers are told so."""
+    box = MemoryDirectory()
+    outcome(box.claim("live", "cam", "http://worker-1"))
+    upstream, admission, _ = make_relaying_worker(box)
+    pulled, viewer = go_live(upstream, admission)
+    pulled.pull_ended("the upstream closed the connection")  # worker 1 killed
+    outcome(box.release("live", "cam", "http://worker-1"))  # the box frees its names
+    source = Source()
+    publisher = outcome(admission.publish(publish_request(), source))
+    assert admission.registry.streams[("live", "cam")] is publisher.stream
+    assert holder(box) == "http://worker-2" and upstream.pulls == {}
+    assert pulled.state == "stopped" and viewer.ended and source.stopped == []
+
+
+def test_a_publish_of_a_name_a_sibling_holds_leaves_its_relay_alone() -> None:
+    """Worker 1's publisher is live: a second publisher reaching worker 2,
+    where a relay of it plays, is busy (the box's directory), and the relay
+    goes on."""
+    box = MemoryDirectory()
+    outcome(box.claim("live", "cam", "http://worker-1"))
+    upstream, admission, _ = make_relaying_worker(box)
+    pulled, viewer = go_live(upstream, admission)
+    assert refusal_of(admission.publish(publish_request(), Source())) is Refusal.BUSY
+    assert holder(box) == "http://worker-1" and viewer.ended == []
+    assert admission.registry.streams[("live", "cam")] is pulled.stream
+    assert pulled.state == "streaming"
+
+
+def test_a_pulled_stream_without_a_directory_stays_busy_for_publishers() -> None:
+    """A --pull stream (its URL its own, not a directory's) is not a relay:
+    a publisher of its name is refused busy, the authorizers not asked."""
+    reactor = MemoryReactorClock()
+    admission = Admission(StreamRegistry(reactor, StreamConfig(merge_ms=0)),
+                          publisher_timeout_s=30)
+    upstream = Upstream(admission, Agent(reactor), "http://10.0.0.2:8501", reactor)
+    pulled, viewer = go_live(upstream, admission)
+    assert refusal_of(admission.publish(publish_request(), Source())) is Refusal.BUSY
+    assert viewer.ended == [] and pulled.state == "streaming"
