@@ -12,13 +12,17 @@ unclaimed (a warning) and are claimed once it is back, gateways answer 502.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,6 +167,18 @@ def wait_until(check: object, what: str, deadline_s: float = WAIT_S) -> float:
             return time.monotonic() - start
         time.sleep(0.1)
     raise AssertionError(f"{what} did not happen within {deadline_s:g} s")
+
+
+def box_publishes(origin: Server, name: str) -> list[dict[str, Any]]:
+    """The publishes (not relays) of ``live/name`` that the box's
+    ``/api/streams`` lists, whichever worker answers."""
+    try:
+        with urllib.request.urlopen(origin.web_url("api/streams"), timeout=WAIT_S) as response:
+            answer = json.load(response)
+    except (urllib.error.URLError, OSError):
+        return []
+    return [s for s in answer["streams"]
+            if (s["app"], s["name"]) == ("live", name) and s["upstream"] is None]
 
 
 def watch(url: str, out: Path) -> subprocess.Popen[str]:
@@ -353,9 +369,14 @@ def test_an_origin_with_workers_claims_its_one_location_and_any_worker_serves_it
         origin.children[0].wait(timeout=WAIT_S)
         assert redis.get("box") == location
         # A republish (whichever worker it reaches) is this box's again.
+        # (Waited for as a publish in the box's /api, not by HEAD: the other
+        # worker's relay of the dead worker's stream answers HEAD until it
+        # sees its upstream gone, and Redis still has the old claim. Nor by
+        # its log line, which reaches the parent's log late.)
         origin.children.clear()
-        origin.publish(clip, "box")
-        origin.wait_live("box")
+        republish = origin.publish(clip, "box")
+        wait_until(lambda: box_publishes(origin, "box"), "the republish going live")
+        assert republish.poll() is None
         wait_until(lambda: int(redis.cli("PTTL", "rtmpd:stream:live/box")) > (TTL_S - 1) * 1000,
                    "the republish renewing the claim")
         assert redis.get("box") == location
