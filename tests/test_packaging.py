@@ -231,6 +231,10 @@ def test_make_run_stopped_with_ctrl_c_stops_cleanly(
     pid, fd = pty.fork()
     if pid == 0:  # the child: make in the foreground of the new terminal
         os.chdir(directory)
+        # As from an interactive shell: a suite started in the background
+        # (`./.ci/run &`) inherits SIGINT ignored, which exec keeps, and
+        # Python then installs no handler for it, nor Twisted.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execvpe("make", ["make", "run", args], env)
     seen = bytearray()
     try:
