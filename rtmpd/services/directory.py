@@ -85,9 +85,11 @@ class DirectoryClaims(service.Service):
         self, admission: Admission, directory: IStreamDirectory, location: str,
         clock: IReactorTime, *, refresh_s: float = REFRESH_S,
         release_timeout_s: float = RELEASE_TIMEOUT_S, shared: bool = False,
+        elsewhere: str = "on another server",
     ) -> None:
         """``shared``: other processes (the workers of this box) claim at
-        this same ``location`` too."""
+        this same ``location`` too. ``elsewhere`` says, in a refusal, where
+        the holder is (the box's own directory: on another worker)."""
         self.admission = admission
         self.directory = directory
         self.location = location
@@ -95,6 +97,7 @@ class DirectoryClaims(service.Service):
         self.refresh_s = refresh_s
         self.release_timeout_s = release_timeout_s
         self.shared = shared
+        self.elsewhere = elsewhere
         #: Names of streams live here, published through admission.
         self.held: set[Key] = set()
         #: Publishes allowed here and not started or refused yet.
@@ -124,7 +127,7 @@ class DirectoryClaims(service.Service):
 
     def _claimed(self, mine: object, request: AdmissionRequest) -> Decision:
         if not mine:
-            return deny(f"stream {request.path} already has a publisher on another server "
+            return deny(f"stream {request.path} already has a publisher {self.elsewhere} "
                         "(stream directory)", Refusal.BUSY)
         self._pending[request] += 1
         return ALLOW

@@ -913,7 +913,8 @@ def makeService(
         from rtmpd.workerdirectory import worker_location
 
         claims = DirectoryClaims(admission, top.getServiceNamed("parent-link").directory,
-                                 worker_location(worker[0]), reactor)
+                                 worker_location(worker[0]), reactor,
+                                 elsewhere="on another worker of this server")
         claims.setName("box-directory-claims")  # beside --directory's
         claims.setServiceParent(top)
     twins = "".join(

@@ -173,6 +173,27 @@ def test_a_name_held_by_another_server_is_busy_like_a_name_busy_here() -> None:
     assert holder(directory) == THERE
 
 
+def refusal_message(d: defer.Deferred[Any]) -> str:
+    with pytest.raises(AdmissionRefused) as refused:
+        outcome(d)
+    return refused.value.message
+
+
+def test_a_refusal_says_where_the_holder_is() -> None:
+    directory = MemoryDirectory()
+    outcome(directory.claim("live", "cam", THERE))
+    _, admission, _, _ = make_origin(directory)
+    assert refusal_message(admission.publish(publish_request(), Source())) == (
+        "stream live/cam already has a publisher on another server (stream directory)")
+    redis, box = MemoryDirectory(), MemoryDirectory()
+    _, one = make_worker(redis, box, 1)
+    _, two = make_worker(redis, box, 2)
+    outcome(one.publish(publish_request(), Source()))
+    assert refusal_message(two.publish(publish_request(), Source())) == (
+        "stream live/cam already has a publisher on another worker of this server "
+        "(stream directory)")
+
+
 def test_a_name_busy_here_is_refused_before_the_directory_is_asked() -> None:
     directory = ControlledDirectory()
     _, admission, _, _ = make_origin(directory)
@@ -236,7 +257,8 @@ def make_worker(redis: Any, box: Any, index: int) -> tuple[DirectoryClaims, Admi
     admission = Admission(StreamRegistry(clock, StreamConfig(merge_ms=0)),
                           publisher_timeout_s=0)
     claims = DirectoryClaims(admission, redis, HERE, clock, shared=True)
-    DirectoryClaims(admission, box, f"http://worker-{index}", clock).startService()
+    DirectoryClaims(admission, box, f"http://worker-{index}", clock,
+                    elsewhere="on another worker of this server").startService()
     claims.startService()
     return claims, admission
 
