@@ -355,6 +355,39 @@ export function bindForm(form, values, play) {
   });
 }
 
+/** Sets up a page that plays one live stream named by app and stream: its
+ * form filled from the URL's query (``options(query)`` gives the page's own
+ * fields, e.g. an engine, or a ``url`` that is played instead of the names),
+ * the nav links and the live streams offered. On submit, or at once when the
+ * URL named something, the names are checked (a bad one is shown on
+ * ``status``), the page's options made safe by ``normalize``, everything
+ * written back to the URL (``toQuery`` gives the page's own query values),
+ * and ``run(session, chosen)`` started. */
+export function streamPage({ form, nav, status, start, run, options, toQuery, normalize = (c) => c }) {
+  const query = readQuery();
+  const values = {
+    app: query.app || DEFAULT_APP,
+    stream: query.stream || DEFAULT_STREAM,
+    ...options(query),
+  };
+  linkNav(nav, values.app, values.stream);
+  const play = (fields) => {
+    const problem = fields.url ? "" : badName(fields.app, fields.stream);
+    if (problem) {
+      start(() => status.set("error", problem));
+      return;
+    }
+    const chosen = normalize(fields);
+    writeQuery({ app: chosen.app, stream: chosen.stream, ...toQuery(chosen) });
+    linkNav(nav, chosen.app, chosen.stream);
+    start((session) => run(session, chosen));
+  };
+  offerLiveStreams(form);
+  // A submit plays the names in the form: a URL from the query is not kept.
+  bindForm(form, values, (fields) => play({ ...fields, url: "" }));
+  if (query.names) play(values);
+}
+
 /** Whether this page was loaded from a loopback address (as the server sees it). */
 function loopbackPage() {
   const host = location.hostname;

@@ -2,27 +2,20 @@
 // latency behind live on screen, and catching up when it grows.
 
 import {
-  DEFAULT_APP,
-  DEFAULT_STREAM,
   RETRY_MS,
   Session,
   Status,
-  badName,
-  bindForm,
   describe,
   flvUrl,
-  linkNav,
-  offerLiveStreams,
   loadConfig,
-  readQuery,
   resetVideo,
   seconds,
+  sessionRunner,
   showStats,
   startPlaying,
-  sessionRunner,
+  streamPage,
   waitUntilExists,
   watchVideo,
-  writeQuery,
 } from "./common.js";
 import { playFlv } from "./players.js";
 
@@ -136,28 +129,18 @@ function playOnce(parent, target, detail) {
 }
 
 function main() {
-  const query = readQuery();
-  const values = {
-    app: query.app || DEFAULT_APP,
-    stream: query.stream || DEFAULT_STREAM,
-    transport: query.params.get("transport") === "ws" ? "ws" : "http",
-    url: query.url,
-  };
-  linkNav(document.getElementById("nav"), values.app, values.stream);
-  const play = (chosen) => {
-    const problem = chosen.url ? "" : badName(chosen.app, chosen.stream);
-    if (problem) {
-      start(() => status.set("error", problem));
-      return;
-    }
-    writeQuery({ app: chosen.app, stream: chosen.stream, transport: chosen.transport,
-                 url: chosen.url });
-    linkNav(document.getElementById("nav"), chosen.app, chosen.stream);
-    start((session) => run(session, chosen));
-  };
-  offerLiveStreams(document.getElementById("form"));
-  bindForm(document.getElementById("form"), values, (fields) => play({ ...fields, url: "" }));
-  if (query.names) play(values);
+  streamPage({
+    form: document.getElementById("form"),
+    nav: document.getElementById("nav"),
+    status,
+    start,
+    run,
+    options: (query) => ({
+      transport: query.params.get("transport") === "ws" ? "ws" : "http",
+      url: query.url,
+    }),
+    toQuery: ({ transport, url }) => ({ transport, url }),
+  });
 }
 
 main();

@@ -2,26 +2,19 @@
 // Media Source Extensions and the browser's own HLS elsewhere (or on demand).
 
 import {
-  DEFAULT_APP,
-  DEFAULT_STREAM,
   RETRY_MS,
   Session,
   Status,
-  badName,
-  bindForm,
   describe,
-  linkNav,
-  offerLiveStreams,
-  readQuery,
   resetVideo,
   seconds,
   sessionRunner,
   showStats,
   startPlaying,
+  streamPage,
   waitUntilExists,
   watchVideo,
   webUrl,
-  writeQuery,
 } from "./common.js";
 import { playHls } from "./players.js";
 
@@ -103,32 +96,18 @@ function playOnce(parent, target, engine, name) {
 }
 
 function main() {
-  const query = readQuery();
-  const values = {
-    app: query.app || DEFAULT_APP,
-    stream: query.stream || DEFAULT_STREAM,
-    engine: query.params.get("engine") === "native" ? "native" : "auto",
-    url: query.url,
-  };
-  linkNav(document.getElementById("nav"), values.app, values.stream);
-  const play = (chosen) => {
-    const problem = chosen.url ? "" : badName(chosen.app, chosen.stream);
-    if (problem) {
-      start(() => status.set("error", problem));
-      return;
-    }
-    writeQuery({
-      app: chosen.app,
-      stream: chosen.stream,
-      engine: chosen.engine === "native" ? "native" : "",
-      url: chosen.url,
-    });
-    linkNav(document.getElementById("nav"), chosen.app, chosen.stream);
-    start((session) => run(session, chosen));
-  };
-  offerLiveStreams(document.getElementById("form"));
-  bindForm(document.getElementById("form"), values, (fields) => play({ ...fields, url: "" }));
-  if (query.names) play(values);
+  streamPage({
+    form: document.getElementById("form"),
+    nav: document.getElementById("nav"),
+    status,
+    start,
+    run,
+    options: (query) => ({
+      engine: query.params.get("engine") === "native" ? "native" : "auto",
+      url: query.url,
+    }),
+    toQuery: ({ engine, url }) => ({ engine: engine === "native" ? "native" : "", url }),
+  });
 }
 
 main();

@@ -10,24 +10,17 @@
 // source is ended and the video plays out to its end.
 
 import {
-  DEFAULT_APP,
-  DEFAULT_STREAM,
   RETRY_MS,
   Status,
-  badName,
-  bindForm,
   describe,
-  linkNav,
-  offerLiveStreams,
   loadConfig,
-  readQuery,
   seconds,
   sessionRunner,
   showStats,
   startPlaying,
+  streamPage,
   watchVideo,
   webUrl,
-  writeQuery,
 } from "./common.js";
 import { mimeOfTracks, tracksOfInit } from "./mp4box.js";
 
@@ -245,27 +238,18 @@ async function run(session, values) {
 }
 
 function main() {
-  const query = readQuery();
-  const values = {
-    app: query.app || DEFAULT_APP,
-    stream: query.stream || DEFAULT_STREAM,
-    layout: query.params.get("layout") === "separate" ? "separate" : "merge",
-  };
-  linkNav(document.getElementById("nav"), values.app, values.stream);
-  const play = (chosen) => {
-    const problem = badName(chosen.app, chosen.stream);
-    if (problem) {
-      start(() => status.set("error", problem));
-      return;
-    }
-    const layout = chosen.layout === "separate" ? "separate" : "merge";
-    writeQuery({ app: chosen.app, stream: chosen.stream, layout: layout === "merge" ? "" : layout });
-    linkNav(document.getElementById("nav"), chosen.app, chosen.stream);
-    start((session) => run(session, { ...chosen, layout }));
-  };
-  offerLiveStreams(document.getElementById("form"));
-  bindForm(document.getElementById("form"), values, play);
-  if (query.names) play(values);
+  const layoutOf = (value) => (value === "separate" ? "separate" : "merge");
+  streamPage({
+    form: document.getElementById("form"),
+    nav: document.getElementById("nav"),
+    status,
+    start,
+    run,
+    // Its layout is part of a path: only the two known ones.
+    options: (query) => ({ layout: layoutOf(query.params.get("layout")) }),
+    normalize: (chosen) => ({ ...chosen, layout: layoutOf(chosen.layout) }),
+    toQuery: ({ layout }) => ({ layout: layout === "merge" ? "" : layout }),
+  });
 }
 
 main();
