@@ -22,6 +22,7 @@ as far apart as the publisher sent them. Values wrap at 33 bits.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import dataclass
 
@@ -261,19 +262,27 @@ def encode_adaptation_field(
     return bytes(out)
 
 
-def _payload_only_headers(pid: int) -> tuple[bytes, ...]:
-    """The 16 headers of a full, payload-only, non-start packet on ``pid``
-    (one per continuity_counter value)."""
-    headers = _HEADER_CACHE.get(pid)
-    if headers is None:
-        headers = tuple(bytes((SYNC_BYTE, pid >> 8, pid & 0xFF, 0x10 | cc)) for cc in range(16))
-        _HEADER_CACHE[pid] = headers
-    return headers
+#: Full packets whose payloads one cached :class:`struct.Struct` cuts out of a
+#: PES at once: a struct per count up to this (65 of them, about 80 KB in all),
+#: and a PES of any size takes as many calls as it has 64-packet runs (11.8 KB).
+_PAYLOADS_PER_UNPACK = 64
+_PAYLOAD_STRUCTS = tuple(
+    struct.Struct(f"{_TS_PAYLOAD_SIZE}s" * n) for n in range(_PAYLOADS_PER_UNPACK + 1)
+)
+#: The last header byte of a payload-only packet (adaptation_field_control '01'
+#: and continuity_counter), for counters 0..15 twice: any 16 in a row are one slice.
+_CC_CYCLE = bytes(0x10 | (cc & 0x0F) for cc in range(32))
 
 
-#: PID -> its 16 payload-only packet headers. PIDs are 13 bits, so this is
-#: bounded by the PIDs a muxer uses (a handful).
-_HEADER_CACHE: dict[int, tuple[bytes, ...]] = {}
+def _full_payloads(data: bytes, pos: int, count: int) -> list[bytes]:
+    """``count`` consecutive 184-byte payloads of ``data`` from ``pos``."""
+    payloads: list[bytes] = []
+    while count:
+        n = min(count, _PAYLOADS_PER_UNPACK)
+        payloads += _PAYLOAD_STRUCTS[n].unpack_from(data, pos)
+        pos += n * _TS_PAYLOAD_SIZE
+        count -= n
+    return payloads
 
 
 def packetize(
@@ -291,11 +300,14 @@ def packetize(
     adaptation-field stuffing. ``counters`` maps PID to the last
     continuity_counter used and is updated.
 
-    This runs for every byte of recorded HLS, so the packets in the middle
-    (full payload, no adaptation field) are made from cached headers and
-    joined once.
+    This runs for every byte of recorded HLS, so it does no Python work per
+    packet: the payloads after the first packet are cut out 64 at a time by
+    a cached :class:`struct.Struct`, joined with one payload-only header
+    between them, and then every following header's continuity_counter (and
+    the last packet's adaptation_field_control) is written by one stepped
+    slice assignment.
     """
-    cc = counters.get(pid, 0x0F)
+    cc = (counters.get(pid, 0x0F) + 1) & 0x0F
     if pcr_27m is not None:
         room = _TS_PAYLOAD_SIZE - 8
     elif random_access:
@@ -304,37 +316,40 @@ def packetize(
         room = _TS_PAYLOAD_SIZE
     total = len(data)
     # First packet (payload_unit_start_indicator set).
-    chunk = data[:room]
-    pos = len(chunk)
-    cc = (cc + 1) & 0x0F
+    pos = min(room, total)
     af_size = _TS_PAYLOAD_SIZE - pos
-    parts: list[bytes | memoryview] = [
-        bytes((SYNC_BYTE, 0x40 | pid >> 8, pid & 0xFF, (0x30 if af_size else 0x10) | cc))
-    ]
     if af_size:
-        parts.append(
-            encode_adaptation_field(size=af_size, pcr_27m=pcr_27m, random_access=random_access)
+        first = (
+            bytes((SYNC_BYTE, 0x40 | pid >> 8, pid & 0xFF, 0x30 | cc))
+            + encode_adaptation_field(size=af_size, pcr_27m=pcr_27m, random_access=random_access)
+            + data[:pos]
         )
-    parts.append(chunk)
-    # Full packets in the middle.
-    headers = _payload_only_headers(pid)
-    full_end = pos + (total - pos) // _TS_PAYLOAD_SIZE * _TS_PAYLOAD_SIZE
-    view = memoryview(data)
-    append = parts.append
-    while pos < full_end:
-        cc = (cc + 1) & 0x0F
-        append(headers[cc])
-        append(view[pos : pos + _TS_PAYLOAD_SIZE])
-        pos += _TS_PAYLOAD_SIZE
-    # Last, partly filled packet, padded with adaptation-field stuffing.
-    if pos < total:
-        cc = (cc + 1) & 0x0F
-        chunk = data[pos:]
-        parts.append(bytes((SYNC_BYTE, pid >> 8, pid & 0xFF, 0x30 | cc)))
-        parts.append(encode_adaptation_field(size=_TS_PAYLOAD_SIZE - len(chunk)))
-        parts.append(chunk)
-    counters[pid] = cc
-    return b"".join(parts)
+    else:
+        first = bytes((SYNC_BYTE, 0x40 | pid >> 8, pid & 0xFF, 0x10 | cc)) + data[:pos]
+    if pos == total:
+        counters[pid] = cc
+        return first
+    # Full packets in the middle, then the last, partly filled one padded
+    # with adaptation-field stuffing.
+    full = (total - pos) // _TS_PAYLOAD_SIZE
+    full_end = pos + full * _TS_PAYLOAD_SIZE
+    parts = [first]
+    parts += _full_payloads(data, pos, full)
+    following = full
+    if full_end < total:
+        rest = data[full_end:]
+        parts.append(encode_adaptation_field(size=_TS_PAYLOAD_SIZE - len(rest)) + rest)
+        following += 1
+    out = bytearray(bytes((SYNC_BYTE, pid >> 8, pid & 0xFF, 0x10)).join(parts))
+    # Byte 3 of each following packet: continuity counters cc+1, cc+2, ...
+    start = (cc + 1) & 0x0F
+    counter_bytes = bytearray(_CC_CYCLE[start : start + 16] * (following // 16 + 1))
+    del counter_bytes[following:]
+    if full_end < total:
+        counter_bytes[-1] |= 0x20  # adaptation_field_control '11': stuffing, then payload
+    out[TS_PACKET_SIZE + 3 :: TS_PACKET_SIZE] = counter_bytes
+    counters[pid] = (cc + following) & 0x0F
+    return bytes(out)
 
 
 # --------------------------------------------------------------------------- muxer

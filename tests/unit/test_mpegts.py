@@ -180,6 +180,60 @@ def test_packetize_fills_packets_exactly(size: int, pcr: int | None) -> None:
     assert rebuilt == data
 
 
+def _packets_one_by_one(
+    pid: int, data: bytes, cc: int, pcr_27m: int | None, random_access: bool
+) -> bytes:
+    """TS packets of ``data`` built one at a time, as 13818-1 2.4.3.2 reads:
+    the reference for :func:`mpegts.packetize`, which builds them all at once."""
+    out = b""
+    pos = 0
+    first = True
+    while first or pos < len(data):
+        cc = (cc + 1) & 0x0F
+        need = 0
+        if first and pcr_27m is not None:
+            need = 8
+        elif first and random_access:
+            need = 2
+        size = min(184 - need, len(data) - pos)
+        af_size = 184 - size
+        start = 0x40 if first else 0
+        out += bytes((0x47, start | pid >> 8, pid & 0xFF, (0x30 if af_size else 0x10) | cc))
+        if af_size:
+            out += mpegts.encode_adaptation_field(
+                size=af_size,
+                pcr_27m=pcr_27m if first else None,
+                random_access=random_access and first,
+            )
+        out += data[pos : pos + size]
+        pos += size
+        first = False
+    return out
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 176, 183, 184, 185, 368, 369, 184 * 64, 184 * 64 + 1, 184 * 65 + 7, 184 * 129 + 100,
+     20_000, 100_001],
+)
+@pytest.mark.parametrize(
+    ("pcr", "random_access"), [(None, False), (None, True), (27_000_123, False), (5, True)]
+)
+@pytest.mark.parametrize("last_cc", [0, 9, 15])
+def test_packetize_matches_packets_built_one_by_one(
+    size: int, pcr: int | None, random_access: bool, last_cc: int
+) -> None:
+    """The packets made all at once (payloads cut 64 at a time, continuity
+    counters written in one slice) are byte for byte the packets built one
+    at a time, across the 64-payload runs and with every counter wrap."""
+    data = (bytes(range(251)) * (size // 251 + 1))[:size]
+    counters = {0x1FF: last_cc}
+    out = mpegts.packetize(0x1FF, data, counters, pcr_27m=pcr, random_access=random_access)
+    expected = _packets_one_by_one(0x1FF, data, last_cc, pcr, random_access)
+    assert out == expected
+    assert counters[0x1FF] == expected[-188 + 3] & 0x0F
+
+
 # --------------------------------------------------------------------------- FLV input
 
 
