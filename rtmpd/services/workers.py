@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.application import service
+from twisted.application import reactors, service
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamClientEndpoint
@@ -278,6 +278,16 @@ class ParentLink(service.Service):
 # -- the parent's side ----------------------------------------------------------------------
 
 
+def reactor_name(reactor: object) -> str | None:
+    """twistd's ``--reactor`` name for ``reactor``'s kind (None for one it
+    cannot name, such as a test's)."""
+    module = type(reactor).__module__
+    for kind in reactors.getReactorTypes():
+        if getattr(kind, "moduleName", None) == module:
+            return str(kind.shortName)
+    return None
+
+
 def _ending(reason: Failure) -> str:
     """How a worker ended, for the log: "exit code 1", "signal 9"."""
     value = reason.value
@@ -397,11 +407,14 @@ class WorkerPool(service.Service):
         self._kill_timer: IDelayedCall | None = None
 
     def command(self, index: int) -> list[str]:
-        """The worker's command line."""
+        """The worker's command line: on the parent's kind of reactor, which
+        the parent's own command line may have chosen (twistd ``--reactor``)."""
         from rtmpd.tap.rtmpd import WORKER_LOGGER
 
+        name = reactor_name(self.reactor)
+        chosen = [f"--reactor={name}"] if name is not None else []
         return [sys.executable, "-c", TWISTD, "--nodaemon", "--pidfile=",
-                f"--logger={WORKER_LOGGER}", "rtmpd", *self.argv,
+                f"--logger={WORKER_LOGGER}", *chosen, "rtmpd", *self.argv,
                 "--worker", f"{index}:{self.run_dir}"]
 
     def privilegedStartService(self) -> None:

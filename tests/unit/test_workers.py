@@ -301,6 +301,25 @@ def test_each_worker_runs_twistd_rtmpd_with_the_same_options_and_its_index(
     assert "--logger=rtmpd.services.workers.log_to_parent" in args
 
 
+def test_workers_run_on_the_parents_kind_of_reactor(
+        parent: DirectoryServer, tmp_path: Any) -> None:
+    from twisted.internet.pollreactor import PollReactor
+
+    from rtmpd.services.workers import reactor_name
+
+    assert reactor_name(PollReactor()) == "poll"
+    assert reactor_name(ProcessReactor()) is None
+
+    class Polled(ProcessReactor):
+        """A test reactor that passes for twistd's ``poll``."""
+
+    Polled.__module__ = "twisted.internet.pollreactor"
+    reactor = Polled()
+    WorkerPool(reactor, 1, ["--rtmp", "tcp:1935"], parent, run_dir=str(tmp_path)).startService()
+    _, args, _ = reactor.spawned[0]
+    assert args[args.index("rtmpd") - 1] == "--reactor=poll"
+
+
 def test_a_dead_worker_is_restarted_with_backoff_and_its_names_freed(
         pool: tuple[WorkerPool, ProcessReactor], parent: DirectoryServer) -> None:
     workers, reactor = pool
