@@ -416,6 +416,39 @@ def test_many_partial_messages_are_bounded() -> None:
         drain(reader)
 
 
+def test_continuation_chunks_in_the_buffer_are_taken_in_one_call() -> None:
+    """A message whose type-3 chunks are all buffered comes out of one
+    next_event call with its chunks taken in one loop; a chunk of another
+    stream in between, or a missing tail, leaves the rest to later calls."""
+    body = pay(5000, seed=3)
+    reader = ChunkReader()
+    wire = h0(6, 40, len(body), 9, 1) + body[:128]
+    wire += b"".join(h3(6) + body[i : i + 128] for i in range(128, 5000, 128))
+    reader.receive_data(wire)
+    assert drain(reader) == [(6, 9, 1, 40, body)]
+    assert reader.buffered == 0
+    # Interleaved with audio on csid 4, and the last chunk cut short.
+    audio = pay(10, seed=1)
+    wire = h0(6, 80, 300, 9, 1) + body[:128] + h3(6) + body[128:256]
+    wire += h0(4, 80, 10, 8, 1) + audio + h3(6) + body[256:300]
+    reader.receive_data(wire[:-10])
+    assert drain(reader) == [(4, 8, 1, 80, audio)]
+    reader.receive_data(wire[-10:])
+    assert drain(reader) == [(6, 9, 1, 80, body[:300])]
+
+
+def test_continuation_chunks_hit_the_partial_limit_where_one_by_one_would() -> None:
+    """Taking continuation chunks together stops before the chunk that passes
+    the partial-bytes limit, so the error names the same total as when each
+    chunk is taken alone."""
+    reader = ChunkReader(max_message_size=1000)  # at most 2000 bytes unfinished
+    wire = b"".join(h0(c, 0, 1000, 9, 1) + bytes(128) for c in range(3, 18))  # 1920
+    wire += h3(17) + bytes(128)  # 2048
+    reader.receive_data(wire)
+    with pytest.raises(RemoteProtocolError, match=r"^2048 bytes of unfinished"):
+        drain(reader)
+
+
 def test_writer_rejects_bad_arguments() -> None:
     writer = ChunkWriter()
     with pytest.raises(LocalProtocolError):

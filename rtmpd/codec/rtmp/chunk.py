@@ -328,6 +328,8 @@ class ChunkReader:
                     f"{self._partial_bytes} bytes of unfinished messages exceed "
                     f"{PARTIAL_BYTES_FACTOR} x max_message_size ({self._max_partial})"
                 )
+            if st.received < msg_length and st.ext is None and csid < 64:
+                self._take_continuations(st, csid, msg_length)
             if st.received < msg_length:
                 st.in_progress = True
                 return None
@@ -348,6 +350,38 @@ class ChunkReader:
         elif st.type_id == _TYPE_ABORT:
             self._apply_abort(payload)
         return message
+
+    def _take_continuations(self, st: _ReadState, csid: int, msg_length: int) -> None:
+        """Take the rest of ``st``'s message as far as the buffer holds it
+        in whole type-3 chunks of the same chunk stream, one after another.
+
+        A large message (a video frame: 5 chunks of 4096 bytes) mostly
+        arrives like that, so this takes its chunks in one loop instead of
+        one :meth:`_next_chunk` each, with the same effect: only one-byte
+        basic headers (csid 2..63) without an extended timestamp qualify,
+        and a chunk that would pass the partial-bytes limit is left to
+        :meth:`_next_chunk`, which raises.
+        """
+        buf = self._buf
+        end = len(buf)
+        p = self._pos
+        marker = 0xC0 | csid  # fmt 3
+        chunk_size = self._chunk_size
+        received = st.received
+        room = self._max_partial - self._partial_bytes
+        parts = st.parts
+        with memoryview(buf) as view:
+            while received < msg_length and p < end and buf[p] == marker:
+                size = min(chunk_size, msg_length - received)
+                if p + 1 + size > end or size > room:
+                    break
+                parts.append(bytes(view[p + 1 : p + 1 + size]))
+                p += 1 + size
+                received += size
+                room -= size
+        self._partial_bytes += received - st.received
+        st.received = received
+        self._pos = p
 
     def _apply_set_chunk_size(self, payload: bytes) -> None:
         if len(payload) < 4:
