@@ -18,7 +18,7 @@ silently in production.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.internet import tcp
@@ -170,6 +170,40 @@ def compact_instance(obj: object) -> None:
     obj.__dict__ = {
         name: value for name, value in obj.__dict__.items()
         if getattr(cls, name, missing) is not value
+    }
+
+
+#: Values an attribute may share with every instance through its class: no
+#: one can change them in place.
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def share_plain_defaults(obj: object, names: Iterable[str]) -> None:
+    """Make the plain values (None, bools, numbers, strings, bytes) of the
+    attributes ``names`` of ``obj`` its class's defaults, learnt once from
+    the first object, and drop from its dict those that are the class's.
+
+    For a third-party object that sets ~70 attributes per instance, most
+    of them to the same flags and constants (Autobahn's WebSocket protocol
+    for every WS-FLV viewer, held for hours): the instance keeps only what
+    differs. ``names`` must be attributes every instance of the class sets
+    (say, those set when it connects), so that an instance never finds a
+    default where it would have found none. A later assignment goes to the
+    instance as before; nothing here may be deleted with ``del``."""
+    cls = type(obj)
+    learnt: frozenset[str] | None = cls.__dict__.get("_rtmpd_shared_defaults")
+    attrs = obj.__dict__
+    if learnt is None:
+        learnt = frozenset(
+            name for name in names
+            if type(attrs.get(name, attrs)) in _PLAIN and name not in cls.__dict__
+        )
+        for name in learnt:
+            setattr(cls, name, attrs[name])
+        cls._rtmpd_shared_defaults = learnt  # type: ignore[attr-defined]
+    obj.__dict__ = {
+        name: value for name, value in attrs.items()
+        if name not in learnt or cls.__dict__[name] is not value
     }
 
 

@@ -16,7 +16,8 @@ limit is full (:data:`CLOSE_CODES`).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlencode
 
@@ -27,6 +28,7 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rtmpd._twisted import share_plain_defaults
 from rtmpd.admission import (
     MAX_QUERY_CHARS,
     Action,
@@ -144,10 +146,25 @@ class SendQueue(list[Any]):
         return self.pop(0)
 
 
+#: What an open connection's parsed handshake headers and query become:
+#: nothing reads them again, and an empty dict per viewer is 64 bytes.
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
+
+
+#: Text the opening handshake kept (Autobahn reads it only while handshaking).
+_HANDSHAKE_TEXT = (
+    "http_response_data", "http_status_line", "http_request_uri", "http_request_path",
+    "http_request_host", "websocket_origin", "_wskey",
+)
+_HANDSHAKE_NAMES = frozenset((*_HANDSHAKE_TEXT, "http_request_data"))
+
+
 class WsFlvProtocol(WebSocketServerProtocol):
     """One WS-FLV connection, playing or publishing."""
 
     factory: WsFlvFactory
+    #: The attributes every connection of the class has set once connected.
+    _set_on_connect: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,6 +187,15 @@ class WsFlvProtocol(WebSocketServerProtocol):
             self.factory.admission.rebind_connection(self.client_id, "ws", self._kick)
         super().connectionMade()
         self.send_queue = SendQueue()  # type: ignore[assignment]
+        # Text messages are refused unread (onMessage), so nothing is ever
+        # validated as UTF-8 (utf8validateIncoming is off): no validator.
+        self.utf8validator = None  # type: ignore[assignment]
+        cls = type(self)
+        if "_set_on_connect" not in cls.__dict__:
+            # What every connection of this class has set by now (Autobahn's
+            # only conditions here are the factory's options, the same for
+            # the whole class): the attributes _shed_handshake may share.
+            cls._set_on_connect = frozenset(self.__dict__)
 
     def _kick(self, reason: str) -> None:
         self.close_reason = reason
@@ -255,16 +281,22 @@ class WsFlvProtocol(WebSocketServerProtocol):
         """Let go of the opening handshake as Autobahn kept it (raw request
         and response, parsed headers and query), which nothing reads once
         the connection is open: a viewer is held for hours, and this was a
-        sixth of its memory (``benchmarks/joincost.py ws --memory``). Its
-        attribute dict is left as it is: a copy of ~100 entries is no
-        smaller."""
+        sixth of its memory (``benchmarks/joincost.py ws --memory``).
+
+        Then the attribute dict: Autobahn sets ~70 attributes per
+        connection, most to the same flags and constants, in a table of
+        1.6 KB; those that hold what the class now holds are left to the
+        class (:func:`rtmpd._twisted.share_plain_defaults`), and ~20 stay."""
+        for name in _HANDSHAKE_TEXT:
+            setattr(self, name, "")
         self.http_request_data = b""
-        self.http_response_data = ""
-        self.http_status_line = ""
-        self.http_headers = {}
-        self.http_request_params = {}
-        self.websocket_protocols = []
-        self.websocket_extensions = []
+        self.http_headers = _NO_HEADERS  # type: ignore[assignment]
+        self.http_request_params = _NO_HEADERS  # type: ignore[assignment]
+        self.websocket_protocols = ()  # type: ignore[assignment]
+        self.websocket_extensions = ()  # type: ignore[assignment]
+        # Every connection that gets here has been through connect and the
+        # opening handshake, which set all of these.
+        share_plain_defaults(self, self._set_on_connect | _HANDSHAKE_NAMES)
 
     def _admitted(self, publisher: Publisher) -> None:
         ingest = self.ingest
@@ -374,6 +406,9 @@ class WsFlvFactory(WebSocketServerFactory):
             # Send the close code (1009, 1002...) before dropping a peer that
             # broke the protocol, so it learns why.
             failByDrop=False,
+            # Text messages are refused without reading them (onMessage):
+            # no UTF-8 validation, and no validator per connection.
+            utf8validateIncoming=False,
         )
         # Autobahn copies every option from the factory onto each new
         # protocol and pretty-prints the list for a debug line, even with

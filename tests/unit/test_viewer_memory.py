@@ -1,0 +1,103 @@
+"""What a playing viewer keeps for as long as it plays (issue 14: memory per
+viewer at 12 000 viewers): state only the join needed is gone, and what it
+still needs to answer its peer works. No test here measures speed."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from typing import Any
+
+import pytest
+import txaio
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from rtmpd.admission import Admission
+from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
+from rtmpd.protocols.flvws import make_ws_resource
+from rtmpd.registry import StreamConfig, StreamRegistry
+from tests.unit.test_registry import FakeSource, video
+
+
+class Site:
+    """A published stream behind the HTTP port, and WS-FLV viewers of it."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.registry = StreamRegistry(self.clock, StreamConfig(merge_ms=0))
+        self.admission = Admission(self.registry)
+        stream = self.registry.publish("live", "bench", FakeSource())
+        stream.push(video(0, key=True, size=3000))
+        self.site = FlvSite(
+            FlvHttpResource(self.admission, websocket=make_ws_resource(self.admission, self.clock)),
+            reactor=self.clock,
+        )
+
+    def ws_viewer(self) -> tuple[Any, StringTransport]:
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            "GET /live/bench.flv HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        addr = IPv4Address("TCP", "127.0.0.1", 5000)
+        proto = self.site.buildProtocol(addr)
+        transport = StringTransport(peerAddress=addr)
+        proto.makeConnection(transport)
+        transport.protocol = proto  # Autobahn's resource looks for it
+        proto.dataReceived(request)
+        assert transport.value().startswith(b"HTTP/1.1 101")
+        transport.clear()
+        ws: Any = transport.protocol
+        assert ws.viewer is not None
+        return ws, transport
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked frame, as a client sends it (payload < 126 bytes)."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked
+
+
+@pytest.fixture
+def site(monkeypatch: pytest.MonkeyPatch) -> Site:
+    site = Site()
+    monkeypatch.setattr(txaio.config, "loop", site.clock)
+    return site
+
+
+def test_playing_ws_viewer_keeps_no_utf8_validator_nor_handshake(site: Site) -> None:
+    ws, _ = site.ws_viewer()
+    assert ws.utf8validator is None
+    assert ws.http_request_data == b"" and ws.http_request_uri == "" and ws._wskey == ""
+    assert not ws.http_headers
+
+
+def test_playing_ws_viewer_leaves_autobahns_constant_flags_to_its_class(site: Site) -> None:
+    """Autobahn sets ~70 attributes per connection; a playing viewer's own
+    dict keeps only what differs from the class's (it held 67, 1.6 KB)."""
+    first, _ = site.ws_viewer()
+    second, _ = site.ws_viewer()
+    for ws in (first, second):
+        assert len(ws.__dict__) <= 24, sorted(ws.__dict__)
+        assert "wasMaxMessagePayloadSizeExceeded" not in ws.__dict__
+        assert ws.wasMaxMessagePayloadSizeExceeded is False
+        assert ws.state == ws.STATE_OPEN
+
+
+def test_playing_ws_viewer_still_answers_a_ping(site: Site) -> None:
+    ws, transport = site.ws_viewer()
+    ws.dataReceived(_client_frame(0x9, b"hello"))
+    assert transport.value() == b"\x8a\x05hello"
+
+
+def test_playing_ws_viewer_refuses_a_text_message_with_1003(site: Site) -> None:
+    ws, transport = site.ws_viewer()
+    ws.dataReceived(_client_frame(0x1, b"\xff\xfe not utf-8"))
+    out = transport.value()
+    assert out[0] == 0x88 and struct.unpack("!H", out[2:4])[0] == 1003
+    assert ws.close_reason == "sent a text message"
