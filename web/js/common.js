@@ -356,14 +356,17 @@ export function bindForm(form, values, play) {
 }
 
 /** Sets up a page that plays one live stream named by app and stream: its
- * form filled from the URL's query (``options(query)`` gives the page's own
+ * form (``#form``) filled from the URL's query (``options(query)`` gives the page's own
  * fields, e.g. an engine, or a ``url`` that is played instead of the names),
- * the nav links and the live streams offered. On submit, or at once when the
+ * the nav links (``#nav``) and the live streams offered. On submit, or at once when the
  * URL named something, the names are checked (a bad one is shown on
  * ``status``), the page's options made safe by ``normalize``, everything
  * written back to the URL (``toQuery`` gives the page's own query values),
- * and ``run(session, chosen)`` started. */
-export function streamPage({ form, nav, status, start, run, options, toQuery, normalize = (c) => c }) {
+ * and ``run(session, chosen)`` started, one session at a time. */
+export function streamPage({ status, run, options, toQuery, normalize = (c) => c }) {
+  const form = document.getElementById("form");
+  const nav = document.getElementById("nav");
+  const start = sessionRunner(status);
   const query = readQuery();
   const values = {
     app: query.app || DEFAULT_APP,

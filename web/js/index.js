@@ -10,7 +10,6 @@ import {
   loadConfig,
   resetVideo,
   seconds,
-  sessionRunner,
   showStats,
   startPlaying,
   streamPage,
@@ -30,7 +29,6 @@ const FAST_RATE = 1.15;
 const video = document.getElementById("video");
 const status = new Status(document.getElementById("status"));
 const stats = document.getElementById("stats");
-const start = sessionRunner(status);
 
 /** Seconds of media the player holds past what it shows. */
 function latency() {
@@ -130,10 +128,7 @@ function playOnce(parent, target, detail) {
 
 function main() {
   streamPage({
-    form: document.getElementById("form"),
-    nav: document.getElementById("nav"),
     status,
-    start,
     run,
     options: (query) => ({
       transport: query.params.get("transport") === "ws" ? "ws" : "http",

@@ -8,7 +8,6 @@ import {
   describe,
   resetVideo,
   seconds,
-  sessionRunner,
   showStats,
   startPlaying,
   streamPage,
@@ -21,7 +20,6 @@ import { playHls } from "./players.js";
 const video = document.getElementById("video");
 const status = new Status(document.getElementById("status"));
 const stats = document.getElementById("stats");
-const start = sessionRunner(status);
 
 /** The live playlist of a stream on this port. */
 function playlistUrl(app, stream) {
@@ -97,10 +95,7 @@ function playOnce(parent, target, engine, name) {
 
 function main() {
   streamPage({
-    form: document.getElementById("form"),
-    nav: document.getElementById("nav"),
     status,
-    start,
     run,
     options: (query) => ({
       engine: query.params.get("engine") === "native" ? "native" : "auto",

@@ -15,7 +15,6 @@ import {
   describe,
   loadConfig,
   seconds,
-  sessionRunner,
   showStats,
   startPlaying,
   streamPage,
@@ -30,7 +29,6 @@ const KEEP_BEHIND_S = 30;
 const video = document.getElementById("video");
 const status = new Status(document.getElementById("status"));
 const stats = document.getElementById("stats");
-const start = sessionRunner(status);
 
 /** The recorder's directory entry in /recordings.json, or null. */
 async function recordingEntry(session, app, stream, path) {
@@ -240,10 +238,7 @@ async function run(session, values) {
 function main() {
   const layoutOf = (value) => (value === "separate" ? "separate" : "merge");
   streamPage({
-    form: document.getElementById("form"),
-    nav: document.getElementById("nav"),
     status,
-    start,
     run,
     // Its layout is part of a path: only the two known ones.
     options: (query) => ({ layout: layoutOf(query.params.get("layout")) }),
