@@ -416,6 +416,7 @@ class TsMuxer:
         self._offset_90k: int | None = None
         self._tables_last = False  # the last packets emitted were PAT + PMT
         self._audio_pending: list[bytes] = []
+        self._audio_pending_size = 0  # bytes in _audio_pending
         self._audio_pending_pts = 0
 
     @property
@@ -437,14 +438,15 @@ class TsMuxer:
         """Batched audio frames not yet written, as one PES (or b"")."""
         if not self._audio_pending:
             return b""
-        payload = b"".join(self._audio_pending)
-        self._audio_pending = []
         header = encode_pes_header(
             stream_id=STREAM_ID_AUDIO,
             pts_90k=self._audio_pending_pts,
             dts_90k=None,
-            payload_size=len(payload),
+            payload_size=self._audio_pending_size,
         )
+        pes = b"".join((header, *self._audio_pending))
+        self._audio_pending = []
+        self._audio_pending_size = 0
         audio_only = not self.has_video
         pcr = None
         if audio_only:
@@ -452,7 +454,7 @@ class TsMuxer:
         self._tables_last = False
         return packetize(
             self.audio_pid,
-            header + payload,
+            pes,
             self._counters,
             pcr_27m=pcr,
             random_access=audio_only,
@@ -486,17 +488,22 @@ class TsMuxer:
         types = {nal[0] & 0x1F for nal in nals}
         if (keyframe or avc.NAL_IDR in types) and avc.NAL_SPS not in types:
             nals = [*config.sps, *config.pps, *nals]
-        es = AUD_NAL + avc.to_annexb(nals)
         dts = self.to_90k(dts_ms)
         pts = self.to_90k(dts_ms + cts_ms)
         out = self._tables() if keyframe else b""
         header = encode_pes_header(
             stream_id=STREAM_ID_VIDEO, pts_90k=pts, dts_90k=dts, payload_size=None
         )
+        # PES header, then the access unit in Annex B: AUD, then each NAL
+        # unit after a start code; joined once.
+        parts = [header, AUD_NAL]
+        for nal in nals:
+            parts.append(avc.START_CODE)
+            parts.append(nal)
         self._tables_last = False
         return out + packetize(
             self.video_pid,
-            header + es,
+            b"".join(parts),
             self._counters,
             pcr_27m=((dts - PCR_DELAY_90K) & MASK_33) * PCR_TICKS_PER_90K,
             random_access=keyframe,
@@ -509,16 +516,19 @@ class TsMuxer:
         """
         if not self.has_audio:
             raise LocalProtocolError("write_audio on a TsMuxer without audio")
-        frame = aac.adts_header(asc, len(aac_raw)) + aac_raw
+        header = aac.adts_header(asc, len(aac_raw))
+        size = len(header) + len(aac_raw)
         out = b""
-        pending_size = sum(len(f) for f in self._audio_pending)
-        if pending_size + len(frame) + 13 > _MAX_PES_PACKET_LENGTH:
+        if self._audio_pending_size + size + 13 > _MAX_PES_PACKET_LENGTH:
             out = self.flush()
         pts = self.to_90k(dts_ms)
-        if not self._audio_pending:
+        pending = self._audio_pending
+        if not pending:
             self._audio_pending_pts = pts
-        self._audio_pending.append(frame)
-        if len(self._audio_pending) >= self._audio_frames_per_pes:
+        pending.append(header)
+        pending.append(aac_raw)
+        self._audio_pending_size += size
+        if len(pending) >= 2 * self._audio_frames_per_pes:  # ADTS header + frame each
             out += self.flush()
         return out
 

@@ -497,6 +497,23 @@ def test_audio_batching_puts_frames_in_one_pes_with_first_pts(golden: Golden) ->
         assert event.pcr_27m == (event.pts - PCR_DELAY_90K) * 300
 
 
+def test_audio_batch_that_would_pass_pes_packet_length_goes_out_early(golden: Golden) -> None:
+    """Frames are batched up to PES_packet_length (65535): the frame that
+    would pass it starts the next PES, and every frame comes out once, in order."""
+    _config, asc, _samples = golden
+    frames = [bytes([n]) * 6000 for n in range(16)]  # 10 of them (ADTS headers too) fill one PES
+    muxer = TsMuxer(has_audio=True, has_video=False, audio_frames_per_pes=16)
+    out = [muxer.start_segment()]
+    out += [muxer.write_audio(dts_ms=23 * n, aac_raw=f, asc=asc) for n, f in enumerate(frames)]
+    out.append(muxer.flush())
+    events = read_all(b"".join(out))
+    assert [len(e.payload) // 6007 for e in events] == [10, 6]
+    assert b"".join(e.payload for e in events) == b"".join(
+        aac.adts_header(asc, len(f)) + f for f in frames
+    )
+    assert events[1].pts == events[0].pts + 10 * 23 * 90
+
+
 def test_existing_aud_is_replaced_and_inband_sps_not_duplicated(golden: Golden) -> None:
     config, _, samples = golden
     key = next(s for s in samples if s.is_video and s.keyframe)
