@@ -595,12 +595,12 @@ class ClientCapabilities:
                 announced = True
                 taken = _taken_from_map(raw_map)
             maps.append(taken)
-        return cls(
+        return _shared(cls(
             video=frozenset(listed | maps[0]),
             audio=frozenset(listed | maps[1]),
             caps_ex=_flags(command_object.get("capsEx")) or 0,
             announced=announced,
-        )
+        ))
 
     @property
     def reconnect(self) -> bool:
@@ -624,6 +624,27 @@ class ClientCapabilities:
             return frozenset(name.encode("latin-1") for name in names)
 
         return Acceptance(codes(self.video), codes(self.audio), self.multitrack)
+
+
+#: Distinct capabilities kept for sharing (:func:`_shared`). Every client of
+#: one player announces the same; clients choose what they announce, so the
+#: table is bounded, and emptied when full.
+MAX_SHARED_CAPABILITIES = 64
+_shared_capabilities: dict[ClientCapabilities, ClientCapabilities] = {}
+
+
+def _shared(capabilities: ClientCapabilities) -> ClientCapabilities:
+    """An equal :class:`ClientCapabilities` already held, else this one.
+
+    A connection holds its client's capabilities for as long as it plays:
+    its own object and two frozensets are ~500 bytes per RTMP viewer, the
+    same for thousands of viewers of one player."""
+    shared = _shared_capabilities.get(capabilities)
+    if shared is None:
+        if len(_shared_capabilities) >= MAX_SHARED_CAPABILITIES:
+            _shared_capabilities.clear()
+        shared = _shared_capabilities[capabilities] = capabilities
+    return shared
 
 
 def _is_fourcc(value: object) -> bool:

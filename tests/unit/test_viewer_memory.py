@@ -101,3 +101,27 @@ def test_playing_ws_viewer_refuses_a_text_message_with_1003(site: Site) -> None:
     out = transport.value()
     assert out[0] == 0x88 and struct.unpack("!H", out[2:4])[0] == 1003
     assert ws.close_reason == "sent a text message"
+
+
+def test_rtmp_clients_announcing_the_same_share_one_capabilities_object() -> None:
+    """Each RTMP connection holds what its connect announced as long as it
+    plays: thousands of clients of one player hold one object."""
+    from rtmpd.codec import enhanced
+
+    def connect() -> dict[str, object]:
+        return {"app": "live", "fourCcList": ["hvc1", "av01", "mp4a"], "capsEx": 2.0}
+
+    first = enhanced.ClientCapabilities.from_connect(connect())
+    second = enhanced.ClientCapabilities.from_connect(connect())
+    assert second is first
+    assert first.video == {"hvc1", "av01", "mp4a"} and first.multitrack
+    other = enhanced.ClientCapabilities.from_connect({"fourCcList": ["hvc1"]})
+    assert other is not first and other.video == {"hvc1"}
+
+
+def test_shared_capabilities_stay_bounded_whatever_clients_announce() -> None:
+    from rtmpd.codec import enhanced
+
+    for i in range(3 * enhanced.MAX_SHARED_CAPABILITIES):
+        enhanced.ClientCapabilities.from_connect({"capsEx": float(i)})
+    assert len(enhanced._shared_capabilities) <= enhanced.MAX_SHARED_CAPABILITIES
