@@ -125,3 +125,19 @@ def test_shared_capabilities_stay_bounded_whatever_clients_announce() -> None:
     for i in range(3 * enhanced.MAX_SHARED_CAPABILITIES):
         enhanced.ClientCapabilities.from_connect({"capsEx": float(i)})
     assert len(enhanced._shared_capabilities) <= enhanced.MAX_SHARED_CAPABILITIES
+
+
+def test_playing_http_flv_request_shares_empty_parsed_query_and_cookies(site: Site) -> None:
+    addr = IPv4Address("TCP", "127.0.0.1", 5001)
+    channel: Any = site.site.buildProtocol(addr)
+    transport = StringTransport(peerAddress=addr)
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /live/bench.flv?x=1 HTTP/1.1\r\nHost: h\r\nCookie: a=b\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200")
+    other: Any = site.site.buildProtocol(addr)
+    other.makeConnection(StringTransport(peerAddress=addr))
+    other.dataReceived(b"GET /live/bench.flv HTTP/1.1\r\nHost: h\r\n\r\n")
+    first, second = channel.requests[0], other.requests[0]
+    for name in ("args", "received_cookies", "cookies", "prepath", "postpath"):
+        assert not getattr(first, name), name
+        assert getattr(first, name) is getattr(second, name), name
