@@ -3,6 +3,7 @@ pure :class:`rtmpd.codec.rtmp.connection.ServerConnection`."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from rtmpd.codec.rtmp.connection import (
     VIDEO_CSID,
     ServerConnection,
 )
+from rtmpd.codec.rtmp.handshake import S1_RANDOM_SIZE
 from rtmpd.errors import InvalidStreamName
 from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.interfaces import IPacedSource
@@ -268,7 +270,9 @@ class RtmpServerProtocol(protocol.Protocol):
         self.factory = factory
         self.admission = factory.admission
         self.clock = factory.clock
-        self.conn = ServerConnection(out_chunk_size=factory.chunk_size)
+        self.conn = ServerConnection(
+            out_chunk_size=factory.chunk_size, s1_random=factory.s1_random
+        )
         self.peer = "rtmp ?"
         self.peer_host = "?"
         self.peer_port = 0
@@ -728,6 +732,10 @@ class RtmpServerFactory(protocol.Factory):
         #: A publisher's socket is read at most once per this many ms (0: at once).
         self.publish_read_ms = admission.registry.config.publish_read_ms
         self._formats: dict[tuple[int, enhanced.Acceptance], RtmpFormat] = {}
+        #: What every connection's S1 carries after its header: drawn once,
+        #: so a join does not read the system's randomness (a syscall)
+        #: (:class:`~rtmpd.codec.rtmp.handshake.ServerHandshake`).
+        self.s1_random = secrets.token_bytes(S1_RANDOM_SIZE)
 
     def format_for(
         self, stream_id: int, acceptance: enhanced.Acceptance = enhanced.ANYTHING

@@ -201,3 +201,49 @@ def test_client_refuses_bad_s0() -> None:
 def test_random_bytes_of_wrong_length_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         ClientHandshake(random_bytes=lambda n: b"x")
+
+
+def test_shared_s1_random_fills_a_plain_s1_and_the_reply_is_otherwise_unchanged() -> None:
+    shared = bytes(range(256)) * 5 + bytes(248)
+    c0c1 = ClientHandshake(random_bytes=seeded(15), complex=False).data_to_send()
+    server = ServerHandshake(random_bytes=seeded(16), s1_random=shared)
+    server.receive_data(c0c1)
+    out = server.data_to_send()
+    assert out == b"\x03" + bytes(8) + shared + c0c1[1:]
+
+
+@pytest.mark.parametrize("scheme", [0, 1])
+def test_shared_s1_random_is_signed_in_a_digest_handshake(scheme: int) -> None:
+    shared = random.Random(17).randbytes(1528)
+    c1, _digest = spec_c1(scheme)
+    server = ServerHandshake(random_bytes=seeded(18), s1_random=shared)
+    server.receive_data(b"\x03" + c1)
+    s1 = server.data_to_send()[1 : 1 + HANDSHAKE_SIZE]
+    assert server.complex
+    offset = spec_offset(s1, scheme)
+    assert s1[offset : offset + 32] == spec_digest(s1, offset, FMS_KEY_SPEC[:36])
+    # Outside its digest, S1 is the shared block.
+    assert s1[8:offset] + s1[offset + 32 :] == shared[: offset - 8] + shared[offset + 24 :]
+
+
+def test_shared_s1_random_of_the_wrong_size_is_refused() -> None:
+    expected = r"s1_random of 100 bytes, not S1_RANDOM_SIZE \(1528\)"
+    with pytest.raises(LocalProtocolError, match=expected):
+        ServerHandshake(s1_random=bytes(100))
+
+
+@pytest.mark.parametrize("c2_tail", [b"", b"\x02chunks"])
+def test_c0c1_with_c2_in_one_read_answers_as_when_split(c2_tail: bytes) -> None:
+    """A client that sends C0+C1 and C2 at once (a replay, or a pipelining
+    client) is answered as one that waits; the rest is the chunk stream."""
+    c0c1 = b"\x03" + bytes(8) + random.Random(19).randbytes(1528)
+    c2 = random.Random(20).randbytes(HANDSHAKE_SIZE)
+    whole = ServerHandshake(random_bytes=seeded(21))
+    whole.receive_data(c0c1 + c2 + c2_tail)
+    split = ServerHandshake(random_bytes=seeded(21))
+    split.receive_data(c0c1[:700])
+    split.receive_data(c0c1[700:] + c2[:5])
+    split.receive_data(c2[5:] + c2_tail)
+    assert whole.data_to_send() == split.data_to_send()
+    assert whole.done and split.done
+    assert whole.leftover() == split.leftover() == c2_tail

@@ -470,11 +470,14 @@ class ServerConnection(_Connection):
         peer_bandwidth: int = 2_500_000,
         out_chunk_size: int = 4096,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        s1_random: bytes | None = None,
     ) -> None:
         super().__init__(max_message_size=max_message_size)
         ChunkWriter(out_chunk_size)  # validates the size
         #: Dropped once done: a viewer holds its connection for hours.
-        self._handshake: ServerHandshake | None = ServerHandshake(random_bytes=random_bytes)
+        self._handshake: ServerHandshake | None = ServerHandshake(
+            random_bytes=random_bytes, s1_random=s1_random
+        )
         self._state = ConnectionState.HANDSHAKE
         self._window_ack_size = window_ack_size
         self._peer_bandwidth = peer_bandwidth

@@ -45,6 +45,7 @@ __all__ = [
     "FP_KEY",
     "HANDSHAKE_SIZE",
     "RTMP_VERSION",
+    "S1_RANDOM_SIZE",
     "ClientHandshake",
     "ServerHandshake",
     "digest_offset",
@@ -72,6 +73,11 @@ SERVER_VERSION: Final = bytes((5, 0, 3, 1))
 # Version field of our C1 in the digest handshake (a Flash Player 9 build:
 # the first version that used the digest scheme).
 CLIENT_VERSION: Final = bytes((9, 0, 124, 2))
+
+#: Bytes of S1 after its time and version fields: random, or anything.
+S1_RANDOM_SIZE: Final = HANDSHAKE_SIZE - 8
+#: S0 and the start of a plain S1: version 3, time 0, zero field.
+_PLAIN_S0S1_HEAD: Final = bytes((RTMP_VERSION,)) + bytes(8)
 
 _SCHEME_BASES: Final = ((8, 12), (772, 776))  # (where the offset bytes are, base)
 
@@ -173,10 +179,27 @@ class ServerHandshake(_Handshake):
     after ``done`` becomes true, ``leftover()`` returns the bytes that followed
     C2 (the start of the chunk stream). ``complex`` says whether the client
     used the digest handshake (known once C1 arrived).
+
+    ``s1_random``, if given, fills S1 after its time and version fields
+    (:data:`S1_RANDOM_SIZE` bytes) instead of fresh random bytes. Nothing
+    depends on those bytes being new: the client echoes them in C2, which is
+    not checked, and in the digest handshake they are what the digest signs.
+    A server takes one block for all its connections, so that a join storm
+    does not read the system's randomness once per viewer.
     """
 
-    def __init__(self, *, random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
+    def __init__(
+        self,
+        *,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        s1_random: bytes | None = None,
+    ) -> None:
+        if s1_random is not None and len(s1_random) != S1_RANDOM_SIZE:
+            raise LocalProtocolError(
+                f"s1_random of {len(s1_random)} bytes, not S1_RANDOM_SIZE ({S1_RANDOM_SIZE})"
+            )
         self._random_bytes = random_bytes
+        self._s1_random = s1_random
         self._state = _State.AWAIT_C0C1
         self._buffer = bytearray()
         self._out = bytearray()
@@ -193,6 +216,17 @@ class ServerHandshake(_Handshake):
         if self._state is _State.DONE:
             self._buffer += data
             return
+        if (
+            self._state is _State.AWAIT_C0C1
+            and not self._buffer
+            and len(data) >= 1 + HANDSHAKE_SIZE
+        ):
+            # C0+C1 in one read, as clients send it: answer from ``data``
+            # without copying it through the buffer.
+            _check_version(data[0], "client C0")
+            self._out += self._answer(data[1 : 1 + HANDSHAKE_SIZE])
+            self._state = _State.AWAIT_C2
+            data = data[1 + HANDSHAKE_SIZE :]
         self._buffer += data
         if self._state is _State.AWAIT_C0C1:
             if self._buffer:
@@ -214,12 +248,12 @@ class ServerHandshake(_Handshake):
         found = None
         if self.client_version != b"\x00\x00\x00\x00":
             found = find_digest(c1, FP_KEY[:FP_KEY_PARTIAL_LEN])
+        random_part = self._s1_random or self._random(S1_RANDOM_SIZE)
         if found is None:
-            s1 = b"\x00\x00\x00\x00\x00\x00\x00\x00" + self._random(HANDSHAKE_SIZE - 8)
-            return bytes((RTMP_VERSION,)) + s1 + c1
+            return b"".join((_PLAIN_S0S1_HEAD, random_part, c1))
         self.complex = True
         scheme, client_digest = found
-        s1_buf = bytearray(b"\x00\x00\x00\x00" + SERVER_VERSION + self._random(HANDSHAKE_SIZE - 8))
+        s1_buf = bytearray(b"\x00\x00\x00\x00" + SERVER_VERSION + random_part)
         _imprint(s1_buf, scheme, FMS_KEY[:FMS_KEY_PARTIAL_LEN])
         s2_random = self._random(HANDSHAKE_SIZE - DIGEST_SIZE)
         s2 = s2_random + _signature(s2_random, FMS_KEY, client_digest)
