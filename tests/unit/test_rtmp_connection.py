@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from rtmpd.codec import amf0, amf3
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
+from rtmpd.codec.rtmp import connection
 from rtmpd.codec.rtmp import events as ev
 from rtmpd.codec.rtmp import messages as msg
 from rtmpd.codec.rtmp.chunk import NEED_DATA, ChunkReader, Message, encode_message
@@ -203,6 +204,67 @@ def test_accept_connect_sends_control_messages_before_result() -> None:
     assert isinstance(info, dict)
     assert info["code"] == "NetConnection.Connect.Success"
     assert info["objectEncoding"] == 0.0
+
+
+def _play_session_output(pair: Pair) -> bytes:
+    """Everything the server sends after the handshake for connect,
+    createStream, play and one video message."""
+    pair.connect()
+    sid = pair.create_stream()
+    pair.client.play(sid, "cam")
+    (request,) = [e for e in pair.take_server() if isinstance(e, ev.PlayRequested)]
+    pair.server.play_start(sid, request.name)
+    pair.server.send_media(sid, msg.VIDEO, 40, b"\x17\x01" + bytes(300))
+    pair.pump()
+    return b"".join(m.payload for m in pair.server_spy.take())
+
+
+@pytest.mark.parametrize("object_encoding", [0.0, 3.0])
+def test_accept_connect_gives_the_same_bytes_to_every_connection(object_encoding: float) -> None:
+    """The second connection's connect reply (shared, written once) and all
+    that follows it are what the first connection got."""
+    connection._CONNECT_REPLIES.clear()  # the first one writes it
+    first = Pair(object_encoding=object_encoding)
+    first_output = _play_session_output(first)
+    assert len(connection._CONNECT_REPLIES) == 1
+    second = Pair(object_encoding=object_encoding)
+    assert _play_session_output(second) == first_output
+    assert first.server_events == second.server_events
+    assert first.client_events == second.client_events
+
+
+def test_accept_connect_after_other_output_still_compresses_headers_right() -> None:
+    """Output before the connect reply (a ping) rules out the shared reply:
+    the reply is written on the connection's own chunk streams, and the
+    client reads every message that follows."""
+    pair = Pair()
+    pair.client.connect("live", "rtmp://h/live")
+    (_done, request) = pair.take_server()
+    assert isinstance(request, ev.ConnectRequested)
+    pair.server.send_ping(7)
+    pair.server.accept_connect(request.transaction_id)
+    assert any(isinstance(e, ev.Connected) for e in pair.take_client())
+    types = [m.type_id for m in pair.server_spy.take()]
+    assert types == [
+        msg.USER_CONTROL, msg.WINDOW_ACK_SIZE, msg.SET_PEER_BANDWIDTH, msg.SET_CHUNK_SIZE,
+        msg.COMMAND_AMF0,
+    ]
+    sid = pair.create_stream()
+    assert sid == 1
+
+
+def test_connect_replies_differ_by_transaction_id_and_chunk_size() -> None:
+    outputs = set()
+    for tid, chunk_size in ((1.0, 4096), (2.0, 4096), (1.0, 60000)):
+        pair = Pair(out_chunk_size=chunk_size)
+        pair.client.connect("live", "rtmp://h/live")
+        pair.take_server()
+        pair.server.accept_connect(tid)
+        messages = server_messages(pair.server.data_to_send())
+        assert int.from_bytes(messages[2].payload, "big") == chunk_size
+        assert msg.decode_command(messages[3].payload).transaction_id == tid
+        outputs.add(b"".join(m.payload for m in messages))
+    assert len(outputs) == 3
 
 
 def test_reject_connect_gives_connect_failed_and_ignores_more_input() -> None:

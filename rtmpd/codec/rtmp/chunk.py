@@ -545,6 +545,11 @@ class _WriteState:
         self.type_id = type_id
         self.stream_id = stream_id
 
+    def copy(self) -> _WriteState:
+        return _WriteState(
+            self.timestamp, self.delta, self.ext, self.length, self.type_id, self.stream_id
+        )
+
 
 class ChunkWriter:
     """Encode messages into chunks, compressing headers per chunk stream id.
@@ -569,6 +574,19 @@ class ChunkWriter:
         """Use ``chunk_size`` from now on (send Set Chunk Size to the peer first)."""
         _check_chunk_size(chunk_size)
         self._chunk_size = chunk_size
+
+    @property
+    def pristine(self) -> bool:
+        """Whether nothing was written yet and the chunk size is the default:
+        what this writer produces next is what any new writer would."""
+        return not self._streams and self._chunk_size == DEFAULT_CHUNK_SIZE
+
+    def copy(self) -> ChunkWriter:
+        """An independent writer in the same state (chunk size and each
+        chunk stream's last header): it goes on as this one would."""
+        twin = ChunkWriter(self._chunk_size)
+        twin._streams = {csid: state.copy() for csid, state in self._streams.items()}
+        return twin
 
     def forget(self, chunk_stream_id: int) -> None:
         """Drop header state for a csid, e.g. after other code wrote on it."""

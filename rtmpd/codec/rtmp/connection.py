@@ -195,6 +195,38 @@ def _connect_result_payload(
     )
 
 
+def _connect_reply(
+    writer: ChunkWriter, window_ack_size: int, peer_bandwidth: int, out_chunk_size: int,
+    connect_type: int, transaction_id: float, object_encoding: float, ertmp: bool,
+) -> bytes:
+    """What accepts a connect, written with ``writer``: Window Ack Size, Set
+    Peer Bandwidth, Set Chunk Size (``writer`` takes the new size), then the
+    ``_result`` in the message type the connect came in."""
+    out = [
+        writer.write(CONTROL_CSID, msg.WINDOW_ACK_SIZE, 0, 0,
+                     msg.encode_window_ack_size(window_ack_size)),
+        writer.write(CONTROL_CSID, msg.SET_PEER_BANDWIDTH, 0, 0,
+                     msg.encode_set_peer_bandwidth(peer_bandwidth, msg.LIMIT_DYNAMIC)),
+        writer.write(CONTROL_CSID, msg.SET_CHUNK_SIZE, 0, 0,
+                     msg.encode_set_chunk_size(out_chunk_size)),
+    ]
+    writer.set_chunk_size(out_chunk_size)
+    # After the _result every command we send is AMF3 (type 17) if
+    # objectEncoding 3 was agreed.
+    amf3 = connect_type == msg.COMMAND_AMF3
+    payload = _connect_result_payload(transaction_id, object_encoding, amf3, ertmp)
+    out.append(writer.write(COMMAND_CSID, connect_type, 0, 0, payload))
+    return b"".join(out)
+
+
+#: Connect replies by every field they depend on, each with the writer as a
+#: new connection's is left after it (see accept_connect). Bounded: the
+#: transaction id comes from the client.
+_CONNECT_REPLIES: dict[
+    tuple[int, int, int, int, float, float, bool], tuple[bytes, ChunkWriter]
+] = {}
+
+
 def _split_query(text: str) -> tuple[str, str]:
     base, _sep, query = text.partition("?")
     return base, query
@@ -815,21 +847,26 @@ class ServerConnection(_Connection):
     def accept_connect(self, transaction_id: float) -> None:
         """Accept ``connect``: Window Ack Size, Set Peer Bandwidth, Set Chunk Size, ``_result``."""
         self._transition(_Input.ACCEPT)
-        self._send_control(msg.WINDOW_ACK_SIZE, msg.encode_window_ack_size(self._window_ack_size))
-        self._send_control(
-            msg.SET_PEER_BANDWIDTH,
-            msg.encode_set_peer_bandwidth(self._peer_bandwidth, msg.LIMIT_DYNAMIC),
+        key = (
+            self._window_ack_size, self._peer_bandwidth, self._out_chunk_size,
+            self._connect_type, transaction_id, self._object_encoding,
+            self._peer_capabilities.announced,
         )
-        self._send_control(msg.SET_CHUNK_SIZE, msg.encode_set_chunk_size(self._out_chunk_size))
-        self._writer.set_chunk_size(self._out_chunk_size)
+        if self._writer.pristine:
+            # As nearly always (nothing sent since the handshake): the same
+            # bytes as every such connection's, and the writer they leave.
+            reply = _CONNECT_REPLIES.get(key)
+            if reply is None:
+                if len(_CONNECT_REPLIES) >= _ENCODED_CACHE_SIZE:
+                    _CONNECT_REPLIES.clear()
+                writer = ChunkWriter()
+                reply = _CONNECT_REPLIES[key] = (_connect_reply(writer, *key), writer)
+            data, writer = reply
+            self._writer = writer.copy()
+        else:
+            data = _connect_reply(self._writer, *key)
+        self._out += data
         self._chunk_size_sent = True
-        # The answer comes in the message type the connect came in; after it,
-        # every command we send is AMF3 (type 17) if objectEncoding 3 was agreed.
-        amf3 = self._connect_type == msg.COMMAND_AMF3
-        payload = _connect_result_payload(
-            transaction_id, self._object_encoding, amf3, self._peer_capabilities.announced
-        )
-        self._out += self._writer.write(COMMAND_CSID, self._connect_type, 0, 0, payload)
         self._amf3_commands = self._object_encoding == AMF3_ENCODING
 
     def request_reconnect(self, description: str, tc_url: str | None = None) -> None:
