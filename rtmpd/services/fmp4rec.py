@@ -120,9 +120,6 @@ class FragmentBuilder:
         self._last_duration: dict[int, int] = {}
         self._done: dict[int, list[Sample]] = {VIDEO_TRACK: [], AUDIO_TRACK: []}
 
-    def _ticks(self, track_id: int, ms: int) -> int:
-        return ms * self._timescales.get(track_id, TIMESCALE) // 1000
-
     def push(
         self,
         track_id: int,
@@ -136,7 +133,9 @@ class FragmentBuilder:
         """Add one sample (``dts`` and ``cts_offset`` in ms); returns the
         finished fragment's samples per track when this sample starts a new
         fragment. ``cut`` True or False overrides the builder's own rule."""
-        dts_ticks = self._ticks(track_id, dts)
+        scale = self._timescales.get(track_id, TIMESCALE)  # ticks per second
+        base_ticks = dts * scale // 1000
+        dts_ticks = base_ticks
         previous = self._waiting.get(track_id)
         if previous is not None:
             p_dts, p_cts, p_key, p_data = previous
@@ -155,7 +154,7 @@ class FragmentBuilder:
         elif cut if cut is not None else self._cuts_before(track_id, dts - start, keyframe):
             out = self._take()
             self._start_ms = dts
-        cts_ticks = self._ticks(track_id, dts + cts_offset) - self._ticks(track_id, dts)
+        cts_ticks = (dts + cts_offset) * scale // 1000 - base_ticks
         self._waiting[track_id] = (dts_ticks, cts_ticks, keyframe, data)
         return out
 

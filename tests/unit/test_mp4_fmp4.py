@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtmpd.codec.errors import LocalProtocolError
-from rtmpd.codec.mp4 import Sample, TrackConfig
-from rtmpd.codec.mp4.boxes import iter_boxes
+from rtmpd.codec.mp4 import Sample, TrackConfig, fmp4
+from rtmpd.codec.mp4.boxes import BoxWriter, iter_boxes
 from rtmpd.codec.mp4.demux import Mp4Demuxer
 from rtmpd.codec.mp4.fmp4 import (
     SAMPLE_FLAGS_NON_SYNC,
@@ -218,3 +218,27 @@ def test_any_samples_survive_fragment_and_demux(
             data += fragment(seq, {1: part})
             seq += 1
     assert _read_back(data, 1) == samples
+
+
+@pytest.mark.parametrize("offsets", [False, True])
+def test_trun_entries_packed_at_once_are_the_fields_one_by_one(offsets: bool) -> None:
+    """Each trun entry is one struct pack; the bytes are the fields written
+    one at a time, and a duration past 32 bits is refused as before."""
+    samples = [
+        Sample(dts=40 * n, cts_offset=(80 if offsets and n % 3 else 0), duration=40,
+               keyframe=n == 0, data=bytes(n + 1))
+        for n in range(7)
+    ]
+    packed = BoxWriter()
+    fmp4._write_trun_entries(packed, samples, offsets)
+    one_by_one = BoxWriter()
+    for s in samples:
+        one_by_one.u32(s.duration)
+        one_by_one.u32(s.size)
+        one_by_one.u32(fmp4.sample_flags(s.keyframe))
+        if offsets:
+            one_by_one.i32(s.cts_offset)
+    assert packed.getvalue() == one_by_one.getvalue()
+    long = [Sample(dts=0, cts_offset=0, duration=2**32, keyframe=True, data=b"x")]
+    with pytest.raises(LocalProtocolError, match="does not fit field"):
+        fmp4._write_trun_entries(BoxWriter(), long, offsets)

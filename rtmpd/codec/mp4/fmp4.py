@@ -12,6 +12,7 @@ with :mod:`rtmpd.codec.mp4.progressive`, which adds full sample tables and edit 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 
@@ -431,6 +432,37 @@ def check_decode_order(track_id: int, samples: Sequence[SampleTiming]) -> None:
             )
 
 
+#: A version-1 ``trun`` entry: sample_duration, sample_size, sample_flags, and
+#: with composition offsets the signed sample_composition_time_offset.
+_TRUN_ENTRY = struct.Struct(">III")
+_TRUN_ENTRY_WITH_OFFSET = struct.Struct(">IIIi")
+
+
+def _write_trun_entries(w: BoxWriter, samples: Sequence[Sample], has_offsets: bool) -> None:
+    """The ``trun`` entries of ``samples``, one struct pack each (every
+    recorded frame passes here). A value that does not fit its field is
+    reported by :class:`BoxWriter`'s field writers, as before."""
+    try:
+        if has_offsets:
+            pack = _TRUN_ENTRY_WITH_OFFSET.pack
+            entries = [
+                pack(s.duration, len(s.data), sample_flags(s.keyframe), s.cts_offset)
+                for s in samples
+            ]
+        else:
+            pack = _TRUN_ENTRY.pack
+            entries = [pack(s.duration, len(s.data), sample_flags(s.keyframe)) for s in samples]
+    except struct.error:
+        for s in samples:
+            w.u32(s.duration)
+            w.u32(s.size)
+            w.u32(sample_flags(s.keyframe))
+            if has_offsets:
+                w.i32(s.cts_offset)
+        return
+    w.write(b"".join(entries))
+
+
 # moof
 #   mfhd                  sequence_number
 #   traf ...              (one per track with samples, in the mapping's order)
@@ -478,12 +510,7 @@ def fragment(sequence_number: int, track_samples: Mapping[int, Sequence[Sample]]
                 with w.full_box(b"trun", version=1, flags=flags):
                     w.u32(len(samples))
                     data_offset_fields.append(w.reserve_u32())
-                    for s in samples:
-                        w.u32(s.duration)
-                        w.u32(s.size)
-                        w.u32(sample_flags(s.keyframe))
-                        if has_offsets:
-                            w.i32(s.cts_offset)
+                    _write_trun_entries(w, samples, has_offsets)
     moof_size = len(w)
     payload = b"".join(s.data for _, samples in trafs for s in samples)
     mdat_header = 8 if len(payload) + 8 <= 0xFFFFFFFF else 16
