@@ -313,7 +313,10 @@ class WorkerProcess(protocol.ProcessProtocol):
         self._err = b""
 
     def outReceived(self, data: bytes) -> None:
-        *records, rest = (self._out + data).split(RECORD_SEPARATOR)
+        # A record is RS, JSON and a newline (jsonFileLogObserver); JSON
+        # escapes newlines, so one ends at its newline: split there, not at
+        # the next record's RS, or each event would wait for the next one.
+        *records, rest = (self._out + data).split(b"\n")
         self._out = rest
         for record in records:
             self._event(record)
@@ -324,7 +327,7 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def _event(self, record: bytes) -> None:
         """Log one of the worker's events here, as it was, prefixed with the worker."""
-        text = record.decode("utf-8", "replace").strip()
+        text = record.decode("utf-8", "replace").strip().lstrip(RECORD_SEPARATOR.decode())
         if not text:
             return
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer, error, task
-from twisted.logger import LogLevel, eventAsJSON, globalLogPublisher
+from twisted.logger import LogLevel, eventAsJSON, formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -382,14 +382,18 @@ def test_a_workers_log_events_are_logged_by_the_parent_with_its_index(
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        # Split anywhere, in several reads; then a line on standard error.
+        # Split anywhere, in several reads; logged once whole, without
+        # waiting for the next record. Then a line on standard error.
         process.outReceived(record[:10])
-        process.outReceived(record[10:] + b"\x1e{not json")
+        assert not events
+        process.outReceived(record[10:])
+        assert [formatEvent(e) for e in events] == [
+            "worker 2: play live/cam by rtmp 127.0.0.1:5000"]
+        process.outReceived(b"\x1e{not json")
         process.errReceived(b"Traceback (most recent call last):\n  File")
         process.processEnded(Failure(error.ProcessDone(None)))
     finally:
         globalLogPublisher.removeObserver(events.append)
-    from twisted.logger import formatEvent
 
     texts = [formatEvent(e) for e in events if "worker" in formatEvent(e)]
     assert texts[0] == "worker 2: play live/cam by rtmp 127.0.0.1:5000"
