@@ -267,6 +267,32 @@ def test_connect_replies_differ_by_transaction_id_and_chunk_size() -> None:
     assert len(outputs) == 3
 
 
+def test_connections_sending_the_same_connect_get_connect_objects_of_their_own() -> None:
+    """The decoded connect is shared between connections that sent the
+    same bytes; each ConnectRequested still has its own object."""
+    first, second = Pair(), Pair()
+    first_request = first.connect()
+    second_request = second.connect()
+    assert first_request == second_request
+    first_request.command_object["app"] = "changed"
+    assert second_request.command_object["app"] == "live"
+
+
+def test_a_bad_command_body_fails_every_connection_that_sends_it() -> None:
+    body = amf0.encode_all("createStream", 2.0)[:-3]  # a truncated number
+    for _ in range(2):
+        pair = Pair()
+        pair.connect()
+        pair.server.receive_data(
+            encode_message(
+                chunk_size=128, chunk_stream_id=3, type_id=msg.COMMAND_AMF0, stream_id=0,
+                timestamp_ms=0, payload=body,
+            )
+        )
+        with pytest.raises(RemoteProtocolError, match="AMF0"):
+            drain(pair.server)
+
+
 def test_reject_connect_gives_connect_failed_and_ignores_more_input() -> None:
     pair = Pair()
     pair.client.connect("nope", "rtmp://h/nope")

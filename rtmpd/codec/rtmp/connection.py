@@ -227,6 +227,24 @@ _CONNECT_REPLIES: dict[
 ] = {}
 
 
+#: Command bodies up to this size are decoded once per distinct body and
+#: the decoded command shared (:func:`_decode_shared_command`). In a join
+#: storm every player of one kind sends the same connect, createStream and
+#: play; a connect with Enhanced RTMP's lists is ~300 bytes, and the bound
+#: keeps what the cache holds small (256 x 1 KiB).
+MAX_SHARED_COMMAND_BYTES: Final = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_shared_command(payload: bytes, amf3: bool) -> msg.Command:
+    """``decode_command`` once per distinct body (about 12 us for a plain
+    connect, 5 for a play). The result is shared by every connection that
+    sent these bytes, so nothing may change it: the handlers read it, and
+    ConnectRequested gets a copy of the connect object. A body that does not
+    decode raises each time (errors are not cached)."""
+    return msg.decode_command(payload, amf3=amf3)
+
+
 def _split_query(text: str) -> tuple[str, str]:
     base, _sep, query = text.partition("?")
     return base, query
@@ -254,6 +272,14 @@ def _number(value: object, default: float) -> float:
 
 class _Connection:
     """What both sides share: handshake, chunk stream, acks, pings, output."""
+
+    # Slotted, as are the reader and writer: a server connection lives as
+    # long as its viewer plays, and an attribute dict was ~300 bytes of it.
+    __slots__ = (
+        "_amf3_commands", "_bytes_received", "_closed_reported", "_eof", "_events", "_failed",
+        "_handshake_done", "_last_ack", "_max_message_size", "_out", "_peer_window", "_reader",
+        "_writer",
+    )
 
     def __init__(self, *, max_message_size: int) -> None:
         self._reader = ChunkReader(max_message_size=max_message_size)
@@ -494,6 +520,12 @@ class _Role(enum.Enum):
 class ServerConnection(_Connection):
     """The server side of one RTMP connection (see the module docstring)."""
 
+    __slots__ = (
+        "_chunk_size_sent", "_connect_type", "_handshake", "_handshake_reported",
+        "_next_stream_id", "_object_encoding", "_out_chunk_size", "_peer_bandwidth",
+        "_peer_capabilities", "_publish_names", "_state", "_streams", "_window_ack_size",
+    )
+
     def __init__(
         self,
         *,
@@ -630,7 +662,12 @@ class ServerConnection(_Connection):
             return
         type_id = message.type_id
         if type_id in (msg.COMMAND_AMF0, msg.COMMAND_AMF3):
-            command = msg.decode_command(message.payload, amf3=type_id == msg.COMMAND_AMF3)
+            payload = message.payload
+            amf3 = type_id == msg.COMMAND_AMF3
+            if len(payload) <= MAX_SHARED_COMMAND_BYTES:
+                command = _decode_shared_command(payload, amf3)
+            else:
+                command = msg.decode_command(payload, amf3=amf3)
             if command.name == "connect":
                 self._connect_type = type_id
             self._on_command(message.stream_id, command)
@@ -1112,6 +1149,11 @@ class ClientConnection(_Connection):
 
     Calls made before the handshake finishes are queued and sent after it.
     """
+
+    __slots__ = (
+        "_calls", "_chunk_size_sent", "_handshake", "_handshake_reported", "_next_tid",
+        "_object_encoding", "_out_chunk_size", "_queued", "_sent_window", "_state",
+    )
 
     def __init__(
         self,
