@@ -17,6 +17,11 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+#: The protocol of a play by another ``--workers`` worker's relay (on this
+#: worker's Unix socket): admitted as the server's own, and not a viewer in
+#: the stats (the viewers it serves are counted on the relaying worker).
+RELAY_PROTOCOL = "relay"
+
 #: The query parameter an HTTP-FLV or WS-FLV player adds to get only what
 #: a player without Enhanced RTMP decodes: ``/live/cam1.flv?codecs=legacy``.
 LEGACY_QUERY = ("codecs", "legacy")

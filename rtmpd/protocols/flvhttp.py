@@ -49,6 +49,7 @@ from rtmpd.fanout import OutputFormat, ViewerOutput
 from rtmpd.media import Frame
 from rtmpd.protocols import (
     LEGACY_QUERY,
+    RELAY_PROTOCOL,
     LegacyFormat,
     host_and_port,
     say_what_is_left_out,
@@ -77,9 +78,6 @@ CORS_PUBLISH_HEADERS = {
 #: a gateway that reconnects learns from it whether the stream it finds is
 #: the one it was relaying (its timestamps go on) or a new publish.
 STREAM_ID_HEADER = b"X-Stream-Id"
-#: The protocol admission sees for a play by another ``--workers`` worker's
-#: relay (on this worker's Unix socket).
-RELAY_PROTOCOL = "relay"
 
 
 def flv_preamble(stream: Stream) -> bytes:
@@ -134,12 +132,17 @@ class HttpFlvViewer(ViewerOutput):
 
     def __init__(
         self, request: server.Request, stream: Stream, output: OutputFormat,
-        transport: ITransport, client_id: int,
+        transport: ITransport, client_id: int, *, relay: bool = False,
     ) -> None:
-        host, port = _peer(request)
+        """``relay``: the play of a sibling worker's relay (``--workers``)."""
+        if relay:
+            protocol, description = RELAY_PROTOCOL, "relay to a sibling worker"
+        else:
+            host, port = _peer(request)
+            protocol, description = "http-flv", f"http-flv {host}:{port}"
         super().__init__(
-            transport, f"http-flv {host}:{port}", stream=stream, output=output,
-            protocol="http-flv", client_id=client_id,
+            transport, description, stream=stream, output=output,
+            protocol=protocol, client_id=client_id,
         )
         self.request = request
 
@@ -428,7 +431,8 @@ class FlvHttpResource(resource.Resource):
                 output = LEGACY_CHUNKED if request.chunked else LEGACY_PLAIN
             else:
                 output = CHUNKED if request.chunked else PLAIN
-            viewer = HttpFlvViewer(request, stream, output, transport, play.client_id)
+            viewer = HttpFlvViewer(request, stream, output, transport, play.client_id,
+                                   relay=self.relay)
             if legacy:
                 say_what_is_left_out(stream, enhanced.LEGACY, viewer.description,
                                      "it asked for ?codecs=legacy")

@@ -33,6 +33,7 @@ from rtmpd.codec import aac, avc, flv, opus
 from rtmpd.codec.errors import ProtocolError
 from rtmpd.interfaces import IUpstreamSource
 from rtmpd.media import Frame, FrameKind
+from rtmpd.protocols import RELAY_PROTOCOL
 from rtmpd.services.recorder import FORMATS, metadata_fields
 
 if TYPE_CHECKING:
@@ -422,8 +423,12 @@ def stream_summary(
     else:
         rate_in, rate_out = lifetime_rates_bps(stream)
     counts: Counter[str] = Counter()
+    relays = 0
     for viewer in _viewers(stream):
-        counts[viewer.protocol or "unknown"] += 1
+        if viewer.protocol == RELAY_PROTOCOL:
+            relays += 1
+        else:
+            counts[viewer.protocol or "unknown"] += 1
     return {
         "app": stream.app,
         "name": stream.name,
@@ -437,6 +442,9 @@ def stream_summary(
         "bytes_in": stream.bytes_in,
         "viewers": dict(counts),
         "viewers_total": sum(counts.values()),
+        # Sibling workers relaying it (--workers): their viewers are counted
+        # where they play, so a relay is not one.
+        "relays": relays,
         # A gateway's stream: its upstream pull (None for published ones).
         "upstream": source.status() if (source := IUpstreamSource(stream.source, None)) else None,
         # Its forwards to other servers (--forward, hooks).
@@ -488,9 +496,14 @@ class _StateCollector(Collector):
         skipped: Counter[str] = Counter(dict.fromkeys(VIEWER_PROTOCOLS, 0))
         connections: Counter[str] = Counter(dict.fromkeys(CONNECTION_PROTOCOLS, 0))
         bytes_in = sum(s.bytes_in for s in streams)
+        relays = 0
         for stream in streams:
             for viewer in _viewers(stream):
                 protocol = viewer.protocol or "unknown"
+                if protocol == RELAY_PROTOCOL:
+                    # The box's own traffic: its viewers are the relaying worker's.
+                    relays += 1
+                    continue
                 viewers[protocol] += 1
                 bytes_out[protocol] += viewer.bytes_sent
                 skipped[protocol] += viewer.frames_dropped
@@ -499,8 +512,8 @@ class _StateCollector(Collector):
             for client in tuple(admission.clients.values()):
                 connections[client.protocol] += 1
             bytes_in += admission.ended_bytes_in
-            bytes_out.update(admission.ended_bytes_out)
-            skipped.update(admission.ended_frames_dropped)
+            bytes_out.update(_viewer_protocols(admission.ended_bytes_out))
+            skipped.update(_viewer_protocols(admission.ended_frames_dropped))
             refusals = admission.refusals
 
         yield _by_label(
@@ -514,6 +527,10 @@ class _StateCollector(Collector):
         yield _by_label(
             GaugeMetricFamily("rtmpd_viewers", "Viewers playing.", labels=["protocol"]),
             viewers,
+        )
+        yield GaugeMetricFamily(
+            "rtmpd_relays", "Relays of streams held here to sibling workers (--workers); "
+            "not viewers.", value=relays,
         )
         yield CounterMetricFamily(
             "rtmpd_bytes_in", "Media bytes received from publishers.", value=bytes_in
@@ -539,6 +556,11 @@ class _StateCollector(Collector):
 
 
 _Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily)
+
+
+def _viewer_protocols(totals: Mapping[str, int]) -> dict[str, int]:
+    """Ended viewers' totals without the relays' (the box's own traffic)."""
+    return {protocol: n for protocol, n in totals.items() if protocol != RELAY_PROTOCOL}
 
 
 def _by_label(family: _Family, values: Mapping[str, int]) -> _Family:

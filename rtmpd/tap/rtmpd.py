@@ -968,7 +968,7 @@ def add_worker_services(
     admission's origin); returns whether a stream here is a relay's."""
     from rtmpd.auth import DoneHookNotifier
     from rtmpd.interfaces import IUpstreamSource
-    from rtmpd.protocols.flvhttp import RELAY_PROTOCOL
+    from rtmpd.protocols import RELAY_PROTOCOL
     from rtmpd.services.upstream import Upstream
     from rtmpd.services.workers import ParentLink, relay_agent
     from rtmpd.workerdirectory import DirectoryClient, worker_location

@@ -127,6 +127,9 @@ def test_viewers_on_both_workers_all_decode_a_stream_published_to_one(
         assert by_worker[publisher]["upstream"] is None
         assert (by_worker[other]["upstream"]["url"]
                 == f"http://worker-{publisher}/live/box.flv")
+        # Every viewer has left; a relay still lingering is not a viewer.
+        assert by_worker[publisher]["viewers_total"] == 0, answer
+        assert by_worker[publisher]["relays"] in (0, 1), answer
     stop_server(workers)
     recorded = re.findall(r"worker (\d+): hls recording of live/box finalised", workers.log())
     assert recorded == [str(publisher)]

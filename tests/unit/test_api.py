@@ -24,6 +24,7 @@ from rtmpd.codec import aac, amf0, avc, flv
 from rtmpd.fanout import ViewerOutput
 from rtmpd.interfaces import IMediaSource
 from rtmpd.media import Frame, FrameKind
+from rtmpd.protocols import RELAY_PROTOCOL
 from rtmpd.protocols.api import ApiResource, MetricsResource, is_loopback
 from rtmpd.protocols.web import make_web_site
 from rtmpd.registry import Stream, StreamConfig, StreamRegistry
@@ -95,11 +96,11 @@ class FakeViewer(ViewerOutput):
 
     __slots__ = ("ended",)
 
-    def __init__(self, stream: Stream, client_id: int) -> None:
+    def __init__(self, stream: Stream, client_id: int, protocol: str = "http-flv") -> None:
         transport = StringTransport()  # type: ignore[no-untyped-call]
         super().__init__(
-            transport, "http-flv 127.0.0.1:6000", stream=stream, output=FlvTags(),
-            protocol="http-flv", client_id=client_id,
+            transport, f"{protocol} 127.0.0.1:6000", stream=stream, output=FlvTags(),
+            protocol=protocol, client_id=client_id,
         )
         self.ended: list[str] = []
 
@@ -602,6 +603,32 @@ def test_metrics_read_the_servers_state(server: Server) -> None:
     }
 
 
+def test_a_sibling_workers_relay_is_not_a_viewer(server: Server) -> None:
+    """With --workers, the holder's relay to another worker is the box's own
+    traffic: the viewers it feeds are counted on that worker."""
+    relay_id = server.connect("http", "?", 0)
+    request = server.request(Action.PLAY, "cam", relay_id, RELAY_PROTOCOL)
+    relays: list[ViewerOutput] = []
+    server.admission.play(
+        request, lambda stream: FakeViewer(stream, relay_id, RELAY_PROTOCOL), internal=True,
+    ).addCallback(relays.append)
+    server.push([frame(FrameKind.VIDEO, 80, INTER)])
+    assert relays and relays[0].bytes_sent > 0
+    metrics = scrape(server)
+    assert metrics["rtmpd_viewers"] == {
+        (("protocol", "http-flv"),): 1, (("protocol", "rtmp"),): 0, (("protocol", "ws-flv"),): 0,
+    }
+    assert metrics["rtmpd_relays"] == {(): 1}
+    summary = body_json(call(api_root(server), b"GET", "/api/streams"))["streams"][0]
+    assert (summary["viewers"], summary["viewers_total"], summary["relays"]) == (
+        {"http-flv": 1}, 1, 1)
+    relays[0].finish("closed by the client")
+    after = scrape(server)
+    assert after["rtmpd_relays"] == {(): 0}
+    assert {labels for labels in after["rtmpd_bytes_out"]} == {
+        (("protocol", p),) for p in ("http-flv", "rtmp", "ws-flv")}
+
+
 def test_metric_totals_keep_what_ended_streams_and_viewers_counted(server: Server) -> None:
     viewer = server.viewer
     assert isinstance(viewer, FakeViewer)
@@ -632,7 +659,7 @@ def test_hook_durations_are_a_histogram(server: Server) -> None:
 
 def test_a_failed_recording_is_counted_by_format(tmp_path: Path) -> None:
     class FullWriter:
-        def submit(self, job: Any, *, size: int = 0) -> Any:
+        def submit(self, job: Any, *, size: int = 0, quiet: bool = False) -> Any:
             raise WriterFull("disk writer queue full")
 
     s = Server([])
