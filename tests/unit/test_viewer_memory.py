@@ -141,3 +141,31 @@ def test_playing_http_flv_request_shares_empty_parsed_query_and_cookies(site: Si
     for name in ("args", "received_cookies", "cookies", "prepath", "postpath"):
         assert not getattr(first, name), name
         assert getattr(first, name) is getattr(second, name), name
+
+
+def test_rtmp_connection_state_is_slotted() -> None:
+    """A server connection lives as long as its viewer plays: its codec
+    objects carry no attribute dicts."""
+    from rtmpd.codec.rtmp.chunk import ChunkReader, ChunkWriter
+    from rtmpd.codec.rtmp.connection import ClientConnection, ServerConnection
+
+    for obj in (ServerConnection(), ClientConnection(), ChunkReader(), ChunkWriter()):
+        assert not hasattr(obj, "__dict__"), type(obj).__name__
+
+
+def test_idle_chunk_streams_hold_no_list_and_split_messages_still_join() -> None:
+    from rtmpd.codec.rtmp.chunk import NEED_DATA, ChunkReader, ChunkWriter, Message
+
+    writer = ChunkWriter(chunk_size=128)
+    reader = ChunkReader()
+    big = bytes(range(256)) * 3  # 6 chunks of 128 bytes
+    data = writer.write(6, 9, 1, 40, big) + writer.write(4, 20, 1, 0, b"x" * 10)
+    reader.receive_data(data[:300])
+    assert reader.next_event() is NEED_DATA
+    assert reader._streams[6].parts  # a message in progress has its parts
+    reader.receive_data(data[300:])
+    first, second = reader.next_event(), reader.next_event()
+    assert isinstance(first, Message) and first.payload == big
+    assert isinstance(second, Message) and second.payload == b"x" * 10
+    for state in reader._streams.values():
+        assert not isinstance(state.parts, list)
