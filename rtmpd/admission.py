@@ -284,7 +284,11 @@ class Admission:
         takeover: bool = False,
         publisher_timeout_s: float = 30.0,
         origin: IStreamOrigin | None = None,
+        client_ids: tuple[int, int] = (1, 1),
     ) -> None:
+        """``client_ids``: the first connection id and the step between ids
+        (``--workers``: worker k of N gives k, k + N, k + 2N..., so ids are
+        unique on the box and each says its worker)."""
         self.registry = registry
         #: Where a played stream that is not live here comes from (None: it
         #: is simply not found).
@@ -301,7 +305,7 @@ class Admission:
         self.closed_connections = 0
         self.publishers: dict[tuple[str, str], Publisher] = {}
         self._per_ip: Counter[str] = Counter()
-        self._next_id = 1
+        self._next_id, self._id_step = client_ids
         #: Refusals so far, by code (connections included).
         self.refusals: Counter[Refusal] = Counter()
         #: Totals of viewers that have ended, by protocol, so counters only
@@ -348,7 +352,7 @@ class Admission:
             )
             raise AdmissionRefused(Refusal.LIMIT, "too many connections from this address")
         client_id = self._next_id
-        self._next_id += 1
+        self._next_id += self._id_step
         self.clients[client_id] = Client(
             client_id, host, port, protocol, close, self.clock.seconds()
         )

@@ -282,9 +282,22 @@ class ApiResource(resource.Resource):
             return _not_found(request, f"no client {raw[:20]!r}: ids are numbers")
         client_id = int(raw)
         if not self.admission.kick_client(client_id, KICK_REASON):
-            return _not_found(request, f"no client {client_id}")
+            return _not_found(request, f"no client {client_id}{self._elsewhere(client_id)}")
         log.info("DELETE /api/clients/{id} by {peer}", id=client_id, peer=_peer(request))
         return no_content(request)
+
+
+    def _elsewhere(self, client_id: int) -> str:
+        """With ``--workers``, which worker a client id is on (ids are dealt
+        round the workers), when it is not the one answering."""
+        siblings = self.siblings
+        if siblings is None or client_id < 1:
+            return ""
+        owner = (client_id - 1) % siblings.count + 1
+        if owner == siblings.index:
+            return ""
+        return (f" on worker {siblings.index}: client {client_id} is worker {owner}'s; "
+                "ask again (each connection reaches the worker the kernel chooses)")
 
 
 class MetricsResource(resource.Resource):

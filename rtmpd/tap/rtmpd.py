@@ -789,6 +789,8 @@ def makeService(
         ),
         takeover=bool(options.get("takeover")),
         publisher_timeout_s=float(options.get("publisher-timeout", 30.0)),
+        # Ids unique on the box, each telling its worker (DELETE /api/clients).
+        client_ids=(1, 1) if worker is None else (worker[0], int(options.get("workers", 1))),
     )
     # Full garbage collections paced by leaves, not joins (rtmpd.gcpacing).
     PacedCollection(admission, reactor).setServiceParent(top)

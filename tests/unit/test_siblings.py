@@ -18,6 +18,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
+from rtmpd.admission import Admission
 from rtmpd.protocols.api import ApiResource, MetricsResource
 from rtmpd.protocols.siblings import (
     GATHER_TIMEOUT_S,
@@ -27,7 +28,7 @@ from rtmpd.protocols.siblings import (
     SiblingSite,
 )
 from rtmpd.services.stats import Metrics
-from tests.unit.test_api import Server, header
+from tests.unit.test_api import Server, call, header
 
 
 class Response:
@@ -164,3 +165,20 @@ def test_without_siblings_the_answer_is_this_workers_alone() -> None:
     request = get(ApiResource(box.admission, box.sampler, token=None), "streams")
     assert "workers" not in json_of(request)
     assert request.finished  # at once, as with one process
+
+
+def test_client_ids_are_dealt_round_the_workers_and_a_miss_names_the_owner() -> None:
+    box = Server()
+    worker_2_of_3 = Admission(box.registry, publisher_timeout_s=0, client_ids=(2, 3))
+    ids = [worker_2_of_3.open_connection("192.0.2.1", 5000 + i, "rtmp", lambda _: None)
+           for i in range(3)]
+    assert ids == [2, 5, 8]
+    api = ApiResource(worker_2_of_3, box.sampler, token=None,
+                      siblings=Siblings(FakeAgent({}), Clock(), 2, 3))
+    # Client 7 is worker 1's (7 = 1 + 2 * 3): this one says so.
+    request = call(api, b"DELETE", "clients/7")
+    assert json_of(request)["error"] == (
+        "no client 7 on worker 2: client 7 is worker 1's; ask again (each connection "
+        "reaches the worker the kernel chooses)")
+    assert json_of(call(api, b"DELETE", "clients/11"))["error"] == "no client 11"
+    assert call(api, b"DELETE", "clients/5").responseCode == 204

@@ -227,6 +227,10 @@ def test_a_worker_with_directory_claims_at_the_boxs_location_before_the_boxs_dir
     assert top.admission.authorizers[-1] is claims[1]  # type: ignore[attr-defined]
     siblings = top.getServiceNamed("web").factory.resource.children[b"api"].siblings
     assert isinstance(siblings, Siblings) and (siblings.index, siblings.count) == (1, 2)
+    # Worker 1 of 2 deals the odd client ids.
+    admission = top.admission  # type: ignore[attr-defined]
+    assert [admission.open_connection("192.0.2.1", 5000 + i, "rtmp", lambda _: None)
+            for i in range(3)] == [1, 3, 5]
 
 
 def test_worker_option_names_an_index_and_a_run_directory(tmp_path: Any) -> None:
