@@ -2,7 +2,8 @@
 
 Three things need more than Twisted's public API:
 
-* the direct-write fast path of the fan-out (``PERFORMANCE.md``): writing
+* the direct-write fast path of the fan-out (``benchmarks/README.md``, "What
+  the profiles say"): writing
   shared bytes straight to a TCP socket is only correct while the transport
   holds nothing, and only the transport's private buffers say whether it
   does;
