@@ -315,7 +315,7 @@ class Forward:
     def _forwarding(self, viewer: ViewerOutput) -> None:
         if self.viewer is viewer and self.state is CONNECTING:
             self.state = FORWARDING
-            log.info("forward {path} to {url}: publishing (attempt {n})", path=self.path,
+            log.info("forward {path} to {url}: publishing (connection {n})", path=self.path,
                      url=self.shown_url, n=self.connects)
 
     def _not_forwarding(self, failure: Failure) -> None:

@@ -388,7 +388,7 @@ class PulledStream:
         # The tracks' last times stay: a reconnect to the same publish skips
         # up to them.
         delay = self._backoff.next_delay()
-        log.info("pull {path}: {reason}; reconnecting in {delay:g} s (attempt {n})",
+        log.info("pull {path}: {reason}; reconnecting in {delay:g} s ({n} connections so far)",
                  path=self.path, reason=reason, delay=delay, n=self.connects)
         self._timer = clock.callLater(delay, self._reconnect)
 
