@@ -163,6 +163,7 @@ class Stream:
         self.registry = registry
         self.app = app
         self.name = name
+        self._path: str | None = None
         self.source = source
         self.clock = clock
         self.config = config
@@ -218,8 +219,12 @@ class Stream:
 
     @property
     def path(self) -> str:
-        """``app/name``, for logs."""
-        return f"{self.app}/{self.name}"
+        """``app/name``, for logs; one string for the stream's life (an
+        RTMP connection keeps the path it played, each its own copy before)."""
+        path = self._path
+        if path is None:
+            path = self._path = f"{self.app}/{self.name}"
+        return path
 
     def viewer_count(self) -> int:
         """Viewers on every output format."""

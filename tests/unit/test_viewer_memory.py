@@ -169,3 +169,9 @@ def test_idle_chunk_streams_hold_no_list_and_split_messages_still_join() -> None
     assert isinstance(second, Message) and second.payload == b"x" * 10
     for state in reader._streams.values():
         assert not isinstance(state.parts, list)
+
+
+def test_a_streams_path_is_one_string_for_all_who_keep_it(site: Site) -> None:
+    stream = site.registry.get("live", "bench")
+    assert stream is not None
+    assert stream.path == "live/bench" and stream.path is stream.path
