@@ -298,7 +298,7 @@ class FlvRecording(Recording):
             chunks, size = self._chunks, self._size
             self._chunks, self._size = [], 0
             file = self.file
-            self.submit(lambda: file.append(chunks), size=size)
+            self.submit(lambda: file.append(chunks), size=size, quiet=True)
 
     def close(self) -> defer.Deferred[Any] | None:
         self._flush()

@@ -503,7 +503,7 @@ class Fmp4Recording(Recording):
             return
         size = sum(len(data) for _, data in files)
         fmp4 = self.files
-        self.submit(lambda: fmp4.write(files), size=size)
+        self.submit(lambda: fmp4.write(files), size=size, quiet=True)
 
     def close(self) -> defer.Deferred[Any] | None:
         if self.init_waits:

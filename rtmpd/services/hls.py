@@ -361,7 +361,9 @@ class HlsRecording(Recording):
             self.fail(f"cannot build segment: {e}")
             return
         self.submit(
-            lambda: files.add_segment([data], duration_ms, discontinuity), size=len(data)
+            lambda: files.add_segment([data], duration_ms, discontinuity),
+            size=len(data),
+            quiet=True,
         )
 
     def _close_segment(self, duration_ms: int) -> None:
@@ -371,7 +373,9 @@ class HlsRecording(Recording):
         self._segment = [self.muxer.start_segment()]
         self._segment_size = 0
         files = self.files
-        self.submit(lambda: files.add_segment(chunks, duration_ms, discontinuity), size=size)
+        self.submit(
+            lambda: files.add_segment(chunks, duration_ms, discontinuity), size=size, quiet=True
+        )
 
     def close(self) -> defer.Deferred[Any] | None:
         duration = self.cutter.finish()

@@ -528,8 +528,12 @@ class Recording:
         (None if it could not be submitted)."""
         raise NotImplementedError
 
-    def submit(self, job: Callable[[], T], *, size: int = 0) -> defer.Deferred[T] | None:
-        """Queue a job of this recording's disk half; None if the recording failed."""
+    def submit(
+        self, job: Callable[[], T], *, size: int = 0, quiet: bool = False
+    ) -> defer.Deferred[T] | None:
+        """Queue a job of this recording's disk half; None if the recording
+        failed. ``quiet``: its success is not reported (see
+        :meth:`DiskWriter.submit`), for the jobs of every segment or batch."""
         if self.state is State.FAILED:
             return None
         disk = self.disk
@@ -549,7 +553,7 @@ class Recording:
                 raise
 
         try:
-            d = self.writer.submit(guarded, size=size)
+            d = self.writer.submit(guarded, size=size, quiet=quiet)
         except WriterFull as e:
             self.fail(str(e))
             return None

@@ -47,11 +47,20 @@ class WriterFull(Exception):
 class DiskWriter(Protocol):
     """Runs blocking file jobs in order, off the reactor thread."""
 
-    def submit(self, job: Callable[[], T], *, size: int = 0) -> defer.Deferred[T]:
+    def submit(
+        self, job: Callable[[], T], *, size: int = 0, quiet: bool = False
+    ) -> defer.Deferred[T]:
         """Queue ``job`` (``size``: bytes of media it carries, for the bound).
 
         Returns a Deferred firing on the reactor thread with the job's result
-        or failure. Raises :class:`WriterFull` when the job cannot be taken.
+        or failure; with ``quiet``, only with its failure (it never fires if
+        the job succeeds). Raises :class:`WriterFull` when the job cannot be
+        taken.
+
+        ``quiet`` is for a recording's frequent jobs (a segment, a second of
+        FLV tags) whose success nobody waits for: reporting it would wake an
+        otherwise idle reactor once per job, which costs a paced ingest about
+        as much as one more read of its publisher.
         """
 
 
@@ -61,13 +70,15 @@ class ImmediateDiskWriter:
     def __init__(self) -> None:
         self.jobs_run = 0
 
-    def submit(self, job: Callable[[], T], *, size: int = 0) -> defer.Deferred[T]:
+    def submit(
+        self, job: Callable[[], T], *, size: int = 0, quiet: bool = False
+    ) -> defer.Deferred[T]:
         self.jobs_run += 1
         try:
             result = job()
         except Exception:
             return defer.fail(Failure())
-        return defer.succeed(result)
+        return defer.Deferred() if quiet else defer.succeed(result)
 
     def stop(self) -> defer.Deferred[None]:
         return defer.succeed(None)
@@ -119,7 +130,9 @@ class ThreadedDiskWriter:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
-    def submit(self, job: Callable[[], T], *, size: int = 0) -> defer.Deferred[T]:
+    def submit(
+        self, job: Callable[[], T], *, size: int = 0, quiet: bool = False
+    ) -> defer.Deferred[T]:
         if self._stopping or self._thread is None:
             raise WriterFull("the disk writer is not running")
         with self._lock:
@@ -133,7 +146,7 @@ class ThreadedDiskWriter:
             self._pending_jobs += 1
             self._pending_bytes += size
         d: defer.Deferred[T] = defer.Deferred()
-        self._queue.put((job, d, size))
+        self._queue.put((job, d, size, quiet))
         return d
 
     def stop(self) -> defer.Deferred[None]:
@@ -153,7 +166,7 @@ class ThreadedDiskWriter:
             item = self._queue.get()
             if item is _STOP:
                 break
-            job, d, size = item
+            job, d, size, quiet = item
             try:
                 result = job()
             except BaseException:
@@ -162,10 +175,13 @@ class ThreadedDiskWriter:
             else:
                 outcome = result
                 fire = d.callback
+                if quiet:
+                    fire = None  # a success nobody waits for: the reactor sleeps on
             with self._lock:
                 self._pending_jobs -= 1
                 self._pending_bytes -= size
-            self._call_from_thread(fire, outcome)
+            if fire is not None:
+                self._call_from_thread(fire, outcome)
         stopped = self._stopped
         assert stopped is not None
         self._call_from_thread(stopped.callback, None)

@@ -783,12 +783,14 @@ class StalledDiskWriter(ThreadedDiskWriter):
         super().__init__(call_from_thread, **bounds)
         self.gate = threading.Event()
 
-    def submit(self, job: Callable[[], Any], *, size: int = 0) -> defer.Deferred[Any]:
+    def submit(
+        self, job: Callable[[], Any], *, size: int = 0, quiet: bool = False
+    ) -> defer.Deferred[Any]:
         def stalled() -> Any:
             self.gate.wait(WAIT_S)
             return job()
 
-        return super().submit(stalled, size=size)
+        return super().submit(stalled, size=size, quiet=quiet)
 
 
 @implementer(IMediaSource)

@@ -100,26 +100,31 @@ class ManualWriter:
     """Queues jobs until the test runs them: shows what waits for the disk."""
 
     def __init__(self) -> None:
-        self.jobs: list[tuple[Callable[[], Any], defer.Deferred[Any]]] = []
+        self.jobs: list[tuple[Callable[[], Any], defer.Deferred[Any], bool]] = []
 
-    def submit(self, job: Callable[[], T], *, size: int = 0) -> defer.Deferred[T]:
+    def submit(
+        self, job: Callable[[], T], *, size: int = 0, quiet: bool = False
+    ) -> defer.Deferred[T]:
         d: defer.Deferred[T] = defer.Deferred()
-        self.jobs.append((job, d))
+        self.jobs.append((job, d, quiet))
         return d
 
     def run_all(self) -> None:
         while self.jobs:
-            job, d = self.jobs.pop(0)
+            job, d, quiet = self.jobs.pop(0)
             try:
                 result = job()
             except Exception as e:
                 d.errback(e)
             else:
-                d.callback(result)
+                if not quiet:
+                    d.callback(result)
 
 
 class FullWriter:
-    def submit(self, job: Callable[[], T], *, size: int = 0) -> defer.Deferred[T]:
+    def submit(
+        self, job: Callable[[], T], *, size: int = 0, quiet: bool = False
+    ) -> defer.Deferred[T]:
         raise WriterFull("disk writer queue full: 4096 jobs pending")
 
 
@@ -611,6 +616,35 @@ def test_threaded_writer_runs_jobs_in_order_off_the_calling_thread() -> None:
     assert stopped.called
     with pytest.raises(WriterFull):
         writer.submit(lambda: None)
+
+
+def test_quiet_jobs_wake_the_reactor_only_when_they_fail() -> None:
+    """A quiet job's success is not sent to the reactor thread (it would wake
+    it for nothing); its failure is, and the bounds count it either way."""
+    collect = Collect()
+    writer = ThreadedDiskWriter(collect)
+    writer.start()
+    ok = writer.submit(lambda: 1, size=10, quiet=True)
+    bad = writer.submit(lambda: 1 // 0, size=10, quiet=True)
+    loud = writer.submit(lambda: 3)
+    errors: list[Any] = []
+    bad.addErrback(errors.append)
+    results: list[Any] = []
+    loud.addCallback(results.append)
+    writer.stop()
+    assert writer._thread is not None
+    writer._thread.join(5)
+    assert len(collect.calls) == 3  # bad's errback, loud's callback, the stop
+    collect.run()
+    assert not ok.called
+    assert errors and errors[0].check(ZeroDivisionError)
+    assert results == [3]
+    assert (writer.pending_jobs, writer.pending_bytes) == (0, 0)
+    immediate = ImmediateDiskWriter()
+    assert not immediate.submit(lambda: 1, quiet=True).called
+    failed = immediate.submit(lambda: 1 // 0, quiet=True)
+    failed.addErrback(errors.append)
+    assert len(errors) == 2
 
 
 def test_threaded_writer_refuses_jobs_past_its_bounds() -> None:
