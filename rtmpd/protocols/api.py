@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from rtmpd.admission import Admission
@@ -276,28 +277,56 @@ class ApiResource(resource.Resource):
     def _list_clients(self, request: server.Request, parts: list[str]) -> bytes | int:
         return self._list(request, "clients", client_list(self.admission))
 
-    def _kick_client(self, request: server.Request, parts: list[str]) -> bytes:
+    def _kick_client(self, request: server.Request, parts: list[str]) -> bytes | int:
         raw = parts[1]
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
             return _not_found(request, f"no client {raw[:20]!r}: ids are numbers")
         client_id = int(raw)
+        owner = self._owner(client_id)
+        if owner is not None:
+            return self._kick_elsewhere(request, owner, client_id)
         if not self.admission.kick_client(client_id, KICK_REASON):
-            return _not_found(request, f"no client {client_id}{self._elsewhere(client_id)}")
+            return _not_found(request, f"no client {client_id}")
         log.info("DELETE /api/clients/{id} by {peer}", id=client_id, peer=_peer(request))
         return no_content(request)
 
-
-    def _elsewhere(self, client_id: int) -> str:
-        """With ``--workers``, which worker a client id is on (ids are dealt
-        round the workers), when it is not the one answering."""
+    def _owner(self, client_id: int) -> int | None:
+        """With ``--workers``, the sibling whose client ``client_id`` is (ids
+        are dealt round the workers); None when it is this worker's."""
         siblings = self.siblings
         if siblings is None or client_id < 1:
-            return ""
+            return None
         owner = (client_id - 1) % siblings.count + 1
-        if owner == siblings.index:
-            return ""
-        return (f" on worker {siblings.index}: client {client_id} is worker {owner}'s; "
-                "ask again (each connection reaches the worker the kernel chooses)")
+        return None if owner == siblings.index else owner
+
+    def _kick_elsewhere(self, request: server.Request, owner: int, client_id: int) -> int:
+        """``DELETE /api/clients/{id}`` of a sibling's client: asked of it."""
+        assert self.siblings is not None
+        peer = _peer(request)
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answered(kicked: bool) -> None:
+            if gone:
+                return
+            if kicked:
+                log.info("DELETE /api/clients/{id} by {peer} (on worker {owner})",
+                         id=client_id, peer=peer, owner=owner)
+                request.write(no_content(request))
+            else:
+                request.write(_not_found(request, f"no client {client_id}"))
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            if gone:
+                return
+            request.write(json_body(request, http.SERVICE_UNAVAILABLE, {
+                "error": f"client {client_id} is worker {owner}'s, which did not answer "
+                         f"({failure.getErrorMessage()})"}))
+            request.finish()
+
+        self.siblings.kick(owner, client_id).addCallbacks(answered, failed)
+        return server.NOT_DONE_YET
 
 
 class MetricsResource(resource.Resource):

@@ -15,7 +15,9 @@ those sockets) and merges:
   added (``sum by`` gives the box), and ``rtmpd_workers`` /
   ``rtmpd_workers_up``: the workers there should be and those in the answer;
 * ``/api/streams`` and ``/api/clients``: the union of the lists, each item
-  with its ``"worker"``; ``"workers"`` says which answered.
+  with its ``"worker"``; ``"workers"`` says which answered;
+* ``DELETE /api/clients/{id}``: asked of the worker the id belongs to (ids
+  are dealt round the workers), which closes its client.
 
 A sibling that does not answer within :data:`GATHER_TIMEOUT_S` (restarting,
 stuck) is left out, not an error: the answer says so in
@@ -137,6 +139,28 @@ class Siblings:
             return Gathered(answers, self.count)
 
         return d.addCallback(collect)
+
+    def kick(self, index: int, client_id: int) -> defer.Deferred[bool]:
+        """Ask worker ``index`` to close its client ``client_id``: fires
+        with whether it had it; fails when it does not answer in time."""
+        url = f"http://worker-{index}/{INTERNAL.decode()}/clients/{client_id}".encode("ascii")
+        d: defer.Deferred[Any] = self.agent.request(b"DELETE", url)
+
+        def read(response: Any) -> defer.Deferred[bool]:
+            body = _Body()
+            response.deliverBody(body)
+            code = response.code
+
+            def judge(_: bytes) -> bool:
+                if code not in (http.NO_CONTENT, http.NOT_FOUND):
+                    raise ValueError(f"answered {code}")
+                return bool(code == http.NO_CONTENT)
+
+            return body.done.addCallback(judge)
+
+        d.addCallback(read)
+        d.addTimeout(self.timeout_s, self.clock)
+        return d
 
     def _ask(self, index: int, part: str) -> defer.Deferred[bytes]:
         url = f"http://worker-{index}/{INTERNAL.decode()}/{part}".encode("ascii")
@@ -280,12 +304,26 @@ class SiblingResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, lists: Callable[[str], list[dict[str, Any]]],
-                 metrics: Callable[[], bytes] | None) -> None:
+                 metrics: Callable[[], bytes] | None,
+                 kick: Callable[[int], bool] | None = None) -> None:
         """``lists(part)``: this worker's streams or clients, as ``/api``
-        lists them; ``metrics()``: its exposition (None: ``--no-metrics``)."""
+        lists them; ``metrics()``: its exposition (None: ``--no-metrics``);
+        ``kick(id)``: close this worker's client ``id``, whether it had it
+        (``DELETE /.worker/clients/{id}``, for the worker a ``DELETE
+        /api/clients/{id}`` reached)."""
         super().__init__()
         self.lists = lists
         self.metrics = metrics
+        self.kick = kick
+
+    def render_DELETE(self, request: server.Request) -> bytes:
+        parts = request.postpath or []
+        raw = parts[1] if len(parts) == 2 and parts[0] == b"clients" else b""
+        if self.kick is None or not (raw.isdigit() and len(raw) <= 20):
+            request.setResponseCode(http.NOT_FOUND)
+            return b""
+        request.setResponseCode(http.NO_CONTENT if self.kick(int(raw)) else http.NOT_FOUND)
+        return b""
 
     def render_GET(self, request: server.Request) -> bytes:
         parts = request.postpath or []

@@ -1022,7 +1022,7 @@ def add_view_listener(
     on a Unix socket of its own (:func:`rtmpd.services.workers.view_socket`)."""
     from twisted.internet.endpoints import UNIXServerEndpoint
 
-    from rtmpd.protocols.api import client_list, stream_list
+    from rtmpd.protocols.api import KICK_REASON, client_list, stream_list
     from rtmpd.protocols.siblings import SiblingResource, SiblingSite
     from rtmpd.services.workers import view_socket
 
@@ -1031,8 +1031,12 @@ def add_view_listener(
             return stream_list(admission, sampler)
         return client_list(admission)
 
+    def kick(client_id: int) -> bool:
+        return bool(admission.kick_client(client_id, KICK_REASON))
+
     site = SiblingSite(SiblingResource(
-        lists, None if metrics is None else lambda: metrics.render()[0]), reactor=reactor)
+        lists, None if metrics is None else lambda: metrics.render()[0], kick),
+        reactor=reactor)
     path = view_socket(worker[1], worker[0])
     if os.path.exists(path):
         os.unlink(path)  # left by this worker's previous process

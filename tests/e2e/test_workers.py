@@ -285,6 +285,20 @@ def test_metrics_and_api_lists_answer_for_the_whole_box_whichever_worker_answers
     assert answering == {1, 2}, answering
     # The public requests are in the log, the siblings' internal ones not.
     assert "GET /metrics" in workers.log() and "/.worker/" not in workers.log()
+    # Client ids are unique on the box, and one DELETE closes the client
+    # whichever worker it reaches (each a new connection: both are tried).
+    clients = json.loads(get(workers, "api/clients")[1])["clients"]
+    ids = [c["id"] for c in clients]
+    assert len(ids) == len(set(ids)), clients
+    publishing = [c for c in clients if c["protocol"] == "rtmp"]
+    assert len(publishing) == 2, clients
+    for client in publishing:
+        request = urllib.request.Request(
+            workers.web_url(f"api/clients/{client['id']}"), method="DELETE")
+        with urllib.request.urlopen(request, timeout=WAIT_S) as response:
+            assert response.status == 204
+    wait_for(lambda: not json.loads(get(workers, "api/streams")[1])["streams"],
+             "the closed publishers' streams are still listed", workers)
 
 
 def test_a_worker_that_does_not_answer_is_left_out_and_named(workers: Server) -> None:

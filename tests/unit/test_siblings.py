@@ -167,18 +167,47 @@ def test_without_siblings_the_answer_is_this_workers_alone() -> None:
     assert request.finished  # at once, as with one process
 
 
-def test_client_ids_are_dealt_round_the_workers_and_a_miss_names_the_owner() -> None:
+def test_client_ids_are_dealt_round_the_workers_and_a_delete_goes_to_the_owner() -> None:
     box = Server()
     worker_2_of_3 = Admission(box.registry, publisher_timeout_s=0, client_ids=(2, 3))
     ids = [worker_2_of_3.open_connection("192.0.2.1", 5000 + i, "rtmp", lambda _: None)
            for i in range(3)]
     assert ids == [2, 5, 8]
+    clock = Clock()
+    agent = FakeAgent({
+        "http://worker-1/.worker/clients/7": Response(204, b""),
+        "http://worker-1/.worker/clients/10": Response(404, b""),
+        "http://worker-3/.worker/clients/9": Failure(ConnectionRefusedError()),
+    })  # client 4 is worker 1's too: it never answers about it
     api = ApiResource(worker_2_of_3, box.sampler, token=None,
-                      siblings=Siblings(FakeAgent({}), Clock(), 2, 3))
-    # Client 7 is worker 1's (7 = 1 + 2 * 3): this one says so.
-    request = call(api, b"DELETE", "clients/7")
-    assert json_of(request)["error"] == (
-        "no client 7 on worker 2: client 7 is worker 1's; ask again (each connection "
-        "reaches the worker the kernel chooses)")
-    assert json_of(call(api, b"DELETE", "clients/11"))["error"] == "no client 11"
+                      siblings=Siblings(agent, clock, 2, 3))
+    # Client 7 is worker 1's (7 = 1 + 2 * 3): asked of it, which closed it.
+    assert call(api, b"DELETE", "clients/7").responseCode == 204
+    assert agent.asked == [b"http://worker-1/.worker/clients/7"]
+    assert json_of(call(api, b"DELETE", "clients/10"))["error"] == "no client 10"
+    unanswered = call(api, b"DELETE", "clients/4")
+    refused = call(api, b"DELETE", "clients/9")
+    clock.advance(GATHER_TIMEOUT_S)
+    for request, owner in ((unanswered, 1), (refused, 3)):
+        assert request.responseCode == 503
+        assert json_of(request)["error"].startswith(
+            f"client {request.postpath[-1].decode()} is worker {owner}'s, which did not answer")
+    # This worker's own: closed here, without asking anyone.
     assert call(api, b"DELETE", "clients/5").responseCode == 204
+    assert json_of(call(api, b"DELETE", "clients/11"))["error"] == "no client 11"
+    assert len(agent.asked) == 4
+
+
+def test_a_worker_closes_its_own_clients_for_the_sibling_asking() -> None:
+    kicked: list[int] = []
+
+    def kick(client_id: int) -> bool:
+        kicked.append(client_id)
+        return client_id == 7
+
+    view = SiblingResource(lambda part: [], None, kick)
+    assert call(view, b"DELETE", "clients/7").responseCode == 204
+    assert call(view, b"DELETE", "clients/8").responseCode == 404
+    assert call(view, b"DELETE", "clients/x").responseCode == 404
+    assert call(view, b"DELETE", "streams/live").responseCode == 404
+    assert kicked == [7, 8]
