@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from collections.abc import Hashable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -158,8 +159,9 @@ class HttpFlvViewer(ViewerOutput):
         self.request.channel.transport.abortConnection()  # type: ignore[union-attr]
 
     def connection_lost(self, reason: object) -> None:
-        """The response ended: the client went away, or we finished it."""
-        self.finish("closed by the client")
+        """The response ended: the client went away, or we finished it (or
+        closed its connection, saying why on the request)."""
+        self.finish(getattr(self.request, "close_reason", None) or "closed by the client")
 
 
 #: Request headers the access log line reads when a play ends.
@@ -169,6 +171,10 @@ LOGGED_REQUEST_HEADERS = (b"referer", b"user-agent")
 #: A playing Request's parsed query and cookies once shed (read-only: nothing
 #: reads them again, and nothing may write to it).
 _NOTHING_PARSED: Mapping[bytes, Any] = MappingProxyType({})
+
+
+#: Methods and versions a playing Request keeps as these shared objects.
+_REQUEST_LINE_WORDS = {word: word for word in (b"GET", b"HEAD", b"HTTP/1.1", b"HTTP/1.0")}
 
 
 def shed_request(request: server.Request) -> None:
@@ -189,6 +195,11 @@ def shed_request(request: server.Request) -> None:
     request.args = _NOTHING_PARSED  # type: ignore[assignment]
     request.received_cookies = _NOTHING_PARSED  # type: ignore[assignment]
     request.cookies = request.prepath = request.postpath = ()  # type: ignore[assignment]
+    request.sitepath = ()  # type: ignore[attr-defined]  # set by Site.getResourceFor
+    # The request line's method and version as shared constants, not bytes
+    # of each request's own.
+    request.method = _REQUEST_LINE_WORDS.get(request.method, request.method)
+    request.clientproto = _REQUEST_LINE_WORDS.get(request.clientproto, request.clientproto)
     content, request.content = request.content, None
     if content is not None:
         content.close()
@@ -236,7 +247,9 @@ def parse_flv_path(path_segments: list[bytes], suffix: str) -> tuple[str, str]:
             raise AdmissionRefused(Refusal.BAD_NAME, f"the path must end in {suffix}")
         name = name[: -len(suffix)]
     try:
-        return validate_name(app, "app name"), validate_name(name)
+        # Interned: every viewer's admission request keeps them while it
+        # plays, and thousands play the same app and stream.
+        return sys.intern(validate_name(app, "app name")), sys.intern(validate_name(name))
     except InvalidStreamName as e:
         raise AdmissionRefused(Refusal.BAD_NAME, str(e)) from None
 
@@ -756,6 +769,10 @@ class FlvHttpChannel(DeadlineChannel):
         super().connectionMade()
 
     def _kick(self, reason: str) -> None:
+        # Each request's end says why (a playing one's stop line, which
+        # would otherwise blame the client).
+        for request in self.requests:
+            request.close_reason = reason
         transport: Any = self.transport
         if transport is not None:
             transport.abortConnection()

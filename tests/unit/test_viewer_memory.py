@@ -138,9 +138,16 @@ def test_playing_http_flv_request_shares_empty_parsed_query_and_cookies(site: Si
     other.makeConnection(StringTransport(peerAddress=addr))
     other.dataReceived(b"GET /live/bench.flv HTTP/1.1\r\nHost: h\r\n\r\n")
     first, second = channel.requests[0], other.requests[0]
-    for name in ("args", "received_cookies", "cookies", "prepath", "postpath"):
-        assert not getattr(first, name), name
+    for name in ("args", "received_cookies", "cookies", "prepath", "postpath", "sitepath",
+                 "method", "clientproto"):
         assert getattr(first, name) is getattr(second, name), name
+    assert not first.args and not first.sitepath
+    assert (first.method, first.clientproto) == (b"GET", b"HTTP/1.1")
+    # The names the viewer's admission request keeps are one string each.
+    stream = site.registry.get("live", "bench")
+    assert stream is not None
+    one, two = (viewer._request for viewer in stream.viewers)
+    assert one.stream is two.stream and one.app is two.app
 
 
 def test_rtmp_connection_state_is_slotted() -> None:
