@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -352,6 +353,13 @@ def test_a_broken_upstream_connection_resumes_the_same_publish_without_repeats(
     kick = urllib.request.Request(f"{api}/{pull['id']}", method="DELETE")
     with urllib.request.urlopen(kick, timeout=WAIT_S) as response:
         assert response.status == 204
+    # The origin's stop line for that play says why it ended.
+    stop_line = re.compile(r"stop play live/blip by http-flv \S+: (.*?) \(\d+ bytes sent")
+    end = time.monotonic() + WAIT_S
+    while not stop_line.search(origin.log()) and time.monotonic() < end:
+        time.sleep(0.1)
+    found = stop_line.search(origin.log())
+    assert found and found.group(1) == "closed through the API", origin.log()[-2000:]
     edge.wait_log("the upstream is back (the same publish)")
     reader.join(timeout=WAIT_S * 2)
     tags = assert_one_clean_flv(out)
