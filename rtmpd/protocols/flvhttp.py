@@ -470,10 +470,11 @@ class FlvHttpResource(resource.Resource):
 
 
 def _raw_names(segments: list[bytes]) -> tuple[str, str]:
-    """App and stream of a path that did not parse, for the refusal's log line."""
+    """App and stream of a path that did not parse, for the refusal's log
+    line (the stream without its ``.flv``, as the refusal names it)."""
     text = [s.decode("ascii", "replace")[:130] for s in segments[:2]]
     app, name = [*text, "", ""][:2]
-    return app, name
+    return app, name.removesuffix(".flv")
 
 
 #: How long a refused publisher may go on sending its body (discarded) after

@@ -355,3 +355,10 @@ def test_a_bad_option_leaves_a_one_line_usage_above_its_reason(argv: list[str]) 
         options.parseOptions(argv)
     assert options.getUsage() == "rtmpd: `twistd rtmpd --help` lists the options"
     assert "--record" in tap.Options().getUsage()  # the full usage before any error
+
+
+def test_a_path_that_did_not_parse_is_logged_by_its_names_without_the_extension() -> None:
+    from rtmpd.protocols.flvhttp import _raw_names
+
+    assert _raw_names([b"live", b"b ad.flv"]) == ("live", "b ad")
+    assert _raw_names([b"live"]) == ("live", "")
