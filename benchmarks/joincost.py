@@ -5,7 +5,7 @@ Python a join costs: for RTMP the handshake, connect, createStream, play and
 the GOP burst; for HTTP-FLV and WS-FLV the request (and upgrade) and the
 burst. Run from the project root with the venv:
 
-    .venv/bin/python benchmarks/joincost.py rtmp|http|ws [N] [--profile] [--memory]
+    .venv/bin/python benchmarks/joincost.py rtmp|rtmp-loadgen|http|ws [N] [--profile] [--memory]
         [--gc paced|default]
 
 ``--gc`` says how long Python's garbage collections held the N joins up
@@ -71,6 +71,59 @@ def rtmp_joiner():
         viewer.pump()
         viewer.events.clear()  # the test client's copy of the burst
         return viewer
+
+    return join, spent
+
+
+def rtmp_loadgen_joiner():
+    """RTMP joins as benchmarks/loadgen.c makes them: a plain handshake
+    (zero version in C1), its own connect object, then WinAck + createStream
+    and SetBufferLength + play each in one read, as they arrive in a storm.
+    Unlike ``rtmp`` (the test client: digest handshake, one message per
+    read), the connection's set-up (buildProtocol, connectionMade) counts."""
+    from test_protocols import AVC_HEADER, INTER, KEYFRAME, Peer, make_factory
+
+    from rtmpd.codec import amf0
+    from rtmpd.codec.rtmp.chunk import encode_message
+
+    factory, _, _ = make_factory()
+    pub = Peer(factory)
+    sid = pub.open_stream()
+    pub.client.publish(sid, "bench")
+    pub.pump()
+    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), *[(40 * i, INTER) for i in range(1, 25)]):
+        pub.client.send_media(sid, 9, ts, body)
+    pub.pump()
+
+    def message(csid: int, type_id: int, stream_id: int, payload: bytes) -> bytes:
+        return encode_message(chunk_size=128, chunk_stream_id=csid, type_id=type_id,
+                              stream_id=stream_id, timestamp_ms=0, payload=payload)
+
+    connect = amf0.encode_all("connect", 1.0, {
+        "app": "live", "flashVer": "LNX 9,0,124,2", "tcUrl": "rtmp://127.0.0.1:1935/live",
+        "fpad": False, "capabilities": 15.0, "audioCodecs": 4071.0, "videoCodecs": 252.0,
+        "videoFunction": 1.0,
+    })
+    reads = [
+        b"\x03" + bytes(8) + os.urandom(1528),
+        os.urandom(1536) + message(3, 20, 0, connect),
+        message(2, 5, 0, (2_500_000).to_bytes(4, "big"))
+        + message(3, 20, 0, amf0.encode_all("createStream", 2.0, None)),
+        message(2, 4, 0, b"\x00\x03\x00\x00\x00\x01\x00\x00\x0b\xb8")
+        + message(8, 20, 1, amf0.encode_all("play", 3.0, None, "bench", -2000.0)),
+    ]
+    spent = [0.0]
+
+    def join():
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        t = time.perf_counter()
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(transport)
+        for data in reads:
+            proto.dataReceived(data)
+        spent[0] += time.perf_counter() - t
+        transport.clear()
+        return proto, transport
 
     return join, spent
 
@@ -174,13 +227,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("proto", choices=["rtmp", "http", "ws"])
+    ap.add_argument("proto", choices=["rtmp", "rtmp-loadgen", "http", "ws"])
     ap.add_argument("n", nargs="?", type=int, default=1000)
     ap.add_argument("--profile", action="store_true", help="cProfile 300 more joins")
     ap.add_argument("--memory", action="store_true", help="what each joined viewer still holds (tracemalloc)")
     ap.add_argument("--gc", choices=["paced", "default"], help="time the garbage collections during the joins")
     a = ap.parse_args()
-    join, spent = rtmp_joiner() if a.proto == "rtmp" else web_joiner(a.proto == "ws")
+    if a.proto == "rtmp":
+        join, spent = rtmp_joiner()
+    elif a.proto == "rtmp-loadgen":
+        join, spent = rtmp_loadgen_joiner()
+    else:
+        join, spent = web_joiner(a.proto == "ws")
     keep = [join() for _ in range(100)]  # warm up
     spent[0] = 0.0
     gc.collect()
