@@ -215,22 +215,56 @@ def _play_session_output(pair: Pair) -> bytes:
     (request,) = [e for e in pair.take_server() if isinstance(e, ev.PlayRequested)]
     pair.server.play_start(sid, request.name)
     pair.server.send_media(sid, msg.VIDEO, 40, b"\x17\x01" + bytes(300))
+    # Messages on the control and command chunk streams after the play's
+    # own: their headers are compressed against the play's.
+    pair.server.play_unpublish_notify(sid, request.name)
     pair.pump()
     return b"".join(m.payload for m in pair.server_spy.take())
 
 
 @pytest.mark.parametrize("object_encoding", [0.0, 3.0])
-def test_accept_connect_gives_the_same_bytes_to_every_connection(object_encoding: float) -> None:
-    """The second connection's connect reply (shared, written once) and all
-    that follows it are what the first connection got."""
-    connection._CONNECT_REPLIES.clear()  # the first one writes it
+def test_connect_and_play_replies_are_the_same_bytes_for_every_connection(
+    object_encoding: float,
+) -> None:
+    """The second connection's connect reply and play start (shared, written
+    once by the first) and all that follows them are what the first got,
+    byte for byte, and the client reads them alike."""
+    connection._CONNECT_REPLIES.clear()  # the first connection writes them
+    connection._PLAY_STARTS.clear()
     first = Pair(object_encoding=object_encoding)
     first_output = _play_session_output(first)
-    assert len(connection._CONNECT_REPLIES) == 1
+    assert len(connection._CONNECT_REPLIES) == len(connection._PLAY_STARTS) == 1
     second = Pair(object_encoding=object_encoding)
     assert _play_session_output(second) == first_output
     assert first.server_events == second.server_events
     assert first.client_events == second.client_events
+    assert statuses(second.client_events)[-3:] == [
+        (1, "status", "NetStream.Play.Reset"),
+        (1, "status", "NetStream.Play.Start"),
+        (1, "status", "NetStream.Play.UnpublishNotify"),
+    ]
+
+
+def test_play_start_after_other_output_is_written_for_its_own_header_state() -> None:
+    """A ping between createStream and play changes the control chunk
+    stream's last header: that play start is written anew, and the client
+    reads every message."""
+    plain, pinged = Pair(), Pair()
+    for pair in (plain, pinged):
+        pair.connect()
+        sid = pair.create_stream()
+        if pair is pinged:
+            pair.server.send_ping(5)
+        pair.client.play(sid, "cam")
+        pair.take_server()
+        pair.server.play_start(sid, "cam")
+        pair.take_client()
+    plain_messages = plain.server_spy.take()
+    pinged_messages = pinged.server_spy.take()
+    assert [m.type_id for m in pinged_messages] == [
+        m.type_id for m in plain_messages[:-4]
+    ] + [msg.USER_CONTROL] + [m.type_id for m in plain_messages[-4:]]
+    assert [m.payload for m in pinged_messages[-4:]] == [m.payload for m in plain_messages[-4:]]
 
 
 def test_accept_connect_after_other_output_still_compresses_headers_right() -> None:

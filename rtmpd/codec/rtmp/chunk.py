@@ -23,7 +23,7 @@ reads the headers of such bytes back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -40,6 +40,7 @@ __all__ = [
     "NEED_DATA",
     "ChunkReader",
     "ChunkWriter",
+    "HeaderStates",
     "Message",
     "NeedData",
     "encode_message",
@@ -565,6 +566,10 @@ class _WriteState:
         )
 
 
+#: The last headers of some chunk streams, saved by :meth:`ChunkWriter.states`.
+HeaderStates = dict[int, _WriteState | None]
+
+
 class ChunkWriter:
     """Encode messages into chunks, compressing headers per chunk stream id.
 
@@ -603,6 +608,36 @@ class ChunkWriter:
         twin = ChunkWriter(self._chunk_size)
         twin._streams = {csid: state.copy() for csid, state in self._streams.items()}
         return twin
+
+    def state_of(self, chunk_stream_ids: tuple[int, ...]) -> Hashable:
+        """What the next messages written on ``chunk_stream_ids`` depend on
+        besides their own fields (the chunk size and each one's last header),
+        as a hashable value: equal values, equal bytes."""
+        streams = self._streams
+        return (self._chunk_size, *(
+            None if (state := streams.get(csid)) is None
+            else (state.timestamp, state.delta, state.ext, state.length,
+                  state.type_id, state.stream_id)
+            for csid in chunk_stream_ids
+        ))
+
+    def states(self, chunk_stream_ids: tuple[int, ...]) -> HeaderStates:
+        """Copies of the last headers on ``chunk_stream_ids``, for :meth:`restore`."""
+        streams = self._streams
+        return {
+            csid: None if (state := streams.get(csid)) is None else state.copy()
+            for csid in chunk_stream_ids
+        }
+
+    def restore(self, states: HeaderStates) -> None:
+        """Take up the header state :meth:`states` returned, as if this
+        writer had written what the writer it came from wrote since."""
+        streams = self._streams
+        for csid, state in states.items():
+            if state is None:
+                streams.pop(csid, None)
+            else:
+                streams[csid] = state.copy()
 
     def forget(self, chunk_stream_id: int) -> None:
         """Drop header state for a csid, e.g. after other code wrote on it."""

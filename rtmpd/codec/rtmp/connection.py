@@ -51,7 +51,7 @@ from __future__ import annotations
 import enum
 import functools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Final
 
 from rtmpd.codec import amf0, enhanced
@@ -62,6 +62,7 @@ from rtmpd.codec.rtmp.chunk import (
     NEED_DATA,
     ChunkReader,
     ChunkWriter,
+    HeaderStates,
     Message,
     NeedData,
     encode_message,
@@ -243,6 +244,15 @@ def _decode_shared_command(payload: bytes, amf3: bool) -> msg.Command:
     ConnectRequested gets a copy of the connect object. A body that does not
     decode raises each time (errors are not cached)."""
     return msg.decode_command(payload, amf3=amf3)
+
+
+#: The chunk streams play_start writes on with compressed headers (its
+#: data message has a full header on DATA_CSID).
+_PLAY_START_CSIDS: Final = (CONTROL_CSID, COMMAND_CSID)
+
+#: play_start's bytes by what they depend on (see ServerConnection.play_start),
+#: with the header state they leave on _PLAY_START_CSIDS.
+_PLAY_STARTS: dict[Hashable, tuple[bytes, HeaderStates]] = {}
 
 
 def _split_query(text: str) -> tuple[str, str]:
@@ -999,6 +1009,29 @@ class ServerConnection(_Connection):
         left out.)
         """
         self._answer(stream_id, _Role.PLAYING)
+        if not self._chunk_size_sent:
+            self._write_play_start(stream_id, name)  # which raises in send_data
+            return
+        # A join storm plays one name on one stream id with the same header
+        # state: the bytes are written once for all (bounded: names come
+        # from clients), with the header state they leave.
+        key = (
+            self._writer.state_of(_PLAY_START_CSIDS), stream_id, name, self._amf3_commands,
+            self._out_chunk_size,
+        )
+        reply = _PLAY_STARTS.get(key)
+        if reply is None:
+            start = len(self._out)
+            self._write_play_start(stream_id, name)
+            if len(_PLAY_STARTS) >= _ENCODED_CACHE_SIZE:
+                _PLAY_STARTS.clear()
+            _PLAY_STARTS[key] = (bytes(self._out[start:]), self._writer.states(_PLAY_START_CSIDS))
+            return
+        data, states = reply
+        self._out += data
+        self._writer.restore(states)
+
+    def _write_play_start(self, stream_id: int, name: str) -> None:
         self._send_control(msg.USER_CONTROL, msg.encode_user_control(msg.STREAM_BEGIN, stream_id))
         self._send_status(
             stream_id,
