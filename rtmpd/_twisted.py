@@ -208,6 +208,22 @@ def share_plain_defaults(obj: object, names: Iterable[str]) -> None:
     }
 
 
+def release_upgraded_channel(channel: Any) -> None:
+    """Let go of the requests of an ``HTTPChannel`` whose transport a
+    WebSocket upgrade took over (Autobahn sets the channel's transport to
+    None): nothing will read them again.
+
+    The channel and its request point at each other, so without this they
+    wait for a collection; joins allocate so much that a young collection
+    often finds them still in use and promotes them, and rtmpd runs full
+    collections only as connections close (``rtmpd.gcpacing``). Measured on
+    a server after 2 000 WS-FLV joins: 649 of the 2 000 upgraded channels,
+    with their requests and headers, still held, ~17 000 objects. Dropped
+    here, they are freed as soon as the upgrade returns."""
+    if channel.transport is None:
+        channel.requests = []
+
+
 def request_disconnected(request: Any) -> bool:
     """Whether the client of a twisted.web request has gone away."""
     return bool(getattr(request, "_disconnected", False))

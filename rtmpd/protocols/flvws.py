@@ -28,7 +28,7 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rtmpd._twisted import share_plain_defaults
+from rtmpd._twisted import release_upgraded_channel, share_plain_defaults
 from rtmpd.admission import (
     MAX_QUERY_CHARS,
     Action,
@@ -447,6 +447,7 @@ class WsFlvResource(WebSocketResource):
                 # connection keeps it.
                 channel.client_id = self.ws_factory.handoff_client_id
                 self.ws_factory.handoff_client_id = 0
+            release_upgraded_channel(channel)
 
 
 def make_ws_resource(

@@ -183,3 +183,25 @@ def test_discard_unsent_empties_only_a_closed_tcp_transports_buffers() -> None:
     t.connected = 0
     discard_unsent(t)
     assert (t.dataBuffer, t.offset, t._tempDataBuffer, t._tempDataLen) == (b"", 0, [], 0)
+
+
+def test_http_channels_keep_their_requests_where_an_upgrade_releases_them() -> None:
+    """HTTPChannel still holds its requests in ``requests`` (a list; see
+    rtmpd._twisted.release_upgraded_channel), and Autobahn's upgrade still
+    takes the channel's transport by setting it to None."""
+    import inspect
+
+    from autobahn.twisted.resource import WebSocketResource
+    from twisted.web import http
+
+    from rtmpd._twisted import release_upgraded_channel
+
+    channel = http.HTTPChannel()
+    assert channel.requests == []
+    assert "self.requests.append(" in inspect.getsource(http.HTTPChannel.lineReceived)
+    assert "request.channel.transport = request.channel.transport, None" in (
+        inspect.getsource(WebSocketResource.render)
+    )
+    channel.requests.append(object())
+    release_upgraded_channel(channel)  # no transport: taken over
+    assert channel.requests == []

@@ -182,3 +182,30 @@ def test_a_streams_path_is_one_string_for_all_who_keep_it(site: Site) -> None:
     stream = site.registry.get("live", "bench")
     assert stream is not None
     assert stream.path == "live/bench" and stream.path is stream.path
+
+
+def test_ws_upgrade_leaves_no_http_channel_for_the_collector(site: Site) -> None:
+    """The HTTP channel an upgrade came on, and its request, are freed when
+    the upgrade returns, not at the next full collection (which rtmpd runs
+    only as connections close)."""
+    import gc
+    import weakref
+
+    from rtmpd.protocols.flvhttp import FlvHttpChannel
+
+    channels: list[weakref.ref[FlvHttpChannel]] = []
+    build = site.site.buildProtocol
+
+    def tracked(addr: Any) -> Any:
+        channel = build(addr)
+        channels.append(weakref.ref(channel))
+        return channel
+
+    site.site.buildProtocol = tracked  # type: ignore[method-assign]
+    gc.disable()
+    try:
+        ws, _ = site.ws_viewer()
+        assert ws.viewer is not None
+        assert channels and channels[0]() is None
+    finally:
+        gc.enable()
