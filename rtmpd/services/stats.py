@@ -154,6 +154,12 @@ def _viewers(stream: Stream) -> Iterator[ViewerOutput]:
     yield from seen
 
 
+def _audience(stream: Stream) -> Iterator[ViewerOutput]:
+    """The stream's viewers but the relays to sibling workers (their
+    viewers' bytes are counted on the relaying worker)."""
+    return (v for v in _viewers(stream) if v.protocol != RELAY_PROTOCOL)
+
+
 class StatsSampler:
     """Samples every live stream's bytes in and out each
     :data:`SAMPLE_INTERVAL_S` on ``clock``, for recent bitrates.
@@ -200,7 +206,7 @@ class StatsSampler:
         old = self._samples
         new: dict[Stream, _Sample] = {}
         for stream in tuple(self.registry.streams.values()):
-            viewers = {v: v.bytes_sent for v in _viewers(stream)}
+            viewers = {v: v.bytes_sent for v in _audience(stream)}
             prev = old.get(stream)
             rate_in = rate_out = None
             if prev is not None and now > prev.time:
@@ -229,7 +235,7 @@ def lifetime_rates_bps(stream: Stream) -> tuple[float, float]:
     uptime = stream.clock.seconds() - stream.started_at
     if uptime <= 0:
         return 0.0, 0.0
-    sent = sum(v.bytes_sent for v in _viewers(stream))
+    sent = sum(v.bytes_sent for v in _audience(stream))
     return stream.bytes_in * 8 / uptime, sent * 8 / uptime
 
 

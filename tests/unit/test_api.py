@@ -35,6 +35,7 @@ from rtmpd.services.stats import (
     Metrics,
     StatsSampler,
     codec_name,
+    lifetime_rates_bps,
     stream_detail,
     stream_summary,
 )
@@ -622,6 +623,11 @@ def test_a_sibling_workers_relay_is_not_a_viewer(server: Server) -> None:
     summary = body_json(call(api_root(server), b"GET", "/api/streams"))["streams"][0]
     assert (summary["viewers"], summary["viewers_total"], summary["relays"]) == (
         {"http-flv": 1}, 1, 1)
+    # Nor are its bytes the stream's output.
+    server.clock.advance(1)
+    viewer = server.viewer
+    assert isinstance(viewer, FakeViewer)
+    assert lifetime_rates_bps(server.stream)[1] == viewer.bytes_sent * 8 / 1
     relays[0].finish("closed by the client")
     after = scrape(server)
     assert after["rtmpd_relays"] == {(): 0}
