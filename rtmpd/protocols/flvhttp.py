@@ -757,7 +757,13 @@ class FlvHttpChannel(DeadlineChannel):
     client_id = 0
 
     def connectionMade(self) -> None:
-        admission: Admission = self.site.flv.admission
+        flv: FlvHttpResource = self.site.flv
+        if flv.relay:
+            # A sibling worker's relay (--workers): the box's own connection,
+            # not a client, so not counted nor limited (--max-connections).
+            super().connectionMade()
+            return
+        admission = flv.admission
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host, port = host_and_port(peer)
         try:

@@ -362,3 +362,31 @@ def test_a_path_that_did_not_parse_is_logged_by_its_names_without_the_extension(
 
     assert _raw_names([b"live", b"b ad.flv"]) == ("live", "b ad")
     assert _raw_names([b"live"]) == ("live", "")
+
+
+def test_a_sibling_workers_relay_connection_is_not_a_client_nor_limited() -> None:
+    """With --workers, the relays' Unix socket serves the box's own
+    connections: they are not clients (/api/clients, rtmpd_connections) and
+    --max-connections does not refuse them."""
+    from twisted.internet.address import UNIXAddress
+
+    from rtmpd.admission import Limits
+    from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
+
+    clock = MemoryReactorClock()
+    admission = Admission(StreamRegistry(clock, StreamConfig(merge_ms=0)),
+                          limits=Limits(max_connections=1), publisher_timeout_s=0)
+    admission.open_connection("192.0.2.1", 5000, "rtmp", lambda _: None)
+    site = FlvSite(FlvHttpResource(admission, relay=True), reactor=clock)
+    channels = []
+    for _ in range(2):
+        channel = site.buildProtocol(UNIXAddress(None))
+        assert channel is not None
+        transport = StringTransport(peerAddress=UNIXAddress(None))
+        channel.makeConnection(transport)
+        channels.append((channel, transport))
+    assert len(admission.clients) == 1
+    assert all(not t.disconnecting for _, t in channels)
+    for channel, _ in channels:
+        channel.connectionLost(Exception("done"))  # type: ignore[arg-type]
+    assert len(admission.clients) == 1
