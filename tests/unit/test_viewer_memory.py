@@ -209,3 +209,28 @@ def test_ws_upgrade_leaves_no_http_channel_for_the_collector(site: Site) -> None
         assert channels and channels[0]() is None
     finally:
         gc.enable()
+
+
+def test_writer_copies_share_header_states_and_still_go_on_alone() -> None:
+    """Each RTMP connection's writer starts as a copy of a shared one: the
+    copies hold the same header states, and a write through one (type-3
+    headers included, which only move the timestamp) leaves the other
+    writing what it would have written."""
+    from rtmpd.codec.rtmp.chunk import ChunkWriter
+
+    template = ChunkWriter(4096)
+    template.write(3, 20, 0, 0, b"connect reply")
+    template.write(4, 9, 1, 0, b"v" * 10)
+    template.write(4, 9, 1, 40, b"v" * 10)  # the delta 40 is set
+    first, second = template.copy(), template.copy()
+    assert first._streams[3] is second._streams[3] is template._streams[3]
+    alone = template.copy()
+    expected = [alone.write(4, 9, 1, ts, b"v" * 10) for ts in (80, 120)]
+    first.write(4, 9, 1, 80, b"v" * 10)  # type 3: only the timestamp moves
+    first.write(4, 9, 1, 500, b"v" * 10)
+    assert [second.write(4, 9, 1, ts, b"v" * 10) for ts in (80, 120)] == expected
+    assert expected[0][0] >> 6 == 3  # it was a type-3 header
+    saved = template.states((3, 4))
+    restored = ChunkWriter(4096)
+    restored.restore(saved)
+    assert restored.write(4, 9, 1, 80, b"v" * 10) == expected[0]

@@ -548,6 +548,9 @@ def encoded_messages(data: bytes, chunk_size: int) -> Iterator[tuple[int, int, i
 
 
 class _WriteState:
+    """The last header a writer sent on one chunk stream; never changed once
+    stored (the writer stores a new one), so copies of a writer share them."""
+
     __slots__ = ("delta", "ext", "length", "stream_id", "timestamp", "type_id")
 
     def __init__(
@@ -559,11 +562,6 @@ class _WriteState:
         self.length = length
         self.type_id = type_id
         self.stream_id = stream_id
-
-    def copy(self) -> _WriteState:
-        return _WriteState(
-            self.timestamp, self.delta, self.ext, self.length, self.type_id, self.stream_id
-        )
 
 
 #: The last headers of some chunk streams, saved by :meth:`ChunkWriter.states`.
@@ -606,7 +604,10 @@ class ChunkWriter:
         """An independent writer in the same state (chunk size and each
         chunk stream's last header): it goes on as this one would."""
         twin = ChunkWriter(self._chunk_size)
-        twin._streams = {csid: state.copy() for csid, state in self._streams.items()}
+        # The states themselves are shared: a writer never changes one it
+        # stored (it stores a new one), and each RTMP connection starts as a
+        # copy of one connect reply's writer, for as long as it lives.
+        twin._streams = dict(self._streams)
         return twin
 
     def state_of(self, chunk_stream_ids: tuple[int, ...]) -> Hashable:
@@ -622,12 +623,10 @@ class ChunkWriter:
         ))
 
     def states(self, chunk_stream_ids: tuple[int, ...]) -> HeaderStates:
-        """Copies of the last headers on ``chunk_stream_ids``, for :meth:`restore`."""
+        """The last headers on ``chunk_stream_ids``, for :meth:`restore`
+        (shared, not copied: a writer never changes a state it stored)."""
         streams = self._streams
-        return {
-            csid: None if (state := streams.get(csid)) is None else state.copy()
-            for csid in chunk_stream_ids
-        }
+        return {csid: streams.get(csid) for csid in chunk_stream_ids}
 
     def restore(self, states: HeaderStates) -> None:
         """Take up the header state :meth:`states` returned, as if this
@@ -637,7 +636,7 @@ class ChunkWriter:
             if state is None:
                 streams.pop(csid, None)
             else:
-                streams[csid] = state.copy()
+                streams[csid] = state
 
     def forget(self, chunk_stream_id: int) -> None:
         """Drop header state for a csid, e.g. after other code wrote on it."""
@@ -674,7 +673,11 @@ class ChunkWriter:
             header = _basic_header(3, csid)
             if ext is not None:
                 header += ext.to_bytes(4, "big")
-            prev.timestamp = ts
+            if ts != prev.timestamp:
+                # A new state, not a change to this one: copies share them.
+                self._streams[csid] = _WriteState(
+                    ts, prev.delta, ext, prev.length, prev.type_id, prev.stream_id
+                )
         else:
             ext = field if field >= _EXTENDED else None
             ts_field = _EXTENDED if ext is not None else field
