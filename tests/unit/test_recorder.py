@@ -633,7 +633,8 @@ def test_quiet_jobs_wake_the_reactor_only_when_they_fail() -> None:
     loud.addCallback(results.append)
     writer.stop()
     assert writer._thread is not None
-    writer._thread.join(5)
+    writer._thread.join(60)  # a bound for a stuck thread, not a speed
+    assert not writer._thread.is_alive()
     assert len(collect.calls) == 3  # bad's errback, loud's callback, the stop
     collect.run()
     assert not ok.called
