@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 from collections.abc import Hashable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -247,11 +246,18 @@ def parse_flv_path(path_segments: list[bytes], suffix: str) -> tuple[str, str]:
             raise AdmissionRefused(Refusal.BAD_NAME, f"the path must end in {suffix}")
         name = name[: -len(suffix)]
     try:
-        # Interned: every viewer's admission request keeps them while it
-        # plays, and thousands play the same app and stream.
-        return sys.intern(validate_name(app, "app name")), sys.intern(validate_name(name))
+        return validate_name(app, "app name"), validate_name(name)
     except InvalidStreamName as e:
         raise AdmissionRefused(Refusal.BAD_NAME, str(e)) from None
+
+
+def live_names(admission: Admission, app: str, name: str) -> tuple[str, str]:
+    """``app`` and ``name`` as the live stream of that name holds them, when
+    there is one: every viewer's admission request keeps its names while it
+    plays, and thousands play the same stream. (Not ``sys.intern``: names
+    come from clients, and some Pythons never free interned strings.)"""
+    stream = admission.registry.streams.get((app, name))
+    return (stream.app, stream.name) if stream is not None else (app, name)
 
 
 def foreign_origin(
@@ -410,7 +416,8 @@ class FlvHttpResource(resource.Resource):
         self._cors(request)
         host, port = _peer(request)
         try:
-            app, name = parse_flv_path(request.postpath or [], ".flv")
+            app, name = live_names(
+                self.admission, *parse_flv_path(request.postpath or [], ".flv"))
         except AdmissionRefused as e:
             app, name = _raw_names(request.postpath or [])
             refusal: AdmissionRefused | None = e

@@ -43,7 +43,13 @@ from rtmpd.codec.errors import ProtocolError
 from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.media import Frame
 from rtmpd.protocols import LEGACY_QUERY, LegacyFormat, say_what_is_left_out, set_no_delay
-from rtmpd.protocols.flvhttp import _raw_names, flv_preamble, foreign_origin, parse_flv_path
+from rtmpd.protocols.flvhttp import (
+    _raw_names,
+    flv_preamble,
+    foreign_origin,
+    live_names,
+    parse_flv_path,
+)
 from rtmpd.protocols.flvingest import FlvIngest
 from rtmpd.registry import Stream
 
@@ -217,6 +223,8 @@ class WsFlvProtocol(WebSocketServerProtocol):
         playing = path.endswith(".flv")
         try:
             app, name = parse_flv_path(segments, ".flv" if playing else "")
+            if playing:
+                app, name = live_names(self.factory.admission, app, name)
         except AdmissionRefused as e:
             app, name = _raw_names(segments)
             self.refusal = e

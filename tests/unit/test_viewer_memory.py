@@ -148,6 +148,9 @@ def test_playing_http_flv_request_shares_empty_parsed_query_and_cookies(site: Si
     assert stream is not None
     one, two = (viewer._request for viewer in stream.viewers)
     assert one.stream is two.stream and one.app is two.app
+    # They are the live stream's own strings (not interned: names come from
+    # clients, and interned strings are never freed on some Pythons).
+    assert one.stream is stream.name and one.app is stream.app
 
 
 def test_rtmp_connection_state_is_slotted() -> None:
