@@ -157,10 +157,12 @@ class SendQueue(list[Any]):
 _NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
 
-#: Text the opening handshake kept (Autobahn reads it only while handshaking).
+#: Text the opening handshake kept (Autobahn reads it only while handshaking);
+#: its private ``_wskey`` stays, private attributes being touched only in
+#: :mod:`rtmpd._twisted`.
 _HANDSHAKE_TEXT = (
     "http_response_data", "http_status_line", "http_request_uri", "http_request_path",
-    "http_request_host", "websocket_origin", "_wskey",
+    "http_request_host", "websocket_origin",
 )
 _HANDSHAKE_NAMES = frozenset((*_HANDSHAKE_TEXT, "http_request_data"))
 

@@ -73,7 +73,7 @@ def site(monkeypatch: pytest.MonkeyPatch) -> Site:
 def test_playing_ws_viewer_keeps_no_utf8_validator_nor_handshake(site: Site) -> None:
     ws, _ = site.ws_viewer()
     assert ws.utf8validator is None
-    assert ws.http_request_data == b"" and ws.http_request_uri == "" and ws._wskey == ""
+    assert ws.http_request_data == b"" and ws.http_request_uri == ""
     assert not ws.http_headers
 
 
