@@ -43,7 +43,9 @@ from rtmpd.protocols.flvws import make_ws_resource
 from rtmpd.registry import StreamConfig, StreamRegistry
 
 
-def rtmp_joiner():
+def rtmp_published():
+    """An RTMP server factory with ``live/bench`` published (a GOP of 25
+    frames), and its publisher's peer."""
     from test_protocols import AVC_HEADER, INTER, KEYFRAME, Peer, make_factory
 
     factory, _, _ = make_factory()
@@ -54,6 +56,13 @@ def rtmp_joiner():
     for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), *[(40 * i, INTER) for i in range(1, 25)]):
         pub.client.send_media(sid, 9, ts, body)
     pub.pump()
+    return factory, pub
+
+
+def rtmp_joiner():
+    from test_protocols import Peer
+
+    factory, _pub = rtmp_published()
     spent = [0.0]
 
     def join():
@@ -81,19 +90,10 @@ def rtmp_loadgen_joiner():
     and SetBufferLength + play each in one read, as they arrive in a storm.
     Unlike ``rtmp`` (the test client: digest handshake, one message per
     read), the connection's set-up (buildProtocol, connectionMade) counts."""
-    from test_protocols import AVC_HEADER, INTER, KEYFRAME, Peer, make_factory
-
     from rtmpd.codec import amf0
     from rtmpd.codec.rtmp.chunk import encode_message
 
-    factory, _, _ = make_factory()
-    pub = Peer(factory)
-    sid = pub.open_stream()
-    pub.client.publish(sid, "bench")
-    pub.pump()
-    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), *[(40 * i, INTER) for i in range(1, 25)]):
-        pub.client.send_media(sid, 9, ts, body)
-    pub.pump()
+    factory, _pub = rtmp_published()
 
     def message(csid: int, type_id: int, stream_id: int, payload: bytes) -> bytes:
         return encode_message(chunk_size=128, chunk_stream_id=csid, type_id=type_id,
