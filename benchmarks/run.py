@@ -33,6 +33,7 @@ import resource
 import shutil
 import shlex
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -593,12 +594,13 @@ def bench_server(name: str, protos: list[str], ladder: list[int], a, manifest_pa
             rss0 = proc_rss_kb(server.pid)
             logs = LogWatch(server)
             for n in ladder:
-                tag = f"{name}-{proto}-{n}" + (f"-hold{a.hold_s:g}" if a.hold_s else "")
+                tag = (f"{name}-{proto}-{n}" + (f"-hold{a.hold_s:g}" if a.hold_s else "")
+                       + (f"-rep{a.rep}" if a.repeat > 1 else ""))
                 quiet = wait_quiet(server, pub, a)
                 log(f"{tag}: {n} viewers{f', each held {a.hold_s:g} s' if a.hold_s else ''} ... "
                     f"(other load before: {quiet} %)")  # fmt: skip
                 res = run_loadgen(server, proto, n, a, manifest_path, tag)
-                res.update({"server": name, "proto": proto, "rss0_kb": rss0, "bitrate": a.bitrate,
+                res.update({"server": name, "proto": proto, "rss0_kb": rss0, "bitrate": a.bitrate, "repeat": a.rep,
                             "publisher_alive": pub.poll() is None, "other_before_pct": quiet,
                             "logs": logs.new_problems()})  # fmt: skip
                 if a.hold_s:
@@ -752,9 +754,39 @@ def write_outputs(results: list, a, manifest: dict) -> None:
         lines = lines[:2]
     if len(churn_lines) > 5:
         lines += churn_lines[1:] if len(lines) == 2 else churn_lines
+    lines += spread_lines(results)
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(results, os.path.join(a.out, "results.png"))
+
+
+def spread_lines(results: list) -> list[str]:
+    """With --repeat: each step's figures over its runs, median (min – max), since one run of a
+    join storm on a VM can move the first keyframe by a factor of two or more."""
+    steps: dict = {}
+    for r in results:
+        if r.get("viewers") and not r.get("churn") and "repeat" in r:
+            steps.setdefault((r["server"], r["proto"], r["viewers"]), []).append(r)
+    if not any(len(runs) > 1 for runs in steps.values()):
+        return []
+
+    def spread(values: list) -> str:
+        values = sorted(v for v in values if v is not None)
+        if not values:
+            return "–"
+        return f"{fmt(statistics.median(values), 1)} ({fmt(values[0], 1)} – {fmt(values[-1], 1)})"
+
+    out = ["", "Over the repeats, median (min – max):", "",
+           "| server | proto | viewers | runs | healthy % | 1st keyframe end p50 ms | latency p50 ms | RSS/viewer KiB |",
+           "|---|---|---|---|---|---|---|---|"]
+    for (server, proto, viewers), runs in steps.items():
+        out.append(
+            f"| {server} | {proto} | {viewers} | {len(runs)} "
+            f"| {spread([r.get('healthy_pct') for r in runs])} "
+            f"| {spread([r.get('first_keyframe_ms', {}).get('p50') for r in runs])} "
+            f"| {spread([r.get('latency_ms', {}).get('p50') for r in runs])} "
+            f"| {spread([r.get('rss_per_viewer_kb') for r in runs])} |")
+    return out
 
 
 def plot(results: list, path: str) -> None:
@@ -846,8 +878,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-cores", default="0",
                     help="cores of the measured rtmpd (taskset -c): 0,1 with --rtmpd-args=--workers=2 "
                          "(its CPU and RSS are summed over its workers; the loadgen shares core 1)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each server and protocol's ladder this many times, each on a fresh server, "
+                         "interleaved (all once, then again); the table then ends with each step's spread")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/out/results-<time>)")
     a = ap.parse_args(argv)
+    if a.repeat < 1:
+        ap.error("--repeat must be at least 1")
     Rtmpd.extra_args = shlex.split(a.rtmpd_args)
     Rtmpd.server_cores = a.server_cores
     FlvGateway.gateway_args = shlex.split(a.gateway_args)
@@ -878,10 +915,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGALRM, lambda *_: (log("time limit reached"), sys.exit(124)))
     signal.alarm(int(a.max_minutes * 60))
     results: list = []
-    for name in names:
-        protos = [p for p in SERVERS[name] if not a.proto or p in a.proto]
-        if protos:
-            bench_server(name, protos, ladder, a, manifest_path, manifest, results)
+    for rep in range(1, a.repeat + 1):
+        a.rep = rep
+        for name in names:
+            protos = [p for p in SERVERS[name] if not a.proto or p in a.proto]
+            if protos:
+                bench_server(name, protos, ladder, a, manifest_path, manifest, results)
     write_outputs(results, a, manifest)
     log(f"results in {a.out}/results.md, results.json, results.png")
     print(open(os.path.join(a.out, "results.md")).read())
