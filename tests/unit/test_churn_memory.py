@@ -157,24 +157,37 @@ def test_joins_and_leaves_do_not_grow_python_memory(
     # Log events go nowhere: before logging begins (as it never does in
     # tests) Twisted keeps them for the observer to come.
     monkeypatch.setattr(globalLogPublisher, "_observers", [])
-    # Traced from before the warm-up, so the working set it leaves (buffers
-    # replaced as frames come) is traced when freed too.
-    tracemalloc.start(1)
-    try:
-        for _ in range(5):  # warm up: caches, first-use imports, interned names
+    cycles, per_protocol = 10, 10
+
+    def warm_up() -> None:  # caches, first-use imports, interned names
+        for _ in range(5):
             churn.cycle(10)
-        gc.collect()
-        before = tracemalloc.take_snapshot()
-        cycles, per_protocol = 10, 10
+
+    def work() -> None:
         for _ in range(cycles):
             churn.cycle(per_protocol)
+
+    grown, top = python_growth(warm_up, work)
+    joins = cycles * per_protocol * 3
+    assert grown / joins < MAX_BYTES_PER_JOIN, f"{grown / joins:.0f} B per join ({top})"
+
+
+def python_growth(warm_up: Any, work: Any) -> tuple[int, str]:
+    """Bytes Python holds after ``work()`` that it did not after
+    ``warm_up()`` (collections run before each look), and the five lines
+    that grew most. Traced from before the warm-up, so the working set it
+    leaves (buffers replaced as the work goes on) is traced when freed too."""
+    tracemalloc.start(1)
+    try:
+        warm_up()
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        work()
         gc.collect()
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
     ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
     stats = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "lineno")
-    joins = cycles * per_protocol * 3
-    grown = sum(s.size_diff for s in stats)
     top = "; ".join(f"{s.traceback[0]}: {s.size_diff} B" for s in stats[:5])
-    assert grown / joins < MAX_BYTES_PER_JOIN, f"{grown / joins:.0f} B per join ({top})"
+    return sum(s.size_diff for s in stats), top

@@ -95,10 +95,11 @@ def _paced_publisher(factory: RtmpServerFactory) -> Peer:
     return publisher
 
 
-def test_publish_of_a_name_held_by_a_paused_publisher_that_left_starts() -> None:
-    """While its reads are paused a dead publisher's EOF is not seen: a
-    publish of its name wakes it, and once the reactor has read the close the
-    name is free, for this very publish (no BadName to retry)."""
+def _publish_over_a_paused_holder() -> tuple[
+    Clock, StreamRegistry, RtmpServerFactory, Peer, Peer
+]:
+    """A publisher of live/cam whose reads are paused, and a second
+    connection publishing the same name (not answered yet)."""
     clock = Clock()
     registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=100))
     factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
@@ -107,6 +108,14 @@ def test_publish_of_a_name_held_by_a_paused_publisher_that_left_starts() -> None
     sid = second.open_stream()
     second.client.publish(sid, "cam")
     second.pump()
+    return clock, registry, factory, first, second
+
+
+def test_publish_of_a_name_held_by_a_paused_publisher_that_left_starts() -> None:
+    """While its reads are paused a dead publisher's EOF is not seen: a
+    publish of its name wakes it, and once the reactor has read the close the
+    name is free, for this very publish (no BadName to retry)."""
+    clock, registry, _factory, first, second = _publish_over_a_paused_holder()
     assert second.statuses() == []  # not judged yet
     assert first.transport.producerState == "producing"  # woken
     first.server.connectionLost()  # what the reactor reads once woken: the EOF
@@ -119,14 +128,7 @@ def test_publish_of_a_name_held_by_a_paused_publisher_that_left_starts() -> None
 
 
 def test_publish_of_a_name_held_by_a_paused_publisher_still_there_is_busy() -> None:
-    clock = Clock()
-    registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=100))
-    factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
-    first = _paced_publisher(factory)
-    second = Peer(factory)
-    sid = second.open_stream()
-    second.client.publish(sid, "cam")
-    second.pump()
+    clock, registry, factory, first, second = _publish_over_a_paused_holder()
     assert first.transport.producerState == "producing"
     clock.advance(0)
     clock.advance(HOLDER_WAKE_S)

@@ -12,8 +12,6 @@ shows here in seconds instead of as an RSS slope after an hour.
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
 from pathlib import Path
 
 from twisted.application import service
@@ -23,6 +21,7 @@ from rtmpd.codec import flv
 from rtmpd.media import Frame
 from rtmpd.registry import Stream, StreamConfig, StreamRegistry
 from rtmpd.services.recorders import make_recorders
+from tests.unit.test_churn_memory import python_growth
 from tests.unit.test_registry import FakeSource
 
 DATA = Path(__file__).parent.parent / "data"
@@ -89,23 +88,11 @@ def test_many_fragments_leave_no_per_fragment_state(tmp_path: Path) -> None:
         recorder.setServiceParent(parent)
     parent.startService()
     looped = Looped(registry.publish("live", "long", FakeSource()), clock)
-    # Traced from before the warm-up, so the working set it leaves (buffers
-    # replaced at each fragment) is traced when freed too.
-    tracemalloc.start(1)
-    try:
-        looped.fragments(50)  # warm up: the HLS window full, first-use caches
-        gc.collect()
-        before = tracemalloc.take_snapshot()
-        fragments = 300
-        looped.fragments(fragments)
-        gc.collect()
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
-    stats = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "lineno")
-    grown = sum(s.size_diff for s in stats)
-    top = "; ".join(f"{s.traceback[0]}: {s.size_diff} B" for s in stats[:5])
+    fragments = 300
+    grown, top = python_growth(
+        lambda: looped.fragments(50),  # warm up: the HLS window full, first-use caches
+        lambda: looped.fragments(fragments),
+    )
     merged = tmp_path / "mp4" / "live" / "long" / "output_merge"
     assert len(list(merged.glob("*.m4s"))) >= fragments  # one fragment per loop
     assert grown / fragments < MAX_BYTES_PER_FRAGMENT, (
