@@ -16,6 +16,7 @@ from rtmpd.fanout import FLUSH_SLICE_VIEWERS, ViewerOutput, ViewerState
 from rtmpd.interfaces import IMediaSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.registry import (
+    AUDIO_RIDES_MS,
     GopCache,
     Stream,
     StreamConfig,
@@ -443,6 +444,72 @@ def test_adaptive_window_spaces_passes_when_sending_would_fill_the_core() -> Non
     assert [t[1] for t in viewers[0].tags()][-1] == 2040
     group.last_pass_s = 5.0
     assert stream.send_window_ms() == 500  # never more than MAX_AUTO_MERGE_MS
+
+
+def _adaptive_stream_with_viewer(clock: Clock) -> tuple[Stream, RecordingViewer]:
+    registry = StreamRegistry(clock, StreamConfig())  # merge_ms None: adaptive
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    (viewer,) = _audience(stream, 1)
+    return stream, viewer
+
+
+def test_adaptive_mode_sends_audio_with_the_next_video_frame() -> None:
+    clock = Clock()
+    stream, viewer = _adaptive_stream_with_viewer(clock)
+    sent = viewer.bytes_sent
+    stream.push(audio(10))
+    stream.push(audio(31))
+    assert viewer.bytes_sent == sent  # no pass of their own
+    clock.advance(0.02)
+    stream.push(video(40))  # goes at once, and takes the audio along
+    assert [(t[0], t[1]) for t in viewer.tags()] == [(9, 0), (8, 10), (8, 31), (9, 40)]
+    assert clock.getDelayedCalls() == []
+
+
+def test_adaptive_mode_sends_audio_alone_when_no_video_comes_in_time() -> None:
+    clock = Clock()
+    stream, viewer = _adaptive_stream_with_viewer(clock)
+    stream.push(audio(10))
+    clock.advance(AUDIO_RIDES_MS / 1000 - 0.001)
+    assert [t[1] for t in viewer.tags()] == [0]
+    stream.push(audio(31))  # does not push the wait further out
+    clock.advance(0.001)
+    assert [t[1] for t in viewer.tags()] == [0, 10, 31]
+
+
+def test_audio_goes_at_once_without_video_or_with_a_fixed_window_of_zero() -> None:
+    registry = StreamRegistry(Clock(), StreamConfig())  # adaptive
+    radio = registry.publish("live", "radio", FakeSource())
+    radio.push(audio(0))
+    (listener,) = _audience(radio, 1)
+    radio.push(audio(21))
+    assert [t[1] for t in listener.tags()] == [0, 21]
+    registry, _ = make_registry(merge_ms=0)
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    (viewer,) = _audience(stream, 1)
+    stream.push(audio(10))
+    assert [t[1] for t in viewer.tags()] == [0, 10]
+
+
+def test_send_duty_counts_the_passes_not_the_audio_that_rides_along() -> None:
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig())
+    stream = registry.publish("live", "cam", FakeSource())
+    stream.push(video(0, key=True))
+    _audience(stream, 10)
+    for ts in range(40, 2040, 40):  # 25 fps video and 50 audio frames a second
+        clock.advance(0.02)
+        stream.push(audio(ts - 20))
+        clock.advance(0.02)
+        stream.push(audio(ts - 1))
+        stream.push(video(ts))
+    assert stream.frame_rate == pytest.approx(75, abs=2)
+    assert stream.pass_rate == pytest.approx(25, abs=1)
+    (group,) = stream.groups.values()
+    group.last_pass_s = 0.03  # 25 passes x 30 ms = 75 % of the time: still at once
+    assert stream.send_window_ms() == 0
 
 
 def test_viewer_held_before_its_slice_counts_that_pass_as_skipped() -> None:
