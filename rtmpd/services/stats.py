@@ -133,13 +133,17 @@ class _Sample:
     __slots__ = ("bytes_in", "rate_in_bps", "rate_out_bps", "time", "viewers")
 
     def __init__(
-        self, time: float, bytes_in: int, viewers: dict[ViewerOutput, int],
+        self, time: float, bytes_in: int, viewers: dict[int, int],
         rate_in_bps: float | None, rate_out_bps: float | None,
     ) -> None:
         self.time = time
         self.bytes_in = bytes_in
-        #: Each viewer's bytes_sent then: a viewer that leaves only takes its
-        #: last partial window with it, not its whole total.
+        #: Each viewer's bytes_sent then, by :func:`_sample_key`: a viewer
+        #: that leaves only takes its last partial window with it, not its
+        #: whole total. Not the viewers themselves: a sample lives for an
+        #: interval, and a viewer that left would be kept that long, with its
+        #: connection and request, past the full collection its leaving sets
+        #: off (:mod:`rtmpd.gcpacing`), until the next one.
         self.viewers = viewers
         self.rate_in_bps = rate_in_bps
         self.rate_out_bps = rate_out_bps
@@ -152,6 +156,13 @@ def _viewers(stream: Stream) -> Iterator[ViewerOutput]:
     for group in tuple(stream.groups.values()):
         seen.update(dict.fromkeys(group.viewers()))
     yield from seen
+
+
+def _sample_key(viewer: ViewerOutput) -> int:
+    """What a sample knows a viewer by: its client id (one per connection
+    for the process's life), or its identity for one admission did not
+    number."""
+    return viewer.client_id or id(viewer)
 
 
 def _audience(stream: Stream) -> Iterator[ViewerOutput]:
@@ -206,7 +217,7 @@ class StatsSampler:
         old = self._samples
         new: dict[Stream, _Sample] = {}
         for stream in tuple(self.registry.streams.values()):
-            viewers = {v: v.bytes_sent for v in _audience(stream)}
+            viewers = {_sample_key(v): v.bytes_sent for v in _audience(stream)}
             prev = old.get(stream)
             rate_in = rate_out = None
             if prev is not None and now > prev.time:

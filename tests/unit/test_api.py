@@ -4,6 +4,7 @@ transports and DummyRequests: no reactor, no sockets."""
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Hashable
 from pathlib import Path
@@ -417,6 +418,21 @@ def test_bitrates_are_measured_over_the_last_sample_window() -> None:
     )
     s.sampler.stop()
     assert s.clock.getDelayedCalls() == []
+
+
+def test_a_viewer_that_left_is_not_kept_alive_by_the_last_sample() -> None:
+    s = Server(start_sampler=True)
+    s.clock.advance(SAMPLE_INTERVAL_S)  # a sample with the viewer in it
+    viewer = s.viewer
+    assert isinstance(viewer, FakeViewer)
+    viewer.finish("closed by the client")
+    s.admission.close_connection(s.viewer_id)
+    del viewer
+    s.viewer = None  # type: ignore[assignment]
+    gc.collect()
+    left = [o for o in gc.get_objects() if isinstance(o, FakeViewer)]
+    assert left == []
+    s.sampler.stop()
 
 
 def test_sampler_forgets_ended_streams_and_leaves_no_timer() -> None:
