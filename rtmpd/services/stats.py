@@ -133,7 +133,7 @@ class _Sample:
     __slots__ = ("bytes_in", "rate_in_bps", "rate_out_bps", "time", "viewers")
 
     def __init__(
-        self, time: float, bytes_in: int, viewers: dict[int, int],
+        self, time: float, bytes_in: int, viewers: dict[tuple[int, int], int],
         rate_in_bps: float | None, rate_out_bps: float | None,
     ) -> None:
         self.time = time
@@ -158,11 +158,11 @@ def _viewers(stream: Stream) -> Iterator[ViewerOutput]:
     yield from seen
 
 
-def _sample_key(viewer: ViewerOutput) -> int:
-    """What a sample knows a viewer by: its client id (one per connection
-    for the process's life), or its identity for one admission did not
-    number."""
-    return viewer.client_id or id(viewer)
+def _sample_key(viewer: ViewerOutput) -> tuple[int, int]:
+    """What a sample knows a viewer by: its connection's client id (one per
+    connection for the process's life) and its identity (an RTMP connection
+    may play on several streams of its own)."""
+    return viewer.client_id, id(viewer)
 
 
 def _audience(stream: Stream) -> Iterator[ViewerOutput]:

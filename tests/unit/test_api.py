@@ -435,6 +435,22 @@ def test_a_viewer_that_left_is_not_kept_alive_by_the_last_sample() -> None:
     s.sampler.stop()
 
 
+def test_two_viewers_of_one_connection_both_count_in_the_bitrate() -> None:
+    s = Server(start_sampler=True)
+    second = s.play("cam", s.viewer_id)  # an RTMP connection may play twice
+    assert isinstance(second, FakeViewer)
+    s.clock.advance(SAMPLE_INTERVAL_S)
+    viewers = [s.viewer, second]
+    before = sum(v.bytes_sent for v in viewers)
+    s.push([frame(FrameKind.VIDEO, 80 + 40 * i, INTER) for i in range(50)])
+    s.clock.advance(SAMPLE_INTERVAL_S)
+    sent = sum(v.bytes_sent for v in viewers) - before
+    assert sent > 0
+    summary = stream_summary(s.stream, s.admission, s.sampler)
+    assert summary["bitrate_out_kbps"] == round(sent * 8 / SAMPLE_INTERVAL_S / 1000, 1)
+    s.sampler.stop()
+
+
 def test_sampler_forgets_ended_streams_and_leaves_no_timer() -> None:
     s = Server(start_sampler=True)
     s.admission.kick_publisher("live", "cam", "test")
