@@ -16,9 +16,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from rtmpd.admission import Admission
-from rtmpd.protocols.flvhttp import FlvHttpResource, FlvSite
+from rtmpd.protocols.flvhttp import FlvHttpResource, FlvRequest, FlvSite
 from rtmpd.protocols.flvws import make_ws_resource
 from rtmpd.registry import StreamConfig, StreamRegistry
+from tests.unit.test_churn_memory import python_growth
 from tests.unit.test_registry import FakeSource, video
 
 
@@ -54,6 +55,22 @@ class Site:
         ws: Any = transport.protocol
         assert ws.viewer is not None
         return ws, transport
+
+
+    def get(self, path: bytes) -> tuple[Any, StringTransport]:
+        """An HTTP GET of ``path``: the channel and what it was sent."""
+        addr = IPv4Address("TCP", "127.0.0.1", 5000)
+        proto = self.site.buildProtocol(addr)
+        transport = StringTransport(peerAddress=addr)
+        proto.makeConnection(transport)
+        proto.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        return proto, transport
+
+    def http_viewer(self) -> tuple[Any, StringTransport]:
+        proto, transport = self.get(b"/live/bench.flv")
+        assert transport.value().startswith(b"HTTP/1.1 200")
+        transport.clear()  # a socket keeps nothing it sent
+        return proto, transport
 
 
 def _client_frame(opcode: int, payload: bytes) -> bytes:
@@ -237,3 +254,32 @@ def test_writer_copies_share_header_states_and_still_go_on_alone() -> None:
     restored = ChunkWriter(4096)
     restored.restore(saved)
     assert restored.write(4, 9, 1, 80, b"v" * 10) == expected[0]
+
+
+def _held_per_http_play(*, refused_first: bool) -> float:
+    """Python memory each of 200 playing HTTP-FLV viewers holds, on a site
+    whose requests are of a class of their own (the attribute layout Python
+    shares between instances is the class's, learnt from its first ones)."""
+
+    class Fresh(FlvRequest):
+        pass
+
+    site = Site()
+    site.site.requestFactory = Fresh
+    if refused_first:
+        _, transport = site.get(b"/live/nope.flv")  # not live: 404
+        assert transport.value().startswith(b"HTTP/1.1 404")
+    plays: list[tuple[Any, StringTransport]] = []
+    grown, _ = python_growth(
+        lambda: plays.append(site.http_viewer()),
+        lambda: plays.extend(site.http_viewer() for _ in range(200)),
+    )
+    return grown / 200
+
+
+def test_a_refused_request_first_does_not_make_later_plays_bigger() -> None:
+    # A 404 before the stream went live used to leave every later play with
+    # a request dict of its own, ~1 300 bytes more each.
+    fresh = _held_per_http_play(refused_first=False)
+    after_a_404 = _held_per_http_play(refused_first=True)
+    assert after_a_404 < fresh + 300, f"{after_a_404:.0f} B per play, {fresh:.0f} B without the 404"
