@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import signal
 import socket
@@ -142,6 +143,16 @@ class Server:
                 return
             time.sleep(0.1)
         raise TimeoutError(f"stream {app}/{name} never went live; log:\n{self.log()[-3000:]}")
+
+    def wait_log(self, pattern: re.Pattern[str], deadline_s: float = WAIT_S) -> re.Match[str]:
+        """Poll the server's log until ``pattern`` matches a line; the match."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            found = pattern.search(self.log())
+            if found:
+                return found
+            time.sleep(0.1)
+        raise TimeoutError(f"{pattern.pattern!r} never matched the log:\n{self.log()[-3000:]}")
 
     def is_live(self, name: str, app: str = "live") -> bool:
         request = urllib.request.Request(self.flv_url(name, app), method="HEAD")

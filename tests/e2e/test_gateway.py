@@ -355,11 +355,8 @@ def test_a_broken_upstream_connection_resumes_the_same_publish_without_repeats(
         assert response.status == 204
     # The origin's stop line for that play says why it ended.
     stop_line = re.compile(r"stop play live/blip by http-flv \S+: (.*?) \(\d+ bytes sent")
-    end = time.monotonic() + WAIT_S
-    while not stop_line.search(origin.log()) and time.monotonic() < end:
-        time.sleep(0.1)
-    found = stop_line.search(origin.log())
-    assert found and found.group(1) == "closed through the API", origin.log()[-2000:]
+    found = origin.wait_log(stop_line)
+    assert found.group(1) == "closed through the API", origin.log()[-2000:]
     edge.wait_log("the upstream is back (the same publish)")
     reader.join(timeout=WAIT_S * 2)
     tags = assert_one_clean_flv(out)
