@@ -5,6 +5,7 @@ ends the stream cleanly, and a refusal gives its exit status and the server's re
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -223,7 +224,9 @@ def test_push_resumes_after_server_restart_and_new_viewer_decodes_clean(
         _, err = pusher.communicate(timeout=WAIT_S)
         assert pusher.returncode == 0, err
         assert "reconnecting" in err
-        # The clean end reached the new server: the stream is gone at once.
+        # The clean end reached the new server (not its publisher timeout): it
+        # may wait in the socket for one paced read, so wait for its line.
+        second.wait_log(re.compile(r"unpublish live/cam: publisher \S+ \S+ (stopped|finished)"))
         assert not second.is_live("cam")
     finally:
         if pusher is not None and pusher.poll() is None:
