@@ -622,11 +622,16 @@ class Admission:
             raise AdmissionRefused(Refusal.GONE, "the client left before the decision")
         assert viewer.output is not None, "a viewer must say which output format it gets"
         viewer.admitted(self, request)
+        first = not stream.viewers
         stream.viewers[viewer] = None
         self.registry.viewer_log.line(
             log, "play", stream.path, "play {path} by {peer}", peer=viewer.description
         )
         stream.add_viewer(viewer.output, viewer)
+        if first and IPacedSource.providedBy(stream.source):
+            # Its publisher may be in a read pause (nobody watched): the
+            # first viewer gets live frames at once, not after the pause.
+            IPacedSource(stream.source).wake_reading()
         for listener in self.listeners:
             listener.started(request)
         return viewer

@@ -11,11 +11,13 @@ read; what arrives meanwhile waits in the kernel and is taken by one read
 when the pause ends. A tag that arrives after the pause is read at once, so
 the added latency is between 0 and ``interval_ms``.
 
-The pacing must never throttle: a read that filled Twisted's whole read
-buffer is not followed by a pause (the socket holds more), and the pause is
-shortened so that one pause gathers about :data:`BATCH_BYTES` at the rate the
-publisher sends, well inside a TCP receive buffer (128 KiB at least on Linux),
-so the sender's window never closes: 100 ms up to ~5 Mbit/s, 26 ms at 20.
+The pacing must never throttle: a read that filled the whole read size is
+not followed by a pause (the socket holds more), and the pause is shortened
+so that one pause gathers no more than the window the kernel advertises to
+the publisher (half the socket's receive buffer, which Linux grows as the
+stream goes on; :data:`MIN_BATCH_BYTES` until it has): the sender's window
+never closes. A paced publisher's socket is read :data:`READ_BYTES` at a
+time, so one read takes a whole batch.
 
 Publishers only, and only while nobody watches the stream live (the RTMP
 protocol decides): recorders do not see a pause, viewers would.
@@ -28,18 +30,40 @@ learn whether the holder is still there (admission asks it before refusing).
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 
-#: Bytes one ``doRead`` of a Twisted TCP transport takes at most
-#: (``tcp.Connection.bufferSize``): a read this large may have left data.
-FULL_READ_BYTES = 65536
+#: Bytes one read of a paced publisher's socket takes at most (its
+#: transport's ``bufferSize``, 64 KiB by default, is raised to this): a read
+#: this large may have left data. 250 ms of a 8 Mbit/s stream.
+READ_BYTES = 256 * 1024
 
 #: Longest pause accepted, ms: past it the pacing would be a throttle.
-MAX_INTERVAL_MS = 200
+MAX_INTERVAL_MS = 500
 
-#: Bytes one pause should gather at most: one full read, half the smallest
-#: TCP receive buffer Linux autotunes from (tcp_rmem default 128 KiB).
-BATCH_BYTES = FULL_READ_BYTES
+#: Bytes one pause gathers at most while the receive buffer is small: half
+#: the 128 KiB Linux starts a TCP socket's receive buffer at (tcp_rmem), the
+#: window it advertises then.
+MIN_BATCH_BYTES = 64 * 1024
+
+
+def _receive_buffer(transport: object) -> int:
+    """The socket's receive buffer as the kernel has it now (autotuned), or
+    0 when the transport has no socket (tests, wrappers)."""
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return 0
+    try:
+        return int(get_handle().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    except (AttributeError, OSError):  # not a socket, or closed
+        return 0
+
+
+def batch_bytes(receive_buffer: int) -> int:
+    """Bytes one pause may gather: half the receive buffer (the window
+    advertised), at least :data:`MIN_BATCH_BYTES`, at most one read."""
+    return min(READ_BYTES, max(MIN_BATCH_BYTES, receive_buffer // 2))
 
 
 class ReadPacer:
@@ -53,6 +77,8 @@ class ReadPacer:
         if not 0 < interval_ms <= MAX_INTERVAL_MS:
             raise ValueError(f"interval_ms {interval_ms} is out of range (0, {MAX_INTERVAL_MS}]")
         self._transport = transport
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = READ_BYTES
         self._clock = clock
         self._max_s = interval_ms / 1000.0
         self._call: IDelayedCall | None = None
@@ -72,15 +98,16 @@ class ReadPacer:
         if self._call is not None:
             return
         self._batch_bytes += size
-        if size >= FULL_READ_BYTES:
+        if size >= READ_BYTES:
             return
         now = self._clock.seconds()
         if now < self._awake_until:
             return
         pause_s = self._max_s
         elapsed = now - self._since
-        if elapsed > 0 and self._batch_bytes * pause_s > BATCH_BYTES * elapsed:
-            pause_s = BATCH_BYTES * elapsed / self._batch_bytes  # BATCH_BYTES at this rate
+        batch = batch_bytes(_receive_buffer(self._transport))
+        if elapsed > 0 and self._batch_bytes * pause_s > batch * elapsed:
+            pause_s = batch * elapsed / self._batch_bytes  # one batch at this rate
         self._batch_bytes = 0
         self._since = now
         self._transport.pauseProducing()

@@ -275,11 +275,11 @@ class Options(ShortUsageOnError):
             "else 1.25x the last pass, up to 500 ms) or a number (0 = every frame at once).",
         ],
         [
-            "publish-read-ms", None, 100,
+            "publish-read-ms", None, 250,
             "While a stream has no viewers (recorders only), read its RTMP publisher's "
             "socket at most once per this many ms: the server wakes once per batch of "
-            "frames, not per frame, for about half the CPU. Shortened for high bitrates; "
-            "0 = always read at once.",
+            "frames, not per frame, for about half the CPU. Shortened for high bitrates "
+            "(one batch stays inside the TCP window); 0 = always read at once.",
             _publish_read_ms,
         ],
         [

@@ -8,7 +8,13 @@ from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
 from rtmpd.admission import HOLDER_WAKE_S, Admission
-from rtmpd.protocols.readpacing import BATCH_BYTES, FULL_READ_BYTES, MAX_INTERVAL_MS, ReadPacer
+from rtmpd.protocols.readpacing import (
+    MAX_INTERVAL_MS,
+    MIN_BATCH_BYTES,
+    READ_BYTES,
+    ReadPacer,
+    batch_bytes,
+)
 from rtmpd.protocols.rtmp import RtmpServerFactory
 from rtmpd.registry import StreamConfig, StreamRegistry
 from rtmpd.tap.rtmpd import Options, stream_config
@@ -30,30 +36,65 @@ def test_short_read_pauses_the_transport_until_the_interval_ends() -> None:
 
 
 def test_full_read_is_not_followed_by_a_pause() -> None:
-    """A read that filled Twisted's buffer may have left data: pausing would throttle."""
+    """A read that filled the read size may have left data: pausing would throttle."""
     clock = Clock()
     transport = StringTransport()
     pacer = ReadPacer(transport, clock, 40)
-    pacer.after_read(FULL_READ_BYTES)
+    pacer.after_read(READ_BYTES)
     assert transport.producerState == "producing"
     assert clock.getDelayedCalls() == []
 
 
 def test_pause_shrinks_to_gather_one_batch_at_the_publishers_rate() -> None:
-    """At ~10 Mbit/s a 100 ms pause would gather twice BATCH_BYTES: it is halved."""
+    """A 100 ms pause that would gather two batches at the publisher's rate
+    is halved (no socket here: the batch is MIN_BATCH_BYTES)."""
     clock = Clock()
     transport = StringTransport()
     pacer = ReadPacer(transport, clock, 100)
     pacer.after_read(500)
     clock.advance(0.1)
-    pacer.after_read(FULL_READ_BYTES)  # full: read on at once
-    assert transport.producerState == "producing"
-    pacer.after_read(2 * BATCH_BYTES - FULL_READ_BYTES - 500)  # 2 x BATCH_BYTES in 100 ms
+    pacer.after_read(2 * MIN_BATCH_BYTES - 500)  # two batches in 100 ms
     assert transport.producerState == "paused"
     clock.advance(0.049)
     assert transport.producerState == "paused"
     clock.advance(0.002)
     assert transport.producerState == "producing"
+
+
+def test_a_batch_is_half_the_receive_buffer_within_one_read() -> None:
+    """Linux advertises about half a socket's receive buffer as the window,
+    and grows the buffer as the stream goes on: a pause gathers no more."""
+    assert batch_bytes(0) == MIN_BATCH_BYTES  # no socket
+    assert batch_bytes(131072) == MIN_BATCH_BYTES  # a new TCP socket's buffer
+    assert batch_bytes(400_000) == 200_000
+    assert batch_bytes(4_000_000) == READ_BYTES
+
+
+def test_a_paced_tcp_transport_reads_a_whole_batch_at_once() -> None:
+    """A real socket: its autotuned receive buffer sets the batch, and the
+    transport's read size is raised so that one read takes a batch."""
+    import socket
+
+    from rtmpd.protocols import readpacing
+
+    class SocketTransport(StringTransport):
+        bufferSize = 65536
+
+        def __init__(self, sock: socket.socket) -> None:
+            super().__init__()
+            self.sock = sock
+
+        def getHandle(self) -> socket.socket:
+            return self.sock
+
+    left, right = socket.socketpair()
+    with left, right:
+        transport = SocketTransport(left)
+        ReadPacer(transport, Clock(), 100)
+        assert transport.bufferSize == READ_BYTES
+        kernel = left.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert readpacing._receive_buffer(transport) == kernel > 0
+    assert readpacing._receive_buffer(transport) == 0  # closed: no buffer to ask
 
 
 def test_stop_cancels_the_pending_resume() -> None:
@@ -176,6 +217,7 @@ def test_rtmp_publisher_is_paced_only_while_nobody_watches() -> None:
     assert publisher.transport.producerState == "producing"  # watched: read at once
 
     viewer.server.connectionLost()
+    clock.advance(0.04)  # the interval the viewer's join woke it for
     publisher.client.send_media(sid, 9, 120, INTER)
     publisher.pump()
     assert publisher.transport.producerState == "paused"
@@ -184,10 +226,32 @@ def test_rtmp_publisher_is_paced_only_while_nobody_watches() -> None:
     assert publisher.transport.producerState == "paused"
 
 
+def test_first_viewer_ends_the_publishers_read_pause_at_once() -> None:
+    """A viewer who joins while the publisher's socket is left unread gets
+    live frames now, not when the pause would have ended."""
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=400))
+    factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
+    publisher = Peer(factory)
+    sid = publisher.open_stream()
+    publisher.client.publish(sid, "cam")
+    publisher.pump()
+    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), (40, INTER)):
+        publisher.client.send_media(sid, 9, ts, body)
+    publisher.pump()
+    assert publisher.transport.producerState == "paused"
+
+    viewer = Peer(factory)
+    vsid = viewer.open_stream()
+    viewer.client.play(vsid, "cam")
+    viewer.pump()
+    assert publisher.transport.producerState == "producing"  # no clock.advance
+
+
 def test_publish_read_ms_option_reaches_the_stream_config() -> None:
     defaults = Options()
     defaults.parseOptions([])
-    assert stream_config(defaults).publish_read_ms == 100
+    assert stream_config(defaults).publish_read_ms == 250
     off = Options()
     off.parseOptions(["--publish-read-ms", "0"])
     assert stream_config(off).publish_read_ms == 0
