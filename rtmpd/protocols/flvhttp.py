@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -32,6 +32,7 @@ from rtmpd._twisted import (
     read_body_until_close,
     request_disconnected,
     request_line,
+    share_plain_defaults,
 )
 from rtmpd.admission import (
     MAX_QUERY_CHARS,
@@ -176,19 +177,71 @@ _NOTHING_PARSED: Mapping[bytes, Any] = MappingProxyType({})
 _REQUEST_LINE_WORDS = {word: word for word in (b"GET", b"HEAD", b"HTTP/1.1", b"HTTP/1.0")}
 
 
+class _Alike:
+    """One object for equal values, so that thousands of viewers hold one:
+    players send the same few user agents and referers, and every
+    connection to a port has the same local address. Holds at most
+    ``limit`` values, each of at most :data:`ALIKE_MAX_BYTES` (past that a
+    value is its own), so clients cannot grow it."""
+
+    __slots__ = ("_held", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._held: dict[Hashable, Any] = {}
+        self._limit = limit
+
+    def one(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        held = self._held.get(key)
+        if held is None:
+            held = make()
+            if len(self._held) < self._limit:
+                self._held[key] = held
+        return held
+
+
+#: Most distinct logged header sets, and local addresses, held for sharing.
+ALIKE_LIMIT = 256
+#: Longest logged header values (together) held for sharing.
+ALIKE_MAX_BYTES = 1024
+
+_LOGGED_ALIKE = _Alike(ALIKE_LIMIT)
+_HOST_ALIKE = _Alike(ALIKE_LIMIT)
+
+#: A playing Request's response headers once they are sent: nothing sets
+#: headers on a response that has started (read-only by convention: one
+#: object for every viewer).
+_SENT_HEADERS = Headers()
+
+
+def _logged_headers(headers: Headers) -> Headers:
+    """The request headers the access log reads, shared with every request
+    that sent the same (read-only by convention, as above)."""
+    kept = tuple(
+        (name, tuple(values))
+        for name in LOGGED_REQUEST_HEADERS
+        if (values := headers.getRawHeaders(name)) is not None
+    )
+
+    def make() -> Headers:
+        return Headers({name: list(values) for name, values in kept})
+
+    if sum(len(value) for _, values in kept for value in values) > ALIKE_MAX_BYTES:
+        return make()
+    return _LOGGED_ALIKE.one(kept, make)  # type: ignore[no-any-return]
+
+
 def shed_request(request: server.Request) -> None:
     """Let go of what a play's Request no longer needs once its status line
     and headers are written: the response headers, the request headers but
-    those the access log reads at the end, the parsed path and query, the
-    cookies and the (empty) body. A viewer is held for hours, and these were
-    a third of its memory (``benchmarks/joincost.py http --memory``)."""
-    logged = Headers()
-    for name in LOGGED_REQUEST_HEADERS:
-        values = request.requestHeaders.getRawHeaders(name)
-        if values is not None:
-            logged.setRawHeaders(name, values)
-    request.requestHeaders = logged
-    request.responseHeaders = Headers()
+    those the access log reads at the end (shared with requests that sent
+    the same), the parsed path and query, the cookies and the (empty) body,
+    and its own copy of the local address. A viewer is held for hours, and
+    these were a third of its memory (``benchmarks/joincost.py http --memory``)."""
+    request.requestHeaders = _logged_headers(request.requestHeaders)
+    request.responseHeaders = _SENT_HEADERS
+    host = request.host
+    with contextlib.suppress(TypeError):  # an address type that does not hash
+        request.host = _HOST_ALIKE.one(host, lambda: host)
     # Not emptied but replaced by shared empties: an empty list or dict is
     # still 56-64 bytes, five of them per viewer.
     request.args = _NOTHING_PARSED  # type: ignore[assignment]
@@ -202,7 +255,26 @@ def shed_request(request: server.Request) -> None:
     content, request.content = request.content, None
     if content is not None:
         content.close()
-    compact_instance(request.channel)
+
+
+#: Plain attributes of an HTTP channel that a playing one may leave to its
+#: class (:func:`rtmpd._twisted.share_plain_defaults`): every channel sets
+#: the first three when it is made or connected (``HTTPChannel.__init__``,
+#: ``makeConnection``), and ``persistent`` means the same as the class's 1.
+_CHANNEL_PLAIN_NAMES = frozenset(
+    {"_handlingRequest", "_transferDecoder", "connected", "persistent"}
+)
+
+
+def settle_playing_channel(channel: Any) -> None:
+    """Rebuild a playing channel's attribute dict with only what is its own
+    (held for as long as the viewer plays): what its site's channel class
+    holds (site, factory, request class, ``callLater``; see
+    :class:`FlvSite`) and plain values its class now holds are left out.
+    Called once the play has started and registered its producer, so that
+    no name is added after (a dict of 10 names is 272 bytes, of 11 464)."""
+    share_plain_defaults(channel, _CHANNEL_PLAIN_NAMES)
+    compact_instance(channel)
 
 
 def _text(request: server.Request, code: int, message: str) -> bytes:
@@ -458,7 +530,11 @@ class FlvHttpResource(resource.Resource):
                                      "it asked for ?codecs=legacy")
             set_no_delay(transport)
             request.registerProducer(viewer, True)
-            request.notifyFinish().addBoth(viewer.connection_lost)
+            settle_playing_channel(request.channel)
+            if isinstance(request, FlvRequest):
+                request.viewer = viewer
+            else:  # a plain twisted.web Request (not served by FlvSite)
+                request.notifyFinish().addBoth(viewer.connection_lost)
             return viewer
 
         d = self.admission.play(play, start, internal=self.relay)
@@ -500,7 +576,7 @@ _STATUS_TEXT = {
 _PLAY_ATTRIBUTES = (
     "content", "args", "method", "uri", "clientproto", "path", "site", "prepath",
     "postpath", "sitepath", "startedWriting", "chunked", "sentLength",
-    "streamingProducer", "producer",
+    "streamingProducer", "producer", "viewer",
 )
 
 
@@ -533,7 +609,21 @@ class FlvRequest(server.Request):
     body_ended = False
     #: The body has neither a length nor chunks: the close ends it.
     close_delimited = False
+    #: The play this request streams, told once when the response ends
+    #: (finished here, or its connection lost). In place of
+    #: ``notifyFinish()``, whose Deferred a viewer would hold for as long as
+    #: it plays (~370 bytes).
+    viewer: HttpFlvViewer | None = None
 
+    def finish(self) -> None:
+        super().finish()
+        self._play_ended(None)
+
+    def _play_ended(self, reason: Failure | None) -> None:
+        viewer = self.viewer
+        if viewer is not None:
+            self.viewer = None
+            viewer.connection_lost(reason)
 
     def gotLength(self, length: int | None) -> None:
         command, raw_path = request_line(self.channel)
@@ -706,6 +796,7 @@ class FlvRequest(server.Request):
                     ingest.feed(b"")
             ingest.finish("disconnected")
         super().connectionLost(reason)
+        self._play_ended(reason)
 
 
 #: Bytes of request line and headers an HTTP client may send (Twisted's
@@ -741,7 +832,9 @@ class DeadlineChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.totalHeadersSize = getattr(self.site, "max_header_bytes", MAX_HEADER_BYTES)
+        limit = getattr(self.site, "max_header_bytes", MAX_HEADER_BYTES)
+        if limit != self.totalHeadersSize:  # else the class's: one name fewer per viewer
+            self.totalHeadersSize = limit
         self._arm_header_deadline()
 
     def _arm_header_deadline(self) -> None:
@@ -802,7 +895,6 @@ class FlvHttpChannel(DeadlineChannel):
             http.HTTPChannel.connectionMade(self)
             refuse_connection(self.transport, e.message)
             return
-        self._admission = admission
         super().connectionMade()
 
     def _kick(self, reason: str) -> None:
@@ -816,7 +908,7 @@ class FlvHttpChannel(DeadlineChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.client_id:
-            self._admission.close_connection(self.client_id)
+            self.site.flv.admission.close_connection(self.client_id)
         super().connectionLost(reason)
 
 
@@ -859,5 +951,21 @@ class FlvSite(server.Site):
         self.header_timeout = header_timeout
         self.max_header_bytes = max_header_bytes
         self.displayTracebacks = False
+        # One channel class per site, holding what every channel of the site
+        # has alike: a playing channel leaves these to it
+        # (settle_playing_channel). One bound callLater, not one per channel.
+        self._call_later = reactor.callLater
+        base = self.protocol
+        self.protocol = type(base.__name__, (base,), {  # type: ignore[assignment]
+            "__module__": base.__module__, "__doc__": base.__doc__,
+            "site": self, "factory": self, "requestFactory": self.requestFactory,
+            "callLater": self._call_later, "totalHeadersSize": max_header_bytes,
+        })
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            channel.callLater = self._call_later  # the class's, not a new bound method
+        return channel
 
 

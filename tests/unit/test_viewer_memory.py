@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import txaio
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -283,3 +284,85 @@ def test_a_refused_request_first_does_not_make_later_plays_bigger() -> None:
     fresh = _held_per_http_play(refused_first=False)
     after_a_404 = _held_per_http_play(refused_first=True)
     assert after_a_404 < fresh + 300, f"{after_a_404:.0f} B per play, {fresh:.0f} B without the 404"
+
+
+def test_playing_http_flv_request_holds_no_deferred_and_its_end_still_reaches_the_viewer(
+    site: Site,
+) -> None:
+    """A play's Request tells its viewer when it ends without a
+    ``notifyFinish()`` Deferred (held for as long as the viewer plays): on a
+    lost connection, and when the server finishes it (the stream ended)."""
+    stream = site.registry.get("live", "bench")
+    assert stream is not None
+    channel, transport = site.http_viewer()
+    request = channel.requests[0]
+    assert request.notifications == []
+    assert len(stream.viewers) == 1
+    channel.connectionLost(ConnectionDone())
+    assert not stream.viewers
+    assert request.viewer is None
+
+    channel, transport = site.http_viewer()
+    request = channel.requests[0]
+    (viewer,) = stream.viewers
+    assert request.viewer is viewer
+    site.registry.unpublish(stream, "the publisher left")
+    assert request.finished and request.viewer is None
+    assert viewer.finished
+    assert transport.value().endswith(b"0\r\n\r\n")  # the chunked body's end
+
+
+def _play(site: Site, headers: bytes = b"") -> Any:
+    """A playing HTTP-FLV channel; ``headers``: more request header lines."""
+    addr = IPv4Address("TCP", "127.0.0.1", 5002)
+    channel: Any = site.site.buildProtocol(addr)
+    transport = StringTransport(hostAddress=IPv4Address("TCP", "10.0.0.1", 8501),
+                                peerAddress=addr)
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /live/bench.flv HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200")
+    return channel
+
+
+def test_playing_http_flv_requests_share_what_they_hold_alike(site: Site) -> None:
+    """Requests that sent the same logged headers hold one copy of them, one
+    local address and one (sent) response header set; a different user agent
+    keeps its own, and the access log still reads each."""
+    ua = b"User-Agent: player/1.0\r\nReferer: http://example.com/\r\n"
+    first, second = (_play(site, ua).requests[0] for _ in range(2))
+    other = _play(site, b"User-Agent: other/2\r\n").requests[0]
+    assert first.requestHeaders is second.requestHeaders
+    assert other.requestHeaders is not first.requestHeaders
+    assert first.responseHeaders is second.responseHeaders is other.responseHeaders
+    assert first.host is second.host is other.host
+    assert first.host == IPv4Address("TCP", "10.0.0.1", 8501)
+    assert first.getHeader(b"user-agent") == b"player/1.0"
+    assert first.getHeader(b"referer") == b"http://example.com/"
+    assert other.getHeader(b"user-agent") == b"other/2"
+    assert other.getHeader(b"referer") is None
+    assert first.getHeader(b"host") is None  # not logged: shed
+
+
+def test_logged_headers_past_the_size_limit_are_not_held_for_sharing(site: Site) -> None:
+    from rtmpd.protocols import flvhttp
+
+    long_ua = b"User-Agent: " + b"x" * (flvhttp.ALIKE_MAX_BYTES + 1) + b"\r\n"
+    first, second = (_play(site, long_ua).requests[0] for _ in range(2))
+    assert first.requestHeaders is not second.requestHeaders
+    assert first.getHeader(b"user-agent") == second.getHeader(b"user-agent")
+
+
+def test_playing_http_flv_channel_leaves_what_its_site_shares_to_its_class(site: Site) -> None:
+    """A playing channel's dict holds its own state only (10 names, the
+    smaller dict size): its site, request class and callLater are its site's
+    channel class's, and a second channel of the site still plays."""
+    # As twistd builds it: an option's number, equal to the default but not it.
+    site.site = FlvSite(site.site.flv, reactor=site.clock, max_header_bytes=int("16384"))
+    channel = _play(site)
+    assert len(channel.__dict__) <= 10, sorted(channel.__dict__)
+    for name in ("site", "factory", "requestFactory", "callLater", "connected"):
+        assert name not in channel.__dict__, name
+    assert channel.site is site.site and channel.factory is site.site
+    assert channel.callLater == site.clock.callLater
+    again = _play(site)
+    assert type(again) is type(channel) and again.connected
