@@ -208,6 +208,20 @@ def share_plain_defaults(obj: object, names: Iterable[str]) -> None:
     }
 
 
+#: Plain attributes of twisted.web's ``HTTPChannel`` that a playing channel
+#: may leave to its class (:func:`share_plain_defaults`), because no channel
+#: reads its class's value: ``__init__`` sets the first two, ``makeConnection``
+#: ``connected``; ``_requestProducerStreaming`` is read only while a producer
+#: is registered (registering sets it), and ``_savedTimeOut`` only after a
+#: request of a channel with a timeout set it (all channels of a site share
+#: the site's timeout). Not ``persistent``: a new channel reads it before its
+#: first request, and a closed play's False would make it drop every byte.
+HTTP_CHANNEL_PLAIN_NAMES = frozenset({
+    "_handlingRequest", "_transferDecoder", "connected", "_requestProducerStreaming",
+    "_savedTimeOut",
+})
+
+
 def release_upgraded_channel(channel: Any) -> None:
     """Let go of the requests of an ``HTTPChannel`` whose transport a
     WebSocket upgrade took over (Autobahn sets the channel's transport to

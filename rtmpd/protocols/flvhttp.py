@@ -28,6 +28,7 @@ from twisted.web import http, resource, server
 from twisted.web.http_headers import Headers
 
 from rtmpd._twisted import (
+    HTTP_CHANNEL_PLAIN_NAMES,
     compact_instance,
     read_body_until_close,
     request_disconnected,
@@ -257,15 +258,6 @@ def shed_request(request: server.Request) -> None:
         content.close()
 
 
-#: Plain attributes of an HTTP channel that a playing one may leave to its
-#: class (:func:`rtmpd._twisted.share_plain_defaults`): every channel sets
-#: the first three when it is made or connected (``HTTPChannel.__init__``,
-#: ``makeConnection``), and ``persistent`` means the same as the class's 1.
-_CHANNEL_PLAIN_NAMES = frozenset(
-    {"_handlingRequest", "_transferDecoder", "connected", "persistent"}
-)
-
-
 def settle_playing_channel(channel: Any) -> None:
     """Rebuild a playing channel's attribute dict with only what is its own
     (held for as long as the viewer plays): what its site's channel class
@@ -273,7 +265,7 @@ def settle_playing_channel(channel: Any) -> None:
     :class:`FlvSite`) and plain values its class now holds are left out.
     Called once the play has started and registered its producer, so that
     no name is added after (a dict of 10 names is 272 bytes, of 11 464)."""
-    share_plain_defaults(channel, _CHANNEL_PLAIN_NAMES)
+    share_plain_defaults(channel, HTTP_CHANNEL_PLAIN_NAMES)
     compact_instance(channel)
 
 

@@ -205,3 +205,31 @@ def test_http_channels_keep_their_requests_where_an_upgrade_releases_them() -> N
     channel.requests.append(object())
     release_upgraded_channel(channel)  # no transport: taken over
     assert channel.requests == []
+
+
+def test_http_channels_set_the_plain_names_a_playing_channel_leaves_to_its_class() -> None:
+    """HTTP_CHANNEL_PLAIN_NAMES holds only names no channel reads from its
+    class: set in __init__ / makeConnection, or read only after being set."""
+    import inspect
+
+    from twisted.internet.protocol import Protocol
+    from twisted.web import http
+
+    from rtmpd._twisted import HTTP_CHANNEL_PLAIN_NAMES
+
+    init = inspect.getsource(http.HTTPChannel.__init__)
+    assert "self._handlingRequest = False" in init and "self._transferDecoder = None" in init
+    assert "self.connected = 1" in inspect.getsource(Protocol.makeConnection)
+    register = inspect.getsource(http.HTTPChannel.registerProducer)
+    assert "self._requestProducerStreaming = streaming" in register
+    unregister = inspect.getsource(http.HTTPChannel.unregisterProducer)
+    assert unregister.index("self._requestProducer is None") < unregister.index(
+        "self._requestProducerStreaming"
+    )
+    content = inspect.getsource(http.HTTPChannel.allContentReceived)
+    assert "self._savedTimeOut = self.setTimeout(None)" in content
+    assert "persistent" not in HTTP_CHANNEL_PLAIN_NAMES
+    assert HTTP_CHANNEL_PLAIN_NAMES == {
+        "_handlingRequest", "_transferDecoder", "connected", "_requestProducerStreaming",
+        "_savedTimeOut",
+    }

@@ -366,3 +366,13 @@ def test_playing_http_flv_channel_leaves_what_its_site_shares_to_its_class(site:
     assert channel.callLater == site.clock.callLater
     again = _play(site)
     assert type(again) is type(channel) and again.connected
+
+
+def test_a_new_channel_still_reads_requests_after_a_closing_play(site: Site) -> None:
+    """The first play a site's channel class learns from asked to close
+    (``Connection: close``, as ffmpeg does): a later connection's request is
+    still read (its ``persistent`` is not taken from that play)."""
+    closing = _play(site, b"Connection: close\r\n")
+    closing.connectionLost(ConnectionDone())
+    again = _play(site)
+    assert again.requests and again.requests[0].viewer is not None
