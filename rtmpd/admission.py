@@ -640,9 +640,10 @@ class Admission:
                         *, dropped: bool) -> None:
         """A viewer admitted here ended (:meth:`ViewerOutput.finish`): its
         one stop line, its totals, the listeners."""
+        protocol = viewer.protocol or request.protocol
         if viewer.stream is not None:
             viewer.stream.viewers.pop(viewer, None)
-        protocol = viewer.protocol or request.protocol
+            viewer.stream.ended_bytes_out[protocol] += viewer.bytes_sent
         self.ended_bytes_out[protocol] += viewer.bytes_sent
         self.ended_frames_dropped[protocol] += viewer.frames_dropped
         fmt = ("stop play {path} by {peer}: {why} ({bytes} bytes sent, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
+from collections import Counter
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -206,6 +207,10 @@ class Stream:
         self.forwards: list[Any] = []
         self.frames_in = 0
         self.bytes_in = 0
+        #: Bytes sent to the viewers that left, by protocol (kept by
+        #: :mod:`rtmpd.admission`): with what those playing have sent, the
+        #: stream's bytes out, sampled for its bitrate.
+        self.ended_bytes_out: Counter[str] = Counter()
         self._flush_call: IDelayedCall | None = None
         self._last_flush = float("-inf")
         self._load_logged_at = clock.seconds()

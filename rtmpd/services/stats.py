@@ -130,21 +130,20 @@ def codec_name(kind: FrameKind, codec: int) -> str:
 class _Sample:
     """One stream's counters at one time, and the rates since the one before."""
 
-    __slots__ = ("bytes_in", "rate_in_bps", "rate_out_bps", "time", "viewers")
+    __slots__ = ("bytes_in", "bytes_out", "rate_in_bps", "rate_out_bps", "time")
 
     def __init__(
-        self, time: float, bytes_in: int, viewers: dict[tuple[int, int], int],
+        self, time: float, bytes_in: int, bytes_out: int,
         rate_in_bps: float | None, rate_out_bps: float | None,
     ) -> None:
         self.time = time
         self.bytes_in = bytes_in
-        #: Each viewer's bytes_sent then, by :func:`_sample_key`: a viewer
-        #: that leaves only takes its last partial window with it, not its
-        #: whole total. Not the viewers themselves: a sample lives for an
-        #: interval, and a viewer that left would be kept that long, with its
-        #: connection and request, past the full collection its leaving sets
-        #: off (:mod:`rtmpd.gcpacing`), until the next one.
-        self.viewers = viewers
+        #: The stream's bytes out then (:func:`_bytes_out`). Two numbers per
+        #: stream, nothing per viewer: a sample lives for an interval, and
+        #: per-viewer counts cost ~150 bytes a viewer (viewers themselves
+        #: would keep those that left alive past the full collection their
+        #: leaving sets off, :mod:`rtmpd.gcpacing`).
+        self.bytes_out = bytes_out
         self.rate_in_bps = rate_in_bps
         self.rate_out_bps = rate_out_bps
 
@@ -158,11 +157,12 @@ def _viewers(stream: Stream) -> Iterator[ViewerOutput]:
     yield from seen
 
 
-def _sample_key(viewer: ViewerOutput) -> tuple[int, int]:
-    """What a sample knows a viewer by: its connection's client id (one per
-    connection for the process's life) and its identity (an RTMP connection
-    may play on several streams of its own)."""
-    return viewer.client_id, id(viewer)
+def _bytes_out(stream: Stream) -> int:
+    """Bytes the stream has sent to its viewers, those that left included
+    (relays to sibling workers left out, as in :func:`_audience`): its
+    growth over a window is what went out in it, whoever left meanwhile."""
+    ended = sum(n for protocol, n in stream.ended_bytes_out.items() if protocol != RELAY_PROTOCOL)
+    return ended + sum(v.bytes_sent for v in _audience(stream))
 
 
 def _audience(stream: Stream) -> Iterator[ViewerOutput]:
@@ -217,18 +217,16 @@ class StatsSampler:
         old = self._samples
         new: dict[Stream, _Sample] = {}
         for stream in tuple(self.registry.streams.values()):
-            viewers = {_sample_key(v): v.bytes_sent for v in _audience(stream)}
+            bytes_out = _bytes_out(stream)
             prev = old.get(stream)
             rate_in = rate_out = None
             if prev is not None and now > prev.time:
                 elapsed = now - prev.time
                 rate_in = max(0, stream.bytes_in - prev.bytes_in) * 8 / elapsed
-                before = prev.viewers
-                sent = sum(max(0, n - before.get(v, 0)) for v, n in viewers.items())
-                rate_out = sent * 8 / elapsed
+                rate_out = max(0, bytes_out - prev.bytes_out) * 8 / elapsed
             elif prev is not None:
                 rate_in, rate_out = prev.rate_in_bps, prev.rate_out_bps
-            new[stream] = _Sample(now, stream.bytes_in, viewers, rate_in, rate_out)
+            new[stream] = _Sample(now, stream.bytes_in, bytes_out, rate_in, rate_out)
         self._samples = new
 
     def rates_bps(self, stream: Stream) -> tuple[float, float]:

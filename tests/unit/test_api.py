@@ -451,6 +451,29 @@ def test_two_viewers_of_one_connection_both_count_in_the_bitrate() -> None:
     s.sampler.stop()
 
 
+def test_a_viewer_that_leaves_mid_window_still_counts_and_samples_hold_no_viewer() -> None:
+    """The bitrate out is the growth of the stream's bytes out: a viewer
+    that left during the window counts what it was sent in it, and a sample
+    keeps two numbers per stream, nothing per viewer."""
+    s = Server(start_sampler=True)
+    s.clock.advance(SAMPLE_INTERVAL_S)
+    leaving = s.play("cam", s.connect("http", "127.0.0.1", 6001))
+    assert isinstance(leaving, FakeViewer)
+    stayed = s.viewer
+    before = stayed.bytes_sent
+    s.push([frame(FrameKind.VIDEO, 80 + 40 * i, INTER) for i in range(50)])
+    gone_sent = leaving.bytes_sent
+    assert gone_sent > 0
+    leaving.finish("closed by the client")
+    s.clock.advance(SAMPLE_INTERVAL_S)
+    summary = stream_summary(s.stream, s.admission, s.sampler)
+    sent = stayed.bytes_sent - before + gone_sent
+    assert summary["bitrate_out_kbps"] == round(sent * 8 / SAMPLE_INTERVAL_S / 1000, 1)
+    (sample,) = s.sampler._samples.values()
+    assert not any(isinstance(getattr(sample, name), dict) for name in sample.__slots__)
+    s.sampler.stop()
+
+
 def test_sampler_forgets_ended_streams_and_leaves_no_timer() -> None:
     s = Server(start_sampler=True)
     s.admission.kick_publisher("live", "cam", "test")
