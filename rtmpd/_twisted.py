@@ -222,6 +222,28 @@ HTTP_CHANNEL_PLAIN_NAMES = frozenset({
 })
 
 
+def shed_autobahn_handshake(proto: Any) -> None:
+    """Let go of what Autobahn keeps per WebSocket connection that only the
+    opening handshake reads (the client's key, the transport details it
+    builds for ``onConnecting``) and share its event table (an
+    ``ObservableMixin`` list of valid events and dict of last results,
+    written only by ``fire()`` once a listener was added with ``on()``,
+    which rtmpd never does) with every connection of the class: ~600 bytes
+    a WS-FLV viewer, held for hours. Autobahn's private names; checked in
+    ``tests/unit/test_twisted_private.py``."""
+    proto._wskey = None
+    proto._transport_details = None
+    if proto._listeners is not None:
+        return
+    cls = type(proto)
+    shared = cls.__dict__.get("_rtmpd_events")
+    if shared is None:
+        shared = cls._rtmpd_events = (proto._valid_events, proto._results)
+        cls._valid_events, cls._results = shared
+    if proto._valid_events == shared[0]:
+        del proto._valid_events, proto._results
+
+
 def release_upgraded_channel(channel: Any) -> None:
     """Let go of the requests of an ``HTTPChannel`` whose transport a
     WebSocket upgrade took over (Autobahn sets the channel's transport to

@@ -28,7 +28,12 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rtmpd._twisted import release_upgraded_channel, share_plain_defaults
+from rtmpd._twisted import (
+    compact_instance,
+    release_upgraded_channel,
+    share_plain_defaults,
+    shed_autobahn_handshake,
+)
 from rtmpd.admission import (
     MAX_QUERY_CHARS,
     Action,
@@ -164,7 +169,12 @@ _HANDSHAKE_TEXT = (
     "http_response_data", "http_status_line", "http_request_uri", "http_request_path",
     "http_request_host", "websocket_origin",
 )
-_HANDSHAKE_NAMES = frozenset((*_HANDSHAKE_TEXT, "http_request_data"))
+#: Plain attributes the opening handshake sets on every connection that
+#: opens (and nothing reads before it): a viewer may leave them to its class.
+_HANDSHAKE_NAMES = frozenset((
+    *_HANDSHAKE_TEXT, "http_request_data", "_wskey", "websocket_version",
+    "websocket_protocol_in_use", "inside_message", "current_frame",
+))
 
 
 class WsFlvProtocol(WebSocketServerProtocol):
@@ -304,9 +314,14 @@ class WsFlvProtocol(WebSocketServerProtocol):
         self.http_request_params = _NO_HEADERS  # type: ignore[assignment]
         self.websocket_protocols = ()  # type: ignore[assignment]
         self.websocket_extensions = ()  # type: ignore[assignment]
+        shed_autobahn_handshake(self)
+        # The viewer keeps the admission request (it logs its end).
+        self.request = None
         # Every connection that gets here has been through connect and the
         # opening handshake, which set all of these.
         share_plain_defaults(self, self._set_on_connect | _HANDSHAKE_NAMES)
+        # And what its factory's class holds (the factory, the shared empties).
+        compact_instance(self)
 
     def _admitted(self, publisher: Publisher) -> None:
         ingest = self.ingest
@@ -432,8 +447,14 @@ class WsFlvFactory(WebSocketServerFactory):
             for name in WsFlvProtocol.CONFIG_ATTRS
             for value in (getattr(self, name),)
         }
+        # Also what every open connection of this factory holds alike, so
+        # that a viewer leaves it to the class (_shed_handshake).
+        alike = {
+            "factory": self, "http_headers": _NO_HEADERS, "http_request_params": _NO_HEADERS,
+            "websocket_protocols": (), "websocket_extensions": (),
+        }
         self.protocol = type("ConfiguredWsFlvProtocol", (WsFlvProtocol,),  # type: ignore[assignment]
-                             {**options, "CONFIG_ATTRS": ()})
+                             {**options, **alike, "CONFIG_ATTRS": ()})
 
 
 class WsFlvResource(WebSocketResource):

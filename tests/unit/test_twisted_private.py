@@ -229,7 +229,26 @@ def test_http_channels_set_the_plain_names_a_playing_channel_leaves_to_its_class
     content = inspect.getsource(http.HTTPChannel.allContentReceived)
     assert "self._savedTimeOut = self.setTimeout(None)" in content
     assert "persistent" not in HTTP_CHANNEL_PLAIN_NAMES
-    assert HTTP_CHANNEL_PLAIN_NAMES == {
+    assert {
         "_handlingRequest", "_transferDecoder", "connected", "_requestProducerStreaming",
         "_savedTimeOut",
-    }
+    } == HTTP_CHANNEL_PLAIN_NAMES
+
+
+def test_autobahn_keeps_the_names_the_handshake_shedding_touches() -> None:
+    """shed_autobahn_handshake: the key and transport details are read only
+    while handshaking, and the event table is written only with listeners."""
+    import inspect
+
+    from autobahn.util import ObservableMixin
+    from autobahn.websocket import protocol
+
+    server = inspect.getsource(protocol.WebSocketServerProtocol)
+    assert "self._wskey = key" in server and "key = self._wskey" in server
+    common = inspect.getsource(protocol.WebSocketProtocol)
+    assert "self._transport_details" in common
+    assert ObservableMixin._listeners is None
+    fire = inspect.getsource(ObservableMixin.fire)
+    assert fire.index("if self._listeners is None:") < fire.index("self._results[event]")
+    events = inspect.getsource(ObservableMixin.set_valid_events)
+    assert "self._valid_events = " in events and "self._results = " in events

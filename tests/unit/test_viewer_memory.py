@@ -97,14 +97,21 @@ def test_playing_ws_viewer_keeps_no_utf8_validator_nor_handshake(site: Site) -> 
 
 def test_playing_ws_viewer_leaves_autobahns_constant_flags_to_its_class(site: Site) -> None:
     """Autobahn sets ~70 attributes per connection; a playing viewer's own
-    dict keeps only what differs from the class's (it held 67, 1.6 KB)."""
+    dict keeps only what differs from the class's (it held 67, 1.6 KB; then
+    24, 832 B): 10 names, the handshake's key and transport details gone,
+    the event table and the factory its class's."""
     first, _ = site.ws_viewer()
     second, _ = site.ws_viewer()
     for ws in (first, second):
-        assert len(ws.__dict__) <= 24, sorted(ws.__dict__)
+        assert len(ws.__dict__) <= 10, sorted(ws.__dict__)
         assert "wasMaxMessagePayloadSizeExceeded" not in ws.__dict__
         assert ws.wasMaxMessagePayloadSizeExceeded is False
         assert ws.state == ws.STATE_OPEN
+        assert ws._wskey is None and ws.transport_details is None and ws.request is None
+        for name in ("_valid_events", "_results", "factory", "websocket_version"):
+            assert name not in ws.__dict__, name
+    assert first._results is second._results and first._valid_events == ["message"]
+    assert first.factory is second.factory and first.websocket_version == 13
 
 
 def test_playing_ws_viewer_still_answers_a_ping(site: Site) -> None:
@@ -376,3 +383,43 @@ def test_a_new_channel_still_reads_requests_after_a_closing_play(site: Site) -> 
     closing.connectionLost(ConnectionDone())
     again = _play(site)
     assert again.requests and again.requests[0].viewer is not None
+
+
+def test_rtmp_player_holds_shared_empties_and_a_write_to_one_is_refused() -> None:
+    """A player's connection has no publish names, publishers or paused
+    streams: it holds the one shared empty dict for each (64 bytes each of
+    its own before), takes a dict of its own when it pauses, and writing to
+    the shared one is an error, not a dict every connection would see."""
+    from rtmpd.codec.rtmp.connection import NO_ENTRIES, own
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from tests.unit.test_protocols import KEYFRAME, Peer
+
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0))
+    factory = RtmpServerFactory(Admission(registry), clock=clock)
+    publisher = Peer(factory)
+    psid = publisher.open_stream()
+    publisher.client.publish(psid, "cam")
+    publisher.pump()
+    publisher.client.send_media(psid, 9, 0, KEYFRAME)
+    publisher.pump()
+    assert publisher.server.publishing and publisher.server.publishing is not NO_ENTRIES
+    player = Peer(factory)
+    sid = player.open_stream()
+    player.client.play(sid, "cam")
+    player.pump()
+    server = player.server
+    assert server.viewers
+    assert server.publishing is NO_ENTRIES and server.paused is NO_ENTRIES
+    assert server.conn._publish_names is NO_ENTRIES
+    with pytest.raises(TypeError):
+        NO_ENTRIES[1] = "x"
+    with pytest.raises(TypeError):
+        NO_ENTRIES.update(x=1)
+    assert not NO_ENTRIES and own(NO_ENTRIES) is not NO_ENTRIES
+    player.client.send_command("pause", None, True, 0.0, stream_id=sid)
+    player.pump()
+    assert sid in server.paused and not NO_ENTRIES
+    player.client.send_command("pause", None, False, 0.0, stream_id=sid)
+    player.pump()
+    assert sid in server.viewers and not server.paused
