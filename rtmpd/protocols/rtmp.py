@@ -31,8 +31,10 @@ from rtmpd.codec.rtmp.chunk import NEED_DATA, encoded_messages
 from rtmpd.codec.rtmp.connection import (
     AUDIO_CSID,
     DATA_CSID,
+    NO_ENTRIES,
     VIDEO_CSID,
     ServerConnection,
+    own,
 )
 from rtmpd.codec.rtmp.handshake import S1_RANDOM_SIZE
 from rtmpd.errors import InvalidStreamName
@@ -280,9 +282,10 @@ class RtmpServerProtocol(protocol.Protocol):
         self.app: str | None = None
         #: The connect's query (``rtmp://host/app?key=…`` or its tcUrl).
         self.connect_query = ""
-        self.publishing: dict[int, Publisher] = {}
-        self.viewers: dict[int, RtmpViewer] = {}
-        self.paused: dict[int, RtmpViewer] = {}
+        # Shared empties until used (a player publishes nothing, pauses rarely).
+        self.publishing: dict[int, Publisher] = NO_ENTRIES
+        self.viewers: dict[int, RtmpViewer] = NO_ENTRIES
+        self.paused: dict[int, RtmpViewer] = NO_ENTRIES
         self.close_reason: str | None = None
         self._timer: IDelayedCall | None = None
         #: Cuts a connection that does not finish closing (see stop_publishing).
@@ -537,6 +540,7 @@ class RtmpServerProtocol(protocol.Protocol):
 
         def started(publisher: Publisher) -> None:
             self._end_stream(stream_id, "published again on its message stream")
+            self.publishing = own(self.publishing)
             self.publishing[stream_id] = publisher
             self._published = True
             read_ms = self.factory.publish_read_ms
@@ -639,6 +643,7 @@ class RtmpServerProtocol(protocol.Protocol):
     def _register(self, viewer: RtmpViewer) -> None:
         """Make the viewer one of the connection's; the first one is the
         socket's producer (a play after a stop or an unpause replaces it)."""
+        self.viewers = own(self.viewers)
         self.viewers[viewer.stream_id] = viewer
         transport: Any = self.transport
         if len(self.viewers) == 1:
@@ -672,6 +677,7 @@ class RtmpServerProtocol(protocol.Protocol):
             if viewer is not None:
                 # Out of the fan-out, still this connection's (admitted) viewer.
                 viewer.pause_output()
+                self.paused = own(self.paused)
                 self.paused[stream_id] = viewer
             return
         viewer = self.paused.pop(stream_id, None)

@@ -52,7 +52,7 @@ import enum
 import functools
 import secrets
 from collections.abc import Callable, Hashable
-from typing import Final
+from typing import Any, Final
 
 from rtmpd.codec import amf0, enhanced
 from rtmpd.codec.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -279,6 +279,31 @@ def _number(value: object, default: float) -> float:
         return float(value)
     return default
 
+
+
+class SharedEmpty(dict[Any, Any]):
+    """An empty dict that many connections hold until they have something to
+    put in it (most never do: a player has no publish names, no paused
+    streams): an empty dict of each one's own is 64 bytes, held for hours.
+    Reading, ``pop(key, default)`` and ``clear()`` work as on any empty
+    dict; writing raises, so that a holder assigns a dict of its own first
+    (:func:`own`)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a shared empty dict: assign a dict of your own before writing")
+
+    __setitem__ = setdefault = update = __ior__ = _refuse
+
+
+#: The one :class:`SharedEmpty`.
+NO_ENTRIES: dict[Any, Any] = SharedEmpty()
+
+
+def own(entries: dict[Any, Any]) -> dict[Any, Any]:
+    """``entries``, or a new dict in place of :data:`NO_ENTRIES`."""
+    return {} if entries is NO_ENTRIES else entries
 
 class _Connection:
     """What both sides share: handshake, chunk stream, acks, pings, output."""
@@ -562,7 +587,7 @@ class ServerConnection(_Connection):
         self._connect_type = msg.COMMAND_AMF0
         self._peer_capabilities = enhanced.ClientCapabilities()
         self._streams: dict[int, _Role] = {}
-        self._publish_names: dict[int, str] = {}
+        self._publish_names: dict[int, str] = NO_ENTRIES
         self._next_stream_id = 1
 
     # -- properties --------------------------------------------------------------
@@ -838,6 +863,7 @@ class ServerConnection(_Connection):
         publish_type = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
         name, query = _split_query(raw_name)
         self._streams[stream_id] = _Role.PUBLISH_PENDING
+        self._publish_names = own(self._publish_names)
         self._publish_names[stream_id] = name
         self._events.append(
             PublishRequested(stream_id=stream_id, name=name, query=query, publish_type=publish_type)
