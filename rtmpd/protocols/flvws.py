@@ -187,8 +187,6 @@ class WsFlvProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.peer_name = "ws ?"
-        self.peer_host = "?"
-        self.peer_port = 0
         self.client_id = 0
         self.request: AdmissionRequest | None = None
         self.refusal: AdmissionRefused | None = None
@@ -226,9 +224,10 @@ class WsFlvProtocol(WebSocketServerProtocol):
         # says "tcp4:127.0.0.1:5000").
         peer = self.transport.getPeer() if self.transport is not None else None
         host = getattr(peer, "host", None)
-        self.peer_host = str(host or "?")
-        self.peer_port = int(getattr(peer, "port", 0))
-        self.peer_name = f"ws {host}:{self.peer_port}" if host else f"ws {request.peer}"
+        # Locals, not attributes: a viewer holds its protocol for hours.
+        peer_host = str(host or "?")
+        peer_port = int(getattr(peer, "port", 0))
+        self.peer_name = f"ws {host}:{peer_port}" if host else f"ws {request.peer}"
         path = request.path
         segments = [unquote(part).encode("utf-8", "surrogateescape")
                     for part in path.split("/")[1:]]
@@ -250,7 +249,7 @@ class WsFlvProtocol(WebSocketServerProtocol):
         self.request = AdmissionRequest(
             action=Action.PLAY if playing else Action.PUBLISH, app=app, stream=name,
             query=urlencode(request.params, doseq=True)[:MAX_QUERY_CHARS],
-            peer_host=self.peer_host, peer_port=self.peer_port, protocol="ws-flv",
+            peer_host=peer_host, peer_port=peer_port, protocol="ws-flv",
             client_id=self.client_id,
         )
         for offered in request.protocols:

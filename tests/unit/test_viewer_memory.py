@@ -38,14 +38,15 @@ class Site:
             reactor=self.clock,
         )
 
-    def ws_viewer(self) -> tuple[Any, StringTransport]:
+    def ws_viewer(self, port: int = 5000) -> tuple[Any, StringTransport]:
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
             "GET /live/bench.flv HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
-        addr = IPv4Address("TCP", "127.0.0.1", 5000)
+        # A host string of its own, as each accepted socket has.
+        addr = IPv4Address("TCP", ".".join(["127", "0", "0", str(port % 250 + 1)]), port)
         proto = self.site.buildProtocol(addr)
         transport = StringTransport(peerAddress=addr)
         proto.makeConnection(transport)
@@ -100,8 +101,8 @@ def test_playing_ws_viewer_leaves_autobahns_constant_flags_to_its_class(site: Si
     dict keeps only what differs from the class's (it held 67, 1.6 KB; then
     24, 832 B): 10 names, the handshake's key and transport details gone,
     the event table and the factory its class's."""
-    first, _ = site.ws_viewer()
-    second, _ = site.ws_viewer()
+    first, _ = site.ws_viewer(5000)
+    second, _ = site.ws_viewer(5001)
     for ws in (first, second):
         assert len(ws.__dict__) <= 10, sorted(ws.__dict__)
         assert "wasMaxMessagePayloadSizeExceeded" not in ws.__dict__
