@@ -154,6 +154,34 @@ class DirectWrites:
             t.write(data[written:])
 
 
+class _LeanServer(tcp.Server):
+    """A ``tcp.Server`` whose log prefix and repr are made when asked, not
+    kept as two strings of ~80 bytes each per connection (a viewer's, held
+    for hours; a viewer's socket is read rarely, so the prefix is rarely
+    asked for)."""
+
+    def logPrefix(self) -> str:
+        protocol = getattr(self, "protocol", None)
+        prefix = self._getLogPrefix(protocol) if protocol is not None else "-"
+        return f"{prefix},{self.sessionno},{self.hostname}"
+
+    def __repr__(self) -> str:
+        protocol = getattr(self, "protocol", None)
+        name = type(protocol).__name__ if protocol is not None else "-"
+        return f"<{name} #{self.sessionno} on {self.server._realPortNumber}>"
+
+
+def shed_transport_strings(transport: object) -> None:
+    """Let a plain TCP server transport make its log prefix and repr when
+    asked (:class:`_LeanServer`) instead of keeping them; anything else
+    (TLS, tests) is left as it is."""
+    if type(transport) is tcp.Server:
+        attrs = transport.__dict__
+        attrs.pop("logstr", None)
+        attrs.pop("repstr", None)
+        transport.__class__ = _LeanServer
+
+
 # -- twisted.web ---------------------------------------------------------------
 
 

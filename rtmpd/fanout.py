@@ -30,7 +30,14 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rtmpd._twisted import DirectWrites, discard_unsent, queued_bytes, socket_fd, write_now
+from rtmpd._twisted import (
+    DirectWrites,
+    discard_unsent,
+    queued_bytes,
+    shed_transport_strings,
+    socket_fd,
+    write_now,
+)
 from rtmpd.interfaces import IViewer
 from rtmpd.media import Frame
 
@@ -165,6 +172,7 @@ class ViewerOutput(DirectWrites):
         # The direct writev path is only for plain TCP; TLS must go through
         # its transport.
         self._fd = socket_fd(transport)
+        shed_transport_strings(transport)
         self.allow_buffered(VIEWER_BUFFER_BYTES)
 
     def allow_buffered(self, size: int) -> None:

@@ -252,3 +252,39 @@ def test_autobahn_keeps_the_names_the_handshake_shedding_touches() -> None:
     assert fire.index("if self._listeners is None:") < fire.index("self._results[event]")
     events = inspect.getsource(ObservableMixin.set_valid_events)
     assert "self._valid_events = " in events and "self._results = " in events
+
+
+def test_a_viewers_tcp_transport_makes_its_log_prefix_and_repr_when_asked() -> None:
+    """shed_transport_strings drops tcp.Server's two per-connection strings;
+    its log prefix and repr read the same, and other transports are left."""
+    import inspect
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactor, StringTransport
+
+    from rtmpd._twisted import shed_transport_strings
+
+    assert "return self.logstr" in inspect.getsource(tcp.Connection.logPrefix)
+    assert "return self.repstr" in inspect.getsource(tcp.Server.__repr__)
+    init = inspect.getsource(tcp.Server.__init__)
+    assert "self.logstr = " in init and "self.repstr" in init and "_realPortNumber" in init
+
+    class Port:
+        _realPortNumber = 8501
+
+    left, right = socket.socketpair()
+    with left, right:
+        transport = tcp.Server(left, Protocol(), ("127.0.0.1", 5000), Port(), 7, MemoryReactor())
+        before = (transport.logPrefix(), repr(transport))
+        assert before == ("Protocol,7,127.0.0.1", "<Protocol #7 on 8501>")
+        shed_transport_strings(transport)
+        assert "logstr" not in transport.__dict__ and "repstr" not in transport.__dict__
+        assert (transport.logPrefix(), repr(transport)) == before
+        assert isinstance(transport, tcp.Server)
+        del transport.protocol  # as connectionLost leaves it
+        assert transport.logPrefix() == "-,7,127.0.0.1"
+    other = StringTransport()
+    shed_transport_strings(other)
+    assert type(other) is StringTransport
