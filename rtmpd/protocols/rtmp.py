@@ -581,6 +581,8 @@ class RtmpServerProtocol(protocol.Protocol):
             )
             self._register(viewer)
             self._played = stream.path
+            if self.app == stream.app:
+                self.app = stream.app  # the stream's string, not one per player
             self._say_what_is_left_out(stream)
             return viewer
 

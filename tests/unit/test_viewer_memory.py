@@ -413,6 +413,8 @@ def test_rtmp_player_holds_shared_empties_and_a_write_to_one_is_refused() -> Non
     assert server.viewers
     assert server.publishing is NO_ENTRIES and server.paused is NO_ENTRIES
     assert server.conn._publish_names is NO_ENTRIES
+    stream = registry.get("live", "cam")
+    assert stream is not None and server.app is stream.app  # one string, not one per player
     with pytest.raises(TypeError):
         NO_ENTRIES[1] = "x"
     with pytest.raises(TypeError):
