@@ -426,3 +426,46 @@ def test_rtmp_player_holds_shared_empties_and_a_write_to_one_is_refused() -> Non
     player.client.send_command("pause", None, False, 0.0, stream_id=sid)
     player.pump()
     assert sid in server.viewers and not server.paused
+
+
+def test_rtmp_players_share_one_roles_dict_and_each_changes_only_its_own() -> None:
+    """Every player's message streams are ``{1: playing}``: one shared dict.
+    A change (deleteStream, a second createStream) gives that connection a
+    new dict and leaves the others' as they were."""
+    from rtmpd.codec.rtmp.connection import NO_ENTRIES, SharedDict, shared
+    from rtmpd.protocols.rtmp import RtmpServerFactory
+    from tests.unit.test_protocols import KEYFRAME, Peer
+
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0))
+    factory = RtmpServerFactory(Admission(registry), clock=clock)
+    publisher = Peer(factory)
+    psid = publisher.open_stream()
+    publisher.client.publish(psid, "cam")
+    publisher.pump()
+    publisher.client.send_media(psid, 9, 0, KEYFRAME)
+    publisher.pump()
+    players = []
+    for _ in range(2):
+        player = Peer(factory)
+        sid = player.open_stream()
+        player.client.play(sid, "cam")
+        player.pump()
+        players.append((player, sid))
+    (one, sid1), (two, _sid2) = players
+    roles = one.server.conn._streams
+    assert isinstance(roles, SharedDict) and roles is two.server.conn._streams
+    assert roles is not publisher.server.conn._streams
+    one.client.create_stream()  # a second message stream on the first connection only
+    one.pump()
+    assert len(one.server.conn._streams) == 2 and two.server.conn._streams is roles
+    one.client.send_command("deleteStream", None, float(sid1), stream_id=0)
+    one.pump()
+    assert sid1 not in one.server.conn._streams and sid1 in roles
+    assert two.server.conn._streams is roles and len(roles) == 1
+    with pytest.raises(TypeError):
+        roles[9] = roles[sid1]
+    with pytest.raises(TypeError):
+        roles.pop(sid1)
+    assert roles.pop(12345, None) is None
+    assert shared({}) is NO_ENTRIES

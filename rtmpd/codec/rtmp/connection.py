@@ -281,29 +281,62 @@ def _number(value: object, default: float) -> float:
 
 
 
-class SharedEmpty(dict[Any, Any]):
-    """An empty dict that many connections hold until they have something to
-    put in it (most never do: a player has no publish names, no paused
-    streams): an empty dict of each one's own is 64 bytes, held for hours.
-    Reading, ``pop(key, default)`` and ``clear()`` work as on any empty
-    dict; writing raises, so that a holder assigns a dict of its own first
-    (:func:`own`)."""
+class SharedDict(dict[Any, Any]):
+    """A dict that many connections hold alike: the empty one (most
+    connections never put anything in their publish names or paused
+    streams) or the same few message stream roles (every player's is
+    ``{1: playing}``). A dict of each one's own is 64 bytes empty, 224 with
+    one entry, held for hours. Reading, ``pop(key, default)`` of a missing
+    key and ``clear()`` of the empty one work as on any dict; writing
+    raises, so that a holder never changes what others hold: it assigns a
+    dict of its own first (:func:`own`) or a new shared one (:func:`shared`)."""
 
     __slots__ = ()
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("a shared empty dict: assign a dict of your own before writing")
+        raise TypeError("a shared dict: assign a dict of your own before writing")
 
-    __setitem__ = setdefault = update = __ior__ = _refuse
+    __setitem__ = __delitem__ = setdefault = update = __ior__ = popitem = _refuse
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key in self:
+            self._refuse()
+        return dict.pop(self, key, *default)
+
+    def clear(self) -> None:
+        if self:
+            self._refuse()
 
 
-#: The one :class:`SharedEmpty`.
-NO_ENTRIES: dict[Any, Any] = SharedEmpty()
+#: The one empty :class:`SharedDict`.
+NO_ENTRIES: dict[Any, Any] = SharedDict()
+
+#: Most distinct dicts :func:`shared` holds, and most entries in one.
+MAX_SHARED_DICTS = 256
+MAX_SHARED_ENTRIES = 2
+_SHARED: dict[tuple[tuple[Hashable, Hashable], ...], SharedDict] = {}
 
 
 def own(entries: dict[Any, Any]) -> dict[Any, Any]:
-    """``entries``, or a new dict in place of :data:`NO_ENTRIES`."""
-    return {} if entries is NO_ENTRIES else entries
+    """``entries``, or a new dict of its own in place of a shared one."""
+    return dict(entries) if isinstance(entries, SharedDict) else entries
+
+
+def shared(entries: dict[Any, Any]) -> dict[Any, Any]:
+    """A :class:`SharedDict` equal to ``entries`` (hashable keys and values),
+    the same object for equal contents while the table has room."""
+    if not entries:
+        return NO_ENTRIES
+    if len(entries) > MAX_SHARED_ENTRIES:
+        return SharedDict(entries)
+    key = tuple(entries.items())
+    held = _SHARED.get(key)
+    if held is None:
+        held = SharedDict(entries)
+        if len(_SHARED) < MAX_SHARED_DICTS:
+            _SHARED[key] = held
+    return held
+
 
 class _Connection:
     """What both sides share: handshake, chunk stream, acks, pings, output."""
@@ -586,7 +619,9 @@ class ServerConnection(_Connection):
         self._object_encoding = AMF0_ENCODING
         self._connect_type = msg.COMMAND_AMF0
         self._peer_capabilities = enhanced.ClientCapabilities()
-        self._streams: dict[int, _Role] = {}
+        #: Message stream ids and their roles: a :func:`shared` dict, changed
+        #: only through :meth:`_set_role` and :meth:`_drop_stream`.
+        self._streams: dict[int, _Role] = NO_ENTRIES
         self._publish_names: dict[int, str] = NO_ENTRIES
         self._next_stream_id = 1
 
@@ -771,6 +806,16 @@ class ServerConnection(_Connection):
             )
         )
 
+    def _set_role(self, stream_id: int, role: _Role) -> None:
+        roles = dict(self._streams)
+        roles[stream_id] = role
+        self._streams = shared(roles)
+
+    def _drop_stream(self, stream_id: int) -> None:
+        roles = dict(self._streams)
+        del roles[stream_id]
+        self._streams = shared(roles)
+
     def _require_stream(self, stream_id: int, name: str) -> _Role:
         role = self._streams.get(stream_id)
         if role is None:
@@ -797,7 +842,7 @@ class ServerConnection(_Connection):
             return
         new_id = self._next_stream_id
         self._next_stream_id += 1
-        self._streams[new_id] = _Role.IDLE
+        self._set_role(new_id, _Role.IDLE)
         self._send_command(0, "_result", tid, None, float(new_id))
 
     def _cmd_release_stream(self, stream_id: int, command: msg.Command) -> None:
@@ -842,13 +887,13 @@ class ServerConnection(_Connection):
         if not target.is_integer() or int(target) not in self._streams:
             return  # unknown or already deleted: nothing to stop
         sid = int(target)
-        del self._streams[sid]
+        self._drop_stream(sid)
         self._publish_names.pop(sid, None)
         self._events.append(StreamDeleted(stream_id=sid))
 
     def _cmd_close_stream(self, stream_id: int, command: msg.Command) -> None:
         self._require_stream(stream_id, "closeStream")
-        self._streams[stream_id] = _Role.IDLE
+        self._set_role(stream_id, _Role.IDLE)
         self._publish_names.pop(stream_id, None)
         self._events.append(StreamDeleted(stream_id=stream_id))
 
@@ -862,7 +907,7 @@ class ServerConnection(_Connection):
             return
         publish_type = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
         name, query = _split_query(raw_name)
-        self._streams[stream_id] = _Role.PUBLISH_PENDING
+        self._set_role(stream_id, _Role.PUBLISH_PENDING)
         self._publish_names = own(self._publish_names)
         self._publish_names[stream_id] = name
         self._events.append(
@@ -880,7 +925,7 @@ class ServerConnection(_Connection):
         duration = _number(args[2] if len(args) > 2 else None, -1.0)
         reset_arg = args[3] if len(args) > 3 else True
         reset = bool(reset_arg) if isinstance(reset_arg, bool | int | float) else True
-        self._streams[stream_id] = _Role.PLAY_PENDING
+        self._set_role(stream_id, _Role.PLAY_PENDING)
         self._events.append(
             PlayRequested(
                 stream_id=stream_id,
@@ -978,7 +1023,7 @@ class ServerConnection(_Connection):
             raise LocalProtocolError(f"stream response in state {self._state.value}")
         if stream_id not in self._streams:
             raise LocalProtocolError(f"message stream {stream_id} does not exist")
-        self._streams[stream_id] = role
+        self._set_role(stream_id, role)
 
     def publish_start(self, stream_id: int, name: str) -> None:
         """Accept ``publish``: Stream Begin and onStatus NetStream.Publish.Start."""
@@ -1016,7 +1061,7 @@ class ServerConnection(_Connection):
     def unpublish_success(self, stream_id: int, name: str) -> None:
         """Confirm the end of a publish: onStatus NetStream.Unpublish.Success."""
         if stream_id in self._streams:
-            self._streams[stream_id] = _Role.IDLE
+            self._set_role(stream_id, _Role.IDLE)
         self._publish_names.pop(stream_id, None)
         self._send_status(
             stream_id,
@@ -1093,7 +1138,7 @@ class ServerConnection(_Connection):
     def play_unpublish_notify(self, stream_id: int, name: str) -> None:
         """The played stream ended: onStatus NetStream.Play.UnpublishNotify and Stream EOF."""
         if stream_id in self._streams:
-            self._streams[stream_id] = _Role.IDLE
+            self._set_role(stream_id, _Role.IDLE)
         self._send_status(
             stream_id,
             "status",
@@ -1115,7 +1160,7 @@ class ServerConnection(_Connection):
         which is for Flash-style clients (``NetStream.client.onPlayStatus``).
         """
         if stream_id in self._streams:
-            self._streams[stream_id] = _Role.IDLE
+            self._set_role(stream_id, _Role.IDLE)
         self._send_status(
             stream_id, "status", "NetStream.Play.Stop", f"Stopped playing {name}.", details=name
         )
