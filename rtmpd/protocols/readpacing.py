@@ -15,12 +15,13 @@ The pacing must never throttle: a read that filled the whole read size is
 not followed by a pause (the socket holds more), and the pause is shortened
 so that one pause gathers no more than the window the kernel advertises to
 the publisher (half the socket's receive buffer, which Linux grows as the
-stream goes on; :data:`MIN_BATCH_BYTES` until it has): the sender's window
-never closes. A paced publisher's socket is read :data:`READ_BYTES` at a
-time, so one read takes a whole batch.
+stream goes on): the sender's window never closes. A paced publisher's
+socket is read :data:`READ_BYTES` at a time, so one read takes a whole batch.
 
-Publishers only, and only while nobody watches the stream live (the RTMP
-protocol decides): recorders do not see a pause, viewers would.
+Publishers on plain TCP only (through TLS a read reaches the protocol in
+pieces, and the wrapper's read size and buffer are not its socket's), and
+only while nobody watches the stream live (the RTMP protocol decides):
+recorders do not see a pause, viewers would.
 
 While reading is paused the reactor does not see the socket close either, so
 a publisher that died holds its name until the pause ends. :meth:`ReadPacer.wake`
@@ -34,6 +35,8 @@ import socket
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 
+from rtmpd._twisted import socket_fd
+
 #: Bytes one read of a paced publisher's socket takes at most (its
 #: transport's ``bufferSize``, 64 KiB by default, is raised to this): a read
 #: this large may have left data. 250 ms of a 8 Mbit/s stream.
@@ -42,7 +45,7 @@ READ_BYTES = 256 * 1024
 #: Longest pause accepted, ms: past it the pacing would be a throttle.
 MAX_INTERVAL_MS = 500
 
-#: Bytes one pause gathers at most while the receive buffer is small: half
+#: Bytes one pause gathers at most when the receive buffer is unknown: half
 #: the 128 KiB Linux starts a TCP socket's receive buffer at (tcp_rmem), the
 #: window it advertises then.
 MIN_BATCH_BYTES = 64 * 1024
@@ -60,10 +63,18 @@ def _receive_buffer(transport: object) -> int:
         return 0
 
 
+def paceable(transport: object) -> bool:
+    """Whether a publisher's reads may be paced: plain TCP only."""
+    return socket_fd(transport) >= 0
+
+
 def batch_bytes(receive_buffer: int) -> int:
     """Bytes one pause may gather: half the receive buffer (the window
-    advertised), at least :data:`MIN_BATCH_BYTES`, at most one read."""
-    return min(READ_BYTES, max(MIN_BATCH_BYTES, receive_buffer // 2))
+    advertised; :data:`MIN_BATCH_BYTES` when the buffer is unknown), at
+    most one read."""
+    if receive_buffer <= 0:
+        return MIN_BATCH_BYTES
+    return min(READ_BYTES, receive_buffer // 2)
 
 
 class ReadPacer:

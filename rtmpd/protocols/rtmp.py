@@ -42,7 +42,7 @@ from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.interfaces import IPacedSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.protocols import host_and_port, say_what_is_left_out, set_no_delay
-from rtmpd.protocols.readpacing import ReadPacer
+from rtmpd.protocols.readpacing import ReadPacer, paceable
 from rtmpd.registry import Stream, validate_name
 
 log = Logger()
@@ -544,7 +544,11 @@ class RtmpServerProtocol(protocol.Protocol):
             self.publishing[stream_id] = publisher
             self._published = True
             read_ms = self.factory.publish_read_ms
-            if read_ms and self._pacer is None and self.transport is not None:
+            # Plain TCP only: through TLS (RTMPS) or another wrapper a read
+            # of the socket reaches the protocol in pieces, and neither the
+            # read size nor the receive buffer is the wrapper's to set or
+            # ask, so a pause could gather less than the publisher sends.
+            if read_ms and self._pacer is None and paceable(self.transport):
                 self._pacer = ReadPacer(self.transport, self.clock, read_ms)  # type: ignore[arg-type]
             self._mark_started()
             self.conn.publish_start(stream_id, name)

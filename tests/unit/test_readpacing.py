@@ -21,6 +21,15 @@ from rtmpd.tap.rtmpd import Options, stream_config
 from tests.unit.test_protocols import AVC_HEADER, INTER, KEYFRAME, Peer
 
 
+@pytest.fixture
+def plain_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' StringTransports count as plain TCP sockets for pacing
+    (a real socket's are in test_a_paced_tcp_transport_reads_a_whole_batch_at_once)."""
+    from rtmpd.protocols import rtmp
+
+    monkeypatch.setattr(rtmp, "paceable", lambda transport: True)
+
+
 def test_short_read_pauses_the_transport_until_the_interval_ends() -> None:
     clock = Clock()
     transport = StringTransport()
@@ -65,7 +74,8 @@ def test_a_batch_is_half_the_receive_buffer_within_one_read() -> None:
     """Linux advertises about half a socket's receive buffer as the window,
     and grows the buffer as the stream goes on: a pause gathers no more."""
     assert batch_bytes(0) == MIN_BATCH_BYTES  # no socket
-    assert batch_bytes(131072) == MIN_BATCH_BYTES  # a new TCP socket's buffer
+    assert batch_bytes(131072) == 65536  # a new TCP socket's buffer
+    assert batch_bytes(87380) == 43690  # an older kernel's: less than the floor for unknown
     assert batch_bytes(400_000) == 200_000
     assert batch_bytes(4_000_000) == READ_BYTES
 
@@ -152,7 +162,7 @@ def _publish_over_a_paused_holder() -> tuple[
     return clock, registry, factory, first, second
 
 
-def test_publish_of_a_name_held_by_a_paused_publisher_that_left_starts() -> None:
+def test_publish_of_a_name_held_by_a_paused_publisher_that_left_starts(plain_tcp: None) -> None:
     """While its reads are paused a dead publisher's EOF is not seen: a
     publish of its name wakes it, and once the reactor has read the close the
     name is free, for this very publish (no BadName to retry)."""
@@ -168,7 +178,7 @@ def test_publish_of_a_name_held_by_a_paused_publisher_that_left_starts() -> None
     assert stream is not None and stream.source is second.server
 
 
-def test_publish_of_a_name_held_by_a_paused_publisher_still_there_is_busy() -> None:
+def test_publish_of_a_name_held_by_a_paused_publisher_still_there_is_busy(plain_tcp: None) -> None:
     clock, registry, factory, first, second = _publish_over_a_paused_holder()
     assert first.transport.producerState == "producing"
     clock.advance(0)
@@ -191,7 +201,7 @@ def test_interval_out_of_range_is_refused(interval_ms: float) -> None:
         ReadPacer(StringTransport(), Clock(), interval_ms)
 
 
-def test_rtmp_publisher_is_paced_only_while_nobody_watches() -> None:
+def test_rtmp_publisher_is_paced_only_while_nobody_watches(plain_tcp: None) -> None:
     clock = Clock()
     registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=40))
     factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
@@ -226,7 +236,7 @@ def test_rtmp_publisher_is_paced_only_while_nobody_watches() -> None:
     assert publisher.transport.producerState == "paused"
 
 
-def test_first_viewer_ends_the_publishers_read_pause_at_once() -> None:
+def test_first_viewer_ends_the_publishers_read_pause_at_once(plain_tcp: None) -> None:
     """A viewer who joins while the publisher's socket is left unread gets
     live frames now, not when the pause would have ended."""
     clock = Clock()
@@ -261,3 +271,38 @@ def test_publish_read_ms_option_reaches_the_stream_config() -> None:
 def test_publish_read_ms_out_of_range_is_a_usage_error(value: str) -> None:
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--publish-read-ms", value])
+
+
+def test_a_publisher_not_on_plain_tcp_is_never_paced() -> None:
+    """Through TLS (RTMPS) a read reaches the protocol in pieces and the
+    socket is not the transport's to tune: its publisher is read at once
+    (here a StringTransport stands for such a wrapper)."""
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactor
+
+    from rtmpd.protocols.readpacing import paceable
+
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=40))
+    factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
+    publisher = Peer(factory)
+    sid = publisher.open_stream()
+    publisher.client.publish(sid, "cam")
+    publisher.pump()
+    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), (40, INTER)):
+        publisher.client.send_media(sid, 9, ts, body)
+    publisher.pump()
+    assert publisher.transport.producerState == "producing"
+    assert publisher.server._pacer is None
+    assert not paceable(publisher.transport)
+
+    class Port:
+        _realPortNumber = 1935
+
+    left, right = socket.socketpair()
+    with left, right:
+        plain = tcp.Server(left, Protocol(), ("127.0.0.1", 5000), Port(), 1, MemoryReactor())
+        assert paceable(plain)
