@@ -154,15 +154,25 @@ class DirectWrites:
             t.write(data[written:])
 
 
+#: The log prefix of each protocol class a viewer's connection has had
+#: (a few: one per protocol), for :meth:`_LeanServer.logPrefix`.
+_LOG_PREFIXES: dict[type, str] = {}
+
+
 class _LeanServer(tcp.Server):
     """A ``tcp.Server`` whose log prefix and repr are made when asked, not
     kept as two strings of ~80 bytes each per connection (a viewer's, held
-    for hours; a viewer's socket is read rarely, so the prefix is rarely
-    asked for)."""
+    for hours)."""
 
     def logPrefix(self) -> str:
+        # Asked on every read or write event of the connection: the
+        # protocol's part is looked up per class, not worked out each time.
         protocol = getattr(self, "protocol", None)
-        prefix = self._getLogPrefix(protocol) if protocol is not None else "-"
+        prefix = _LOG_PREFIXES.get(type(protocol))
+        if prefix is None:
+            prefix = self._getLogPrefix(protocol) if protocol is not None else "-"
+            if protocol is not None and len(_LOG_PREFIXES) < 64:
+                _LOG_PREFIXES[type(protocol)] = prefix
         return f"{prefix},{self.sessionno},{self.hostname}"
 
     def __repr__(self) -> str:

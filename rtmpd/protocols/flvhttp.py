@@ -181,9 +181,10 @@ _REQUEST_LINE_WORDS = {word: word for word in (b"GET", b"HEAD", b"HTTP/1.1", b"H
 class _Alike:
     """One object for equal values, so that thousands of viewers hold one:
     players send the same few user agents and referers, and every
-    connection to a port has the same local address. Holds at most
-    ``limit`` values, each of at most :data:`ALIKE_MAX_BYTES` (past that a
-    value is its own), so clients cannot grow it."""
+    connection to a port has the same local address. Holds the ``limit``
+    values used last (each of at most :data:`ALIKE_MAX_BYTES`, checked by
+    the caller), so clients cannot grow it, and values that stop coming
+    make room for new ones."""
 
     __slots__ = ("_held", "_limit")
 
@@ -192,11 +193,12 @@ class _Alike:
         self._limit = limit
 
     def one(self, key: Hashable, make: Callable[[], Any]) -> Any:
-        held = self._held.get(key)
+        held = self._held.pop(key, None)
         if held is None:
             held = make()
-            if len(self._held) < self._limit:
-                self._held[key] = held
+            if len(self._held) >= self._limit:
+                del self._held[next(iter(self._held))]  # the one used longest ago
+        self._held[key] = held  # last: used most recently
         return held
 
 
@@ -522,9 +524,9 @@ class FlvHttpResource(resource.Resource):
                                      "it asked for ?codecs=legacy")
             set_no_delay(transport)
             request.registerProducer(viewer, True)
-            settle_playing_channel(request.channel)
             if isinstance(request, FlvRequest):
                 request.viewer = viewer
+                settle_playing_channel(request.channel)  # its site's channel class
             else:  # a plain twisted.web Request (not served by FlvSite)
                 request.notifyFinish().addBoth(viewer.connection_lost)
             return viewer

@@ -469,3 +469,18 @@ def test_rtmp_players_share_one_roles_dict_and_each_changes_only_its_own() -> No
         roles.pop(sid1)
     assert roles.pop(12345, None) is None
     assert shared({}) is NO_ENTRIES
+
+
+def test_shared_logged_headers_keep_the_sets_used_last() -> None:
+    """The table of shared values is bounded and keeps the most recently
+    used: a set that keeps coming stays shared after many others passed."""
+    from rtmpd.protocols.flvhttp import _Alike
+
+    alike = _Alike(3)
+    kept = alike.one("player", lambda: ["player"])
+    for n in range(10):
+        alike.one(f"other {n}", lambda n=n: [n])
+        assert alike.one("player", lambda: ["new"]) is kept
+    assert len(alike._held) == 3
+    first = alike.one("other 0", lambda: ["again"])
+    assert first == ["again"]  # evicted long ago: a new one
