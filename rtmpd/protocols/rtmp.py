@@ -31,10 +31,8 @@ from rtmpd.codec.rtmp.chunk import NEED_DATA, encoded_messages
 from rtmpd.codec.rtmp.connection import (
     AUDIO_CSID,
     DATA_CSID,
-    NO_ENTRIES,
     VIDEO_CSID,
     ServerConnection,
-    own,
 )
 from rtmpd.codec.rtmp.handshake import S1_RANDOM_SIZE
 from rtmpd.errors import InvalidStreamName
@@ -44,6 +42,7 @@ from rtmpd.media import Frame, FrameKind
 from rtmpd.protocols import host_and_port, say_what_is_left_out, set_no_delay
 from rtmpd.protocols.readpacing import ReadPacer, paceable
 from rtmpd.registry import Stream, validate_name
+from rtmpd.shared import NO_ENTRIES, own
 
 log = Logger()
 

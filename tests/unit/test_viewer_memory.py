@@ -391,7 +391,7 @@ def test_rtmp_player_holds_shared_empties_and_a_write_to_one_is_refused() -> Non
     streams: it holds the one shared empty dict for each (64 bytes each of
     its own before), takes a dict of its own when it pauses, and writing to
     the shared one is an error, not a dict every connection would see."""
-    from rtmpd.codec.rtmp.connection import NO_ENTRIES, own
+    from rtmpd.shared import NO_ENTRIES, own
     from rtmpd.protocols.rtmp import RtmpServerFactory
     from tests.unit.test_protocols import KEYFRAME, Peer
 
@@ -432,7 +432,7 @@ def test_rtmp_players_share_one_roles_dict_and_each_changes_only_its_own() -> No
     """Every player's message streams are ``{1: playing}``: one shared dict.
     A change (deleteStream, a second createStream) gives that connection a
     new dict and leaves the others' as they were."""
-    from rtmpd.codec.rtmp.connection import NO_ENTRIES, SharedDict, shared
+    from rtmpd.shared import NO_ENTRIES, SharedDict, shared
     from rtmpd.protocols.rtmp import RtmpServerFactory
     from tests.unit.test_protocols import KEYFRAME, Peer
 
@@ -484,3 +484,28 @@ def test_shared_logged_headers_keep_the_sets_used_last() -> None:
     assert len(alike._held) == 3
     first = alike.one("other 0", lambda: ["again"])
     assert first == ["again"]  # evicted long ago: a new one
+
+
+def test_rtmp_chunk_writers_share_their_header_states_until_one_writes() -> None:
+    """A copied writer holds its original's dict of last headers, and writers
+    that restore the same shared states hold one; a write gives the writer a
+    dict of its own and leaves the other's, and both go on encoding as a
+    writer of their own would."""
+    from rtmpd.codec.rtmp.chunk import ChunkWriter
+
+    template = ChunkWriter()
+    template.write(3, 20, 0, 0, b"connect reply")
+    one, two = template.copy(), template.copy()
+    assert one._streams is two._streams is template._streams
+    reference = ChunkWriter()
+    reference.write(3, 20, 0, 0, b"connect reply")
+    expected = reference.write(3, 20, 0, 40, b"x" * 13)
+    states = two._streams
+    assert one.write(3, 20, 0, 40, b"x" * 13) == expected
+    assert one._streams is not states and two._streams is states
+    assert two.write(3, 20, 0, 40, b"x" * 13) == expected  # one's write did not touch it
+    first, second = ChunkWriter(), ChunkWriter()
+    first.restore(one.states((3, 5)))
+    second.restore(one.states((3, 5)))
+    assert first._streams is second._streams
+    assert first.write(3, 20, 0, 80, b"x" * 13) == one.write(3, 20, 0, 80, b"x" * 13)

@@ -29,6 +29,7 @@ from typing import Final, cast
 
 from rtmpd.codec.errors import LocalProtocolError, RemoteProtocolError
 from rtmpd.codec.sentinel import NEED_DATA, NeedData
+from rtmpd.shared import NO_ENTRIES, own, shared
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -582,7 +583,9 @@ class ChunkWriter:
     def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         _check_chunk_size(chunk_size)
         self._chunk_size = chunk_size
-        self._streams: dict[int, _WriteState] = {}
+        #: Each chunk stream's last header: a :func:`rtmpd.shared.shared` dict
+        #: after copy() and restore(), one of its own once it writes.
+        self._streams: dict[int, _WriteState] = NO_ENTRIES
 
     @property
     def chunk_size(self) -> int:
@@ -606,8 +609,9 @@ class ChunkWriter:
         twin = ChunkWriter(self._chunk_size)
         # The states themselves are shared: a writer never changes one it
         # stored (it stores a new one), and each RTMP connection starts as a
-        # copy of one connect reply's writer, for as long as it lives.
-        twin._streams = dict(self._streams)
+        # copy of one connect reply's writer, for as long as it lives. So is
+        # the dict holding them, until one of the two writes (copy on write).
+        self._streams = twin._streams = shared(self._streams)
         return twin
 
     def state_of(self, chunk_stream_ids: tuple[int, ...]) -> Hashable:
@@ -631,16 +635,21 @@ class ChunkWriter:
     def restore(self, states: HeaderStates) -> None:
         """Take up the header state :meth:`states` returned, as if this
         writer had written what the writer it came from wrote since."""
-        streams = self._streams
+        streams = dict(self._streams)
         for csid, state in states.items():
             if state is None:
                 streams.pop(csid, None)
             else:
                 streams[csid] = state
+        # Writers that restore the same shared states (every player after
+        # the same play reply) hold one dict.
+        self._streams = shared(streams)
 
     def forget(self, chunk_stream_id: int) -> None:
         """Drop header state for a csid, e.g. after other code wrote on it."""
-        self._streams.pop(chunk_stream_id, None)
+        if chunk_stream_id in self._streams:
+            self._streams = own(self._streams)
+            del self._streams[chunk_stream_id]
 
     def write(
         self,
@@ -675,6 +684,7 @@ class ChunkWriter:
                 header += ext.to_bytes(4, "big")
             if ts != prev.timestamp:
                 # A new state, not a change to this one: copies share them.
+                self._streams = own(self._streams)
                 self._streams[csid] = _WriteState(
                     ts, prev.delta, ext, prev.length, prev.type_id, prev.stream_id
                 )
@@ -692,6 +702,7 @@ class ChunkWriter:
             header = basic + body
             if ext is not None:
                 header += ext.to_bytes(4, "big")
+            self._streams = own(self._streams)
             self._streams[csid] = _WriteState(ts, field, ext, length, type_id, stream_id)
         continuation = _basic_header(3, csid)
         if ext is not None:

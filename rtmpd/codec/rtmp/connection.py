@@ -52,7 +52,7 @@ import enum
 import functools
 import secrets
 from collections.abc import Callable, Hashable
-from typing import Any, Final
+from typing import Final
 
 from rtmpd.codec import amf0, enhanced
 from rtmpd.codec.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -88,6 +88,7 @@ from rtmpd.codec.rtmp.events import (
     UnpublishRequested,
 )
 from rtmpd.codec.rtmp.handshake import ClientHandshake, ServerHandshake
+from rtmpd.shared import NO_ENTRIES, own, shared
 
 __all__ = [
     "AMF0_ENCODING",
@@ -279,63 +280,6 @@ def _number(value: object, default: float) -> float:
         return float(value)
     return default
 
-
-
-class SharedDict(dict[Any, Any]):
-    """A dict that many connections hold alike: the empty one (most
-    connections never put anything in their publish names or paused
-    streams) or the same few message stream roles (every player's is
-    ``{1: playing}``). A dict of each one's own is 64 bytes empty, 224 with
-    one entry, held for hours. Reading, ``pop(key, default)`` of a missing
-    key and ``clear()`` of the empty one work as on any dict; writing
-    raises, so that a holder never changes what others hold: it assigns a
-    dict of its own first (:func:`own`) or a new shared one (:func:`shared`)."""
-
-    __slots__ = ()
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("a shared dict: assign a dict of your own before writing")
-
-    __setitem__ = __delitem__ = setdefault = update = __ior__ = popitem = _refuse
-
-    def pop(self, key: Any, *default: Any) -> Any:
-        if key in self:
-            self._refuse()
-        return dict.pop(self, key, *default)
-
-    def clear(self) -> None:
-        if self:
-            self._refuse()
-
-
-#: The one empty :class:`SharedDict`.
-NO_ENTRIES: dict[Any, Any] = SharedDict()
-
-#: Most distinct dicts :func:`shared` holds, and most entries in one.
-MAX_SHARED_DICTS = 256
-MAX_SHARED_ENTRIES = 2
-_SHARED: dict[tuple[tuple[Hashable, Hashable], ...], SharedDict] = {}
-
-
-def own(entries: dict[Any, Any]) -> dict[Any, Any]:
-    """``entries``, or a new dict of its own in place of a shared one."""
-    return dict(entries) if isinstance(entries, SharedDict) else entries
-
-
-def shared(entries: dict[Any, Any]) -> dict[Any, Any]:
-    """A :class:`SharedDict` equal to ``entries`` (hashable keys and values),
-    the same object for equal contents while the table has room."""
-    if not entries:
-        return NO_ENTRIES
-    if len(entries) > MAX_SHARED_ENTRIES:
-        return SharedDict(entries)
-    key = tuple(entries.items())
-    held = _SHARED.get(key)
-    if held is None:
-        held = SharedDict(entries)
-        if len(_SHARED) < MAX_SHARED_DICTS:
-            _SHARED[key] = held
-    return held
 
 
 class _Connection:
