@@ -134,7 +134,8 @@ def test_wake_reads_at_once_and_without_pause_for_one_interval() -> None:
     assert transport.producerState == "paused"
 
 
-def _paced_publisher(factory: RtmpServerFactory) -> Peer:
+def _publisher(factory: RtmpServerFactory) -> tuple[Peer, int]:
+    """A publisher of live/cam that has sent three frames, and its stream id."""
     publisher = Peer(factory)
     sid = publisher.open_stream()
     publisher.client.publish(sid, "cam")
@@ -142,6 +143,11 @@ def _paced_publisher(factory: RtmpServerFactory) -> Peer:
     for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), (40, INTER)):
         publisher.client.send_media(sid, 9, ts, body)
     publisher.pump()
+    return publisher, sid
+
+
+def _paced_publisher(factory: RtmpServerFactory) -> Peer:
+    publisher, _sid = _publisher(factory)
     assert publisher.transport.producerState == "paused"
     return publisher
 
@@ -236,19 +242,20 @@ def test_rtmp_publisher_is_paced_only_while_nobody_watches(plain_tcp: None) -> N
     assert publisher.transport.producerState == "paused"
 
 
+def _publishing(read_ms: float) -> tuple[Clock, RtmpServerFactory, Peer, int]:
+    """An RTMP publisher of live/cam that has sent three frames, on a server
+    whose unwatched publishers are read every ``read_ms``."""
+    clock = Clock()
+    registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=read_ms))
+    factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
+    publisher, sid = _publisher(factory)
+    return clock, factory, publisher, sid
+
+
 def test_first_viewer_ends_the_publishers_read_pause_at_once(plain_tcp: None) -> None:
     """A viewer who joins while the publisher's socket is left unread gets
     live frames now, not when the pause would have ended."""
-    clock = Clock()
-    registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=400))
-    factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
-    publisher = Peer(factory)
-    sid = publisher.open_stream()
-    publisher.client.publish(sid, "cam")
-    publisher.pump()
-    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), (40, INTER)):
-        publisher.client.send_media(sid, 9, ts, body)
-    publisher.pump()
+    _clock, factory, publisher, _sid = _publishing(400)
     assert publisher.transport.producerState == "paused"
 
     viewer = Peer(factory)
@@ -285,16 +292,7 @@ def test_a_publisher_not_on_plain_tcp_is_never_paced() -> None:
 
     from rtmpd.protocols.readpacing import paceable
 
-    clock = Clock()
-    registry = StreamRegistry(clock, StreamConfig(merge_ms=0, publish_read_ms=40))
-    factory = RtmpServerFactory(Admission(registry, publisher_timeout_s=10), clock=clock)
-    publisher = Peer(factory)
-    sid = publisher.open_stream()
-    publisher.client.publish(sid, "cam")
-    publisher.pump()
-    for ts, body in ((0, AVC_HEADER), (0, KEYFRAME), (40, INTER)):
-        publisher.client.send_media(sid, 9, ts, body)
-    publisher.pump()
+    _clock, _factory, publisher, _sid = _publishing(40)
     assert publisher.transport.producerState == "producing"
     assert publisher.server._pacer is None
     assert not paceable(publisher.transport)

@@ -386,12 +386,9 @@ def test_a_new_channel_still_reads_requests_after_a_closing_play(site: Site) -> 
     assert again.requests and again.requests[0].viewer is not None
 
 
-def test_rtmp_player_holds_shared_empties_and_a_write_to_one_is_refused() -> None:
-    """A player's connection has no publish names, publishers or paused
-    streams: it holds the one shared empty dict for each (64 bytes each of
-    its own before), takes a dict of its own when it pauses, and writing to
-    the shared one is an error, not a dict every connection would see."""
-    from rtmpd.shared import NO_ENTRIES, own
+def _rtmp_publishing() -> tuple[StreamRegistry, Any, Any]:
+    """An RTMP server with live/cam published (one keyframe): its registry,
+    factory and publisher peer."""
     from rtmpd.protocols.rtmp import RtmpServerFactory
     from tests.unit.test_protocols import KEYFRAME, Peer
 
@@ -404,6 +401,18 @@ def test_rtmp_player_holds_shared_empties_and_a_write_to_one_is_refused() -> Non
     publisher.pump()
     publisher.client.send_media(psid, 9, 0, KEYFRAME)
     publisher.pump()
+    return registry, factory, publisher
+
+
+def test_rtmp_player_holds_shared_empties_and_a_write_to_one_is_refused() -> None:
+    """A player's connection has no publish names, publishers or paused
+    streams: it holds the one shared empty dict for each (64 bytes each of
+    its own before), takes a dict of its own when it pauses, and writing to
+    the shared one is an error, not a dict every connection would see."""
+    from rtmpd.shared import NO_ENTRIES, own
+    from tests.unit.test_protocols import Peer
+
+    registry, factory, publisher = _rtmp_publishing()
     assert publisher.server.publishing and publisher.server.publishing is not NO_ENTRIES
     player = Peer(factory)
     sid = player.open_stream()
@@ -433,18 +442,9 @@ def test_rtmp_players_share_one_roles_dict_and_each_changes_only_its_own() -> No
     A change (deleteStream, a second createStream) gives that connection a
     new dict and leaves the others' as they were."""
     from rtmpd.shared import NO_ENTRIES, SharedDict, shared
-    from rtmpd.protocols.rtmp import RtmpServerFactory
-    from tests.unit.test_protocols import KEYFRAME, Peer
+    from tests.unit.test_protocols import Peer
 
-    clock = Clock()
-    registry = StreamRegistry(clock, StreamConfig(merge_ms=0))
-    factory = RtmpServerFactory(Admission(registry), clock=clock)
-    publisher = Peer(factory)
-    psid = publisher.open_stream()
-    publisher.client.publish(psid, "cam")
-    publisher.pump()
-    publisher.client.send_media(psid, 9, 0, KEYFRAME)
-    publisher.pump()
+    _registry, factory, publisher = _rtmp_publishing()
     players = []
     for _ in range(2):
         player = Peer(factory)
