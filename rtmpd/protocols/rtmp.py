@@ -40,7 +40,7 @@ from rtmpd.fanout import ViewerOutput, unread_output_excess
 from rtmpd.interfaces import IPacedSource
 from rtmpd.media import Frame, FrameKind
 from rtmpd.protocols import host_and_port, say_what_is_left_out, set_no_delay
-from rtmpd.protocols.readpacing import ReadPacer, paceable
+from rtmpd.protocols.readpacing import READ_BYTES, ReadPacer, paceable
 from rtmpd.registry import Stream, validate_name
 from rtmpd.shared import NO_ENTRIES, own
 
@@ -51,6 +51,10 @@ _PEER_CLOSED = "closed by the peer"
 
 #: Seconds a publisher told to stop may take to close before it is cut.
 STOP_LINGER_S = 2.0
+
+#: Most reads of a paced publisher's socket taken at once when it is told
+#: to stop (what it sent during the pause waits there): 2 MiB.
+MAX_STOP_READS = 8
 
 #: Output formats the factory keeps for reuse. One per message stream id
 #: and kind of client (what its connect said it takes); a client picks its
@@ -466,12 +470,31 @@ class RtmpServerProtocol(protocol.Protocol):
         (it stopped reading) is cut after :data:`STOP_LINGER_S`."""
         if self.closing or self._lost:
             return
+        self._read_what_waits()
         for stream_id, publisher in list(self.publishing.items()):
             self.conn.unpublish_success(stream_id, publisher.stream.name)
         self._flush()
         self.close(reason, abort=False)
         if self.transport is not None:
             self._linger = self.clock.callLater(STOP_LINGER_S, self._cut)
+
+    def _read_what_waits(self) -> None:
+        """Read what a paced publisher sent during the current pause (it
+        waits in the socket) before it is told to stop, so that the
+        recordings end where it was stopped, not up to a pause earlier."""
+        pacer, self._pacer = self._pacer, None
+        if pacer is None or not pacer.paused:
+            return
+        pacer.stop()
+        read = getattr(self.transport, "doRead", None)
+        if read is None:
+            return
+        for _ in range(MAX_STOP_READS):
+            before = self.conn.bytes_received
+            if read() is not None or self.close_reason is not None:
+                break  # the peer is gone (the reactor will see it), or it broke the protocol
+            if self.conn.bytes_received - before < READ_BYTES:
+                break  # a short read: the socket is empty
 
     def _cut(self) -> None:
         self._linger = None

@@ -304,3 +304,25 @@ def test_a_publisher_not_on_plain_tcp_is_never_paced() -> None:
     with left, right:
         plain = tcp.Server(left, Protocol(), ("127.0.0.1", 5000), Port(), 1, MemoryReactor())
         assert paceable(plain)
+
+
+def test_a_paused_publisher_told_to_stop_is_read_first(plain_tcp: None) -> None:
+    """What a paced publisher sent during the pause waits in its socket: told
+    to stop (shutdown, takeover, kick), it is read first, so the recordings
+    end where it was stopped, not up to a pause earlier."""
+    _clock, factory, publisher, sid = _publishing(250)
+    assert publisher.transport.producerState == "paused"
+    stream = factory.admission.registry.get("live", "cam")
+    assert stream is not None
+    frames = stream.frames_in
+    publisher.client.send_media(sid, 9, 80, INTER)  # sent, not read: in the socket
+
+    def read_the_socket() -> None:
+        data = publisher.client.data_to_send()
+        if data:
+            publisher.server.dataReceived(data)
+
+    publisher.transport.doRead = read_the_socket  # type: ignore[attr-defined]
+    publisher.server.stop_publishing("server shutting down")
+    assert stream.frames_in == frames + 1
+    assert publisher.server._pacer is None  # not paused again while closing
