@@ -399,6 +399,10 @@ class Admission:
             return False
         log.info("stopping publish {path} by {peer}: {reason}", path=publisher.request.path,
                  peer=publisher.request.peer, reason=reason)
+        if IPacedSource.providedBy(publisher.source):
+            # What it sent during a read pause waits in its socket: into the
+            # stream (and its recordings) before the stream ends.
+            IPacedSource(publisher.source).read_waiting()
         publisher.end(reason)
         publisher.source.stop_publishing(reason)
         return True

@@ -38,6 +38,10 @@ class IPacedSource(IMediaSource):
         """Read at once again, so that a peer already gone is noticed within
         a reactor turn or two. Returns whether reading was paused."""
 
+    def read_waiting() -> None:
+        """Read now, into the stream, what the peer sent during a pause (it
+        waits in the socket): called before the publish is ended."""
+
 
 class IStreamOrigin(Interface):
     """Where a played stream that is not live here comes from: a gateway's

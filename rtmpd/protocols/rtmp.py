@@ -470,7 +470,7 @@ class RtmpServerProtocol(protocol.Protocol):
         (it stopped reading) is cut after :data:`STOP_LINGER_S`."""
         if self.closing or self._lost:
             return
-        self._read_what_waits()
+        self.read_waiting()
         for stream_id, publisher in list(self.publishing.items()):
             self.conn.unpublish_success(stream_id, publisher.stream.name)
         self._flush()
@@ -478,10 +478,11 @@ class RtmpServerProtocol(protocol.Protocol):
         if self.transport is not None:
             self._linger = self.clock.callLater(STOP_LINGER_S, self._cut)
 
-    def _read_what_waits(self) -> None:
-        """Read what a paced publisher sent during the current pause (it
-        waits in the socket) before it is told to stop, so that the
-        recordings end where it was stopped, not up to a pause earlier."""
+    def read_waiting(self) -> None:
+        """See :class:`IPacedSource`: read what this publisher sent during
+        the current pause (it waits in the socket), before it is stopped,
+        so that the recordings end where it was stopped, not up to a pause
+        earlier. No more pauses after it."""
         pacer, self._pacer = self._pacer, None
         if pacer is None or not pacer.paused:
             return

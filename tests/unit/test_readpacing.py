@@ -323,6 +323,7 @@ def test_a_paused_publisher_told_to_stop_is_read_first(plain_tcp: None) -> None:
             publisher.server.dataReceived(data)
 
     publisher.transport.doRead = read_the_socket  # type: ignore[attr-defined]
-    publisher.server.stop_publishing("server shutting down")
+    # As shutdown and the API stop it: the publish ends, then its source stops.
+    assert factory.admission.kick_publisher("live", "cam", "server shutting down")
     assert stream.frames_in == frames + 1
     assert publisher.server._pacer is None  # not paused again while closing
