@@ -470,7 +470,6 @@ class RtmpServerProtocol(protocol.Protocol):
         (it stopped reading) is cut after :data:`STOP_LINGER_S`."""
         if self.closing or self._lost:
             return
-        self.read_waiting()
         for stream_id, publisher in list(self.publishing.items()):
             self.conn.unpublish_success(stream_id, publisher.stream.name)
         self._flush()
@@ -480,9 +479,9 @@ class RtmpServerProtocol(protocol.Protocol):
 
     def read_waiting(self) -> None:
         """See :class:`IPacedSource`: read what this publisher sent during
-        the current pause (it waits in the socket), before it is stopped,
-        so that the recordings end where it was stopped, not up to a pause
-        earlier. No more pauses after it."""
+        the current pause (it waits in the socket), before admission ends
+        its publish, so that the recordings end where it was stopped, not up
+        to a pause earlier. No more pauses after it."""
         pacer, self._pacer = self._pacer, None
         if pacer is None or not pacer.paused:
             return

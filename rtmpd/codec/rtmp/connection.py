@@ -281,7 +281,6 @@ def _number(value: object, default: float) -> float:
     return default
 
 
-
 class _Connection:
     """What both sides share: handshake, chunk stream, acks, pings, output."""
 
